@@ -1,0 +1,128 @@
+//! book-svc: the catalogue (SPEC §2). Librarians register books and add
+//! copies; anyone signed in can look books up. Each book's status (AVAILABLE,
+//! RESERVED, ON_LOAN) is a projection of the lending desk's events, so this
+//! service may be down while lending goes on.
+//!
+//! - [`domain`]: what a valid book is, and its status from its copies.
+//! - [`store`]: tables and migrations.
+//! - [`grpc`]: the BookService handlers.
+//! - [`events`]: the status projection fed by reserve-svc's events.
+
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use rentalbook_plumbing::auth::{Authenticator, Verifier};
+use rentalbook_plumbing::bus::{ConsumerSpec, EventBus, NatsBus};
+use rentalbook_plumbing::config::{CommonArgs, OptionalAddr};
+use rentalbook_plumbing::consumer::Consumer;
+use rentalbook_plumbing::db::Db;
+use rentalbook_plumbing::outbox::Relay;
+use rentalbook_plumbing::serve::{self, Launch, Task};
+use rentalbook_proto::book::v1::book_service_server::BookServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const NAME: &str = "book-svc";
+
+#[derive(Parser, Clone, Debug)]
+#[command(name = "book-svc", version, about = "rentalbook's catalogue service (gRPC)")]
+pub struct Config {
+    /// gRPC address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8083")]
+    pub listen_addr: SocketAddr,
+
+    /// Plain HTTP address of /metrics, or `off`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9083")]
+    pub metrics_addr: OptionalAddr,
+
+    /// This service's own database (PostgreSQL, or sqlite://file.db).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/rentalbook_book")]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A book-svc ready to serve on its bound port.
+pub struct App {
+    launch: Launch,
+}
+
+impl App {
+    /// Binds the port and connects to NATS as the configuration says.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let bus = NatsBus::connect(rentalbook_plumbing::bus::NatsSettings {
+            url: config.common.nats_url.clone(),
+            stream: config.common.nats_stream.clone(),
+            subject_prefix: config.common.nats_subject_prefix.clone(),
+            max_age: config.common.stream_max_age()?,
+            client_name: NAME.into(),
+        })
+        .await?;
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        Self::build_with(config, listener, bus).await
+    }
+
+    /// With an already bound listener and a given event bus.
+    pub async fn build_with(
+        config: Config,
+        listener: TcpListener,
+        bus: Arc<dyn EventBus>,
+    ) -> anyhow::Result<Self> {
+        rentalbook_plumbing::telemetry::init_metrics(config.metrics_addr.0)?;
+        let verifier = Arc::new(Verifier::from_args(&config.common)?);
+        let db = Db::connect(&config.database_url, 16).await?;
+
+        let catalogue = grpc::Catalogue { db: db.clone() };
+        let routes = tonic::service::Routes::new(BookServiceServer::with_interceptor(
+            catalogue,
+            Authenticator::new(verifier),
+        ));
+
+        let relay = Relay::new(db.clone(), bus.clone(), NAME);
+        let consumer = Consumer::new(
+            db.clone(),
+            bus,
+            ConsumerSpec {
+                durable: "book-svc".into(),
+                filter: "reservation.>".into(),
+                max_deliver: config.common.event_max_deliver,
+                ack_wait: config.common.event_ack_wait.get(),
+            },
+            Arc::new(events::StatusProjection),
+        );
+        let tasks: Vec<Task> = vec![
+            Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),
+            Box::new(|stop: CancellationToken| Box::pin(consumer.run(stop))),
+        ];
+        Ok(Self {
+            launch: Launch {
+                name: NAME,
+                listener,
+                db,
+                routes,
+                grpc_names: vec![serve::grpc_name::<BookServiceServer<grpc::Catalogue>>()],
+                max_concurrent_requests: config.common.max_concurrent_requests,
+                tasks,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.launch
+            .listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        serve::run::<store::Migrator>(self.launch, shutdown).await
+    }
+}

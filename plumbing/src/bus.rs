@@ -1,0 +1,278 @@
+//! The event bus behind a trait (SPEC §4): publish with acknowledgement and
+//! de-duplication by event id, durable consumers with explicit ack, bounded
+//! redelivery and a dead-letter path. [`NatsBus`] implements it on NATS
+//! JetStream; an embedded implementation can stand in for one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer, context::PublishAckFuture, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+
+/// An event on its way out.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub event_id: String,
+    /// Below the stream's prefix, such as `reservation.placed`.
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// What a durable consumer wants.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// Durable name; a restarted consumer resumes where it stopped.
+    pub durable: String,
+    /// Subject filter below the prefix, such as `book.>`; empty for everything.
+    pub filter: String,
+    /// Deliveries before the event goes to the dead-letter stream.
+    pub max_deliver: i64,
+    /// Time to acknowledge before the event is delivered again.
+    pub ack_wait: Duration,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes in order; returns once the bus has stored every event.
+    /// Publishing an event id again is harmless.
+    async fn publish(&self, events: &[Outgoing]) -> anyhow::Result<()>;
+
+    /// Opens a durable consumer, creating it on first use. It starts from the
+    /// first event in the stream.
+    async fn subscribe(&self, spec: &ConsumerSpec) -> anyhow::Result<Box<dyn Subscription>>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next event; `None` when the subscription ended and should be opened again.
+    async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>>;
+}
+
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    fn payload(&self) -> &[u8];
+    /// Full subject.
+    fn subject(&self) -> &str;
+    /// How many times this event has been delivered, this time included.
+    fn delivered(&self) -> i64;
+    async fn ack(&self) -> anyhow::Result<()>;
+    /// Asks for redelivery after `delay`.
+    async fn nak(&self, delay: Duration) -> anyhow::Result<()>;
+    /// Moves the event to the dead-letter stream with the reason, then
+    /// acknowledges it: kept, never silently dropped, never redelivered.
+    async fn dead_letter(&self, reason: &str) -> anyhow::Result<()>;
+}
+
+/// Where the bus lives and what it is called.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    /// None keeps every event (read models rebuild by replay).
+    pub max_age: Option<Duration>,
+    /// Shown in the server's connection list.
+    pub client_name: String,
+}
+
+/// NATS JetStream: one stream `<stream>` on `<prefix>.>`, and a dead-letter
+/// stream `<stream>_DLQ` on `<prefix>_dlq.>`, outside the replayed subjects.
+pub struct NatsBus {
+    js: jetstream::Context,
+    settings: NatsSettings,
+    streams_ready: OnceCell<()>,
+}
+
+impl NatsBus {
+    /// Connects in the background: a service starts and serves while NATS is
+    /// away, and its outbox holds the events until NATS is back.
+    pub async fn connect(settings: NatsSettings) -> anyhow::Result<Arc<Self>> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&settings.client_name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .connect(settings.url.as_str())
+            .await
+            .with_context(|| format!("connecting to NATS at {}", settings.url))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(5));
+        Ok(Arc::new(Self {
+            js,
+            settings,
+            streams_ready: OnceCell::new(),
+        }))
+    }
+
+    fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.settings.stream)
+    }
+
+    async fn ensure_streams(&self) -> anyhow::Result<()> {
+        self.streams_ready
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: s.stream.clone(),
+                        subjects: vec![format!("{}.>", s.subject_prefix)],
+                        duplicate_window: Duration::from_secs(120),
+                        max_age: s.max_age.unwrap_or_default(),
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("creating the JetStream stream {}", s.stream))?;
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: self.dlq_stream(),
+                        subjects: vec![format!("{}_dlq.>", s.subject_prefix)],
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("creating the stream {}", self.dlq_stream()))?;
+                anyhow::Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, events: &[Outgoing]) -> anyhow::Result<()> {
+        self.ensure_streams().await?;
+        // Send them all, then wait for the acks: one round trip per batch.
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = format!("{}.{}", self.settings.subject_prefix, event.subject);
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(event.payload.clone())
+                .message_id(&event.event_id);
+            acks.push(
+                self.js
+                    .send_publish(subject, msg)
+                    .await
+                    .context("publishing an event")?,
+            );
+        }
+        for ack in acks {
+            ack.await.context("waiting for JetStream to store an event")?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: &ConsumerSpec) -> anyhow::Result<Box<dyn Subscription>> {
+        self.ensure_streams().await?;
+        let filter_subject = if spec.filter.is_empty() {
+            String::new()
+        } else {
+            format!("{}.{}", self.settings.subject_prefix, spec.filter)
+        };
+        let stream = self.js.get_stream(&self.settings.stream).await?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &spec.durable,
+                consumer::pull::Config {
+                    durable_name: Some(spec.durable.clone()),
+                    filter_subject,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: spec.ack_wait,
+                    max_deliver: spec.max_deliver + 1,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    max_ack_pending: 1024,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("creating the consumer {}", spec.durable))?;
+        let messages = consumer.messages().await?;
+        Ok(Box::new(NatsSubscription {
+            messages,
+            js: self.js.clone(),
+            dlq_subject: format!("{}_dlq.{}", self.settings.subject_prefix, spec.durable),
+        }))
+    }
+}
+
+struct NatsSubscription {
+    messages: consumer::pull::Stream,
+    js: jetstream::Context,
+    dlq_subject: String,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>> {
+        match self.messages.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("receiving events")),
+            Some(Ok(message)) => {
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                Ok(Some(Box::new(NatsDelivery {
+                    message,
+                    delivered,
+                    js: self.js.clone(),
+                    dlq_subject: self.dlq_subject.clone(),
+                })))
+            }
+        }
+    }
+}
+
+struct NatsDelivery {
+    message: jetstream::Message,
+    delivered: i64,
+    js: jetstream::Context,
+    dlq_subject: String,
+}
+
+#[async_trait]
+impl Delivery for NatsDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    fn delivered(&self) -> i64 {
+        self.delivered
+    }
+
+    async fn ack(&self) -> anyhow::Result<()> {
+        self.message.ack().await.map_err(anyhow::Error::from_boxed)
+    }
+
+    async fn nak(&self, delay: Duration) -> anyhow::Result<()> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(anyhow::Error::from_boxed)
+    }
+
+    async fn dead_letter(&self, reason: &str) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Rentalbook-Original-Subject", self.subject());
+        let reason: String = reason.chars().filter(|c| !c.is_control()).take(500).collect();
+        headers.insert("Rentalbook-Dead-Letter-Reason", reason.as_str());
+        let msg = jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .payload(self.message.payload.clone());
+        self.js
+            .send_publish(self.dlq_subject.clone(), msg)
+            .await?
+            .await
+            .context("storing a dead letter")?;
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(anyhow::Error::from_boxed)
+    }
+}

@@ -1,0 +1,245 @@
+//! The service's own database: PostgreSQL in the mesh, SQLite on a laptop.
+//!
+//! Every change goes through a [`WriteTx`]. On SQLite it holds the process's one
+//! write permit and starts with BEGIN IMMEDIATE, so concurrent requests queue
+//! instead of failing with SQLITE_BUSY; on PostgreSQL rows are serialised per
+//! key with transaction-scoped advisory locks ([`WriteTx::lock`]).
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A pool on the service's database plus what its writers share.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    /// SQLite only: one writer at a time.
+    writer: Option<Arc<Semaphore>>,
+    /// Woken after a commit that staged events, so the relay publishes at once.
+    outbox_signal: Arc<Notify>,
+}
+
+impl Db {
+    /// Connects, creating the PostgreSQL database or the SQLite file when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite {
+            ensure_postgres_database(url).await;
+        }
+        let url = if is_sqlite && !url.contains("mode=") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let mut opts = ConnectOptions::new(url.clone());
+        opts.max_connections(if is_sqlite { 8 } else { max_connections })
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let conn = Database::connect(opts)
+            .await
+            .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+        Ok(Self {
+            writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
+            conn,
+            outbox_signal: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox_signal.clone()
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<WriteTx, DbErr> {
+        let permit = match &self.writer {
+            Some(writer) => Some(
+                writer
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| DbErr::Custom("database closed".into()))?,
+            ),
+            None => None,
+        };
+        let tx = self
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTx {
+            tx,
+            _permit: permit,
+            staged_events: false,
+            outbox_signal: self.outbox_signal.clone(),
+        })
+    }
+
+    /// Whether the database answers, for the health service.
+    pub async fn ping(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.conn.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A write transaction. Derefs to sea-orm's transaction for queries.
+pub struct WriteTx {
+    tx: DatabaseTransaction,
+    _permit: Option<OwnedSemaphorePermit>,
+    staged_events: bool,
+    outbox_signal: Arc<Notify>,
+}
+
+impl Deref for WriteTx {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+impl WriteTx {
+    /// Serialises this transaction with every other one locking the same key
+    /// until commit or rollback. SQLite has one writer, so it needs nothing more.
+    pub async fn lock(&self, scope: &str, key: &str) -> Result<(), DbErr> {
+        if self.tx.get_database_backend() == DbBackend::Postgres {
+            self.tx
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    [format!("{scope}:{key}").into()],
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a lock only one transaction at a time can hold, without waiting:
+    /// false when another replica has it (PostgreSQL). Used so that one sweep or
+    /// relay works at a time.
+    pub async fn try_lock(&self, scope: &str) -> Result<bool, DbErr> {
+        if self.tx.get_database_backend() != DbBackend::Postgres {
+            return Ok(true);
+        }
+        let row = self
+            .tx
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked",
+                [scope.into()],
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<bool>("", "locked")?,
+            None => false,
+        })
+    }
+
+    pub(crate) fn mark_staged(&mut self) {
+        self.staged_events = true;
+    }
+
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await?;
+        if self.staged_events {
+            self.outbox_signal.notify_one();
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.tx.rollback().await
+    }
+}
+
+/// Creates the database of a PostgreSQL URL when it does not exist, so a new
+/// service starts on a bare server. Best effort: without the rights to create
+/// it, the connect that follows says what is wrong.
+async fn ensure_postgres_database(url: &str) {
+    let Some((server, rest)) = url.rsplit_once('/') else {
+        return;
+    };
+    let name = rest.split('?').next().unwrap_or_default();
+    if name.is_empty() || name == "postgres" || !server.contains("://") {
+        return;
+    }
+    let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+    let mut opts = ConnectOptions::new(format!("{server}/postgres{query}"));
+    opts.max_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    let Ok(admin) = Database::connect(opts).await else {
+        return;
+    };
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS one FROM pg_database WHERE datname = $1",
+            [name.into()],
+        ))
+        .await;
+    if let Ok(None) = exists {
+        let quoted = name.replace('"', "\"\"");
+        // A concurrent creator may win the race; the connect that follows tells.
+        let _ = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{quoted}\""))
+            .await;
+    }
+    let _ = admin.close().await;
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_do_not_reach_messages() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

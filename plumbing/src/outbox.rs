@@ -1,0 +1,162 @@
+//! The transactional outbox (SPEC §4 E1): a change and its events commit in
+//! one local transaction; the relay publishes them in commit order and deletes
+//! them once the bus has acknowledged them. Nothing is published for a change
+//! that rolled back, and nothing acknowledged is lost while the bus is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rentalbook_proto::events::v1::{Envelope, envelope::Body};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{EventBus, Outgoing};
+use crate::db::{Db, WriteTx};
+use crate::ids::Id;
+use crate::schema::outbox;
+use crate::time::{self, Timestamp};
+
+/// Stages an event in the transaction of the change it describes.
+pub async fn stage(
+    tx: &mut WriteTx,
+    producer: &str,
+    at: Timestamp,
+    body: Body,
+) -> Result<String, DbErr> {
+    let event_id = Id::new().to_string();
+    let subject = body.subject_suffix().to_owned();
+    let envelope = Envelope {
+        event_id: event_id.clone(),
+        occurred_at: Some(time::to_proto(at)),
+        producer: producer.to_owned(),
+        body: Some(body),
+    };
+    outbox::ActiveModel {
+        event_id: Set(event_id.clone()),
+        subject: Set(subject),
+        payload: Set(envelope.encode_to_vec()),
+        created_at: Set(at),
+        ..Default::default()
+    }
+    .insert(&**tx)
+    .await?;
+    tx.mark_staged();
+    Ok(event_id)
+}
+
+/// Publishes staged events. One relay works at a time per database (an
+/// advisory lock on PostgreSQL, the single process on SQLite), so events leave
+/// in commit order.
+pub struct Relay {
+    db: Db,
+    bus: Arc<dyn EventBus>,
+    service: &'static str,
+    batch_size: u64,
+}
+
+impl Relay {
+    pub fn new(db: Db, bus: Arc<dyn EventBus>, service: &'static str) -> Self {
+        Self {
+            db,
+            bus,
+            service,
+            batch_size: 256,
+        }
+    }
+
+    /// Runs until `shutdown`, then makes one last attempt to flush.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let signal = self.db.outbox_signal();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.publish_batch().await {
+                Ok(n) if n as u64 == self.batch_size => continue,
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = signal.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = self.service, error = format!("{e:#}"), retry_in = ?backoff, "outbox relay cannot publish");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let flush = async {
+            while let Ok(n) = self.publish_batch().await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
+            tracing::warn!(service = self.service, "outbox not flushed at shutdown; it will be published on the next start");
+        }
+    }
+
+    /// Publishes up to one batch; returns how many events left.
+    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        if self.db.backend() == DbBackend::Postgres {
+            // The transaction only holds the relay lock: writers are not blocked.
+            let tx = self.db.begin().await?;
+            if !tx.try_lock("outbox-relay").await? {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            let n = self.publish_from(&*tx).await?;
+            tx.commit().await?;
+            Ok(n)
+        } else {
+            // SQLite has one writer: read and publish outside a transaction,
+            // delete in a short one.
+            self.publish_from(self.db.conn()).await
+        }
+    }
+
+    async fn publish_from<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<usize> {
+        let rows = outbox::Entity::find()
+            .order_by_asc(outbox::Column::Id)
+            .limit(self.batch_size)
+            .all(conn)
+            .await?;
+        if rows.is_empty() {
+            metrics::gauge!("outbox_backlog", "service" => self.service).set(0.0);
+            return Ok(0);
+        }
+        let events: Vec<Outgoing> = rows
+            .iter()
+            .map(|r| Outgoing {
+                event_id: r.event_id.clone(),
+                subject: r.subject.clone(),
+                payload: r.payload.clone().into(),
+            })
+            .collect();
+        self.bus.publish(&events).await?;
+        // By id, not by range: on PostgreSQL a smaller id may commit later.
+        let delete = outbox::Entity::delete_many()
+            .filter(outbox::Column::Id.is_in(rows.iter().map(|r| r.id)));
+        if self.db.backend() == DbBackend::Postgres {
+            delete.exec(conn).await?;
+        } else {
+            let tx = self.db.begin().await?;
+            delete.exec(&*tx).await?;
+            tx.commit().await?;
+        }
+        metrics::counter!("outbox_published_total", "service" => self.service)
+            .increment(rows.len() as u64);
+        let backlog = outbox::Entity::find().count(conn).await?;
+        metrics::gauge!("outbox_backlog", "service" => self.service).set(backlog as f64);
+        Ok(rows.len())
+    }
+}

@@ -1,0 +1,34 @@
+//! Compiles every contract under this folder with protox (no system protoc),
+//! generates the Rust types and gRPC stubs, and keeps the encoded descriptor set
+//! for server reflection and for the edge's route table.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "rentalbook/book/v1/book.proto",
+    "rentalbook/reserve/v1/reserve.proto",
+    "rentalbook/rental/v1/rental.proto",
+    "rentalbook/view/v1/view.proto",
+    "rentalbook/events/v1/events.proto",
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=rentalbook");
+    println!("cargo:rerun-if-changed=google");
+
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    let fds = protox::compile(&files, [&root])?;
+    std::fs::write(out.join("rentalbook_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
