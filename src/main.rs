@@ -8,7 +8,11 @@ use rentalbook_plumbing::config::PolicyDuration;
 use rentalbook_plumbing::ids::MemberId;
 
 #[derive(Parser)]
-#[command(name = "rentalbook", version, about = "Book reservation and rental for libraries")]
+#[command(
+    name = "rentalbook",
+    version,
+    about = "Book reservation and rental for libraries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -54,7 +54,7 @@ fn isbn13_ok(s: &str) -> bool {
         .enumerate()
         .map(|(i, c)| (c as u32 - '0' as u32) * if i % 2 == 0 { 1 } else { 3 })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Text of 1..=max characters, trimmed.
@@ -65,7 +65,9 @@ fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String, String> {
         return Err(format!("{field} must not be empty"));
     }
     if len > max {
-        return Err(format!("{field} must be at most {max} characters (it has {len})"));
+        return Err(format!(
+            "{field} must be at most {max} characters (it has {len})"
+        ));
     }
     if text.chars().any(char::is_control) {
         return Err(format!("{field} must not contain control characters"));
@@ -103,7 +105,9 @@ pub fn copies(field: &str, n: i32) -> Result<i32, String> {
     if (1..=MAX_COPIES).contains(&n) {
         Ok(n)
     } else {
-        Err(format!("{field} must be between 1 and {MAX_COPIES} (got {n})"))
+        Err(format!(
+            "{field} must be between 1 and {MAX_COPIES} (got {n})"
+        ))
     }
 }
 
@@ -151,7 +155,11 @@ pub fn search_text(book: &NewBook) -> String {
         "{}\n{}\n{}",
         book.title.to_lowercase(),
         book.author.to_lowercase(),
-        book.isbn.as_ref().map(Isbn::as_str).unwrap_or_default().to_lowercase()
+        book.isbn
+            .as_ref()
+            .map(Isbn::as_str)
+            .unwrap_or_default()
+            .to_lowercase()
     )
 }
 
@@ -161,7 +169,10 @@ mod tests {
 
     #[test]
     fn isbn_checksums_are_verified() {
-        assert_eq!(Isbn::parse("978-0-306-40615-7").unwrap().as_str(), "9780306406157");
+        assert_eq!(
+            Isbn::parse("978-0-306-40615-7").unwrap().as_str(),
+            "9780306406157"
+        );
         assert!(Isbn::parse("978-0-306-40615-8").is_err());
         assert_eq!(Isbn::parse("0-8044-2957-X").unwrap().as_str(), "080442957X");
         assert!(Isbn::parse("0-8044-2957-5").is_err());
@@ -174,12 +185,36 @@ mod tests {
         let ok = NewBook::parse("", " Dune ", "Frank Herbert", 3).unwrap();
         assert_eq!(ok.title, "Dune");
         assert_eq!(ok.isbn, None);
-        assert!(NewBook::parse("", "  ", "A", 1).unwrap_err().contains("title"));
-        assert!(NewBook::parse("", &"t".repeat(301), "A", 1).unwrap_err().contains("300"));
-        assert!(NewBook::parse("", "T", "", 1).unwrap_err().contains("author"));
-        assert!(NewBook::parse("", "T", "A", 0).unwrap_err().contains("total_copies"));
-        assert!(NewBook::parse("", "T", "A", 100_000).unwrap_err().contains("total_copies"));
-        assert!(NewBook::parse("123", "T", "A", 1).unwrap_err().contains("isbn"));
+        assert!(
+            NewBook::parse("", "  ", "A", 1)
+                .unwrap_err()
+                .contains("title")
+        );
+        assert!(
+            NewBook::parse("", &"t".repeat(301), "A", 1)
+                .unwrap_err()
+                .contains("300")
+        );
+        assert!(
+            NewBook::parse("", "T", "", 1)
+                .unwrap_err()
+                .contains("author")
+        );
+        assert!(
+            NewBook::parse("", "T", "A", 0)
+                .unwrap_err()
+                .contains("total_copies")
+        );
+        assert!(
+            NewBook::parse("", "T", "A", 100_000)
+                .unwrap_err()
+                .contains("total_copies")
+        );
+        assert!(
+            NewBook::parse("123", "T", "A", 1)
+                .unwrap_err()
+                .contains("isbn")
+        );
     }
 
     #[test]
@@ -191,7 +226,11 @@ mod tests {
 
     #[test]
     fn status_follows_the_copies() {
-        let c = |total, held, on_loan| Copies { total, held, on_loan };
+        let c = |total, held, on_loan| Copies {
+            total,
+            held,
+            on_loan,
+        };
         assert_eq!(c(2, 0, 0).status(), BookStatus::Available);
         assert_eq!(c(2, 1, 0).status(), BookStatus::Available);
         assert_eq!(c(2, 1, 1).status(), BookStatus::Reserved);

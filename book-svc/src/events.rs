@@ -32,7 +32,10 @@ impl EventHandler for StatusProjection {
             return Ok(());
         };
         tx.lock("book", book_id).await?;
-        let Some(book) = books::Entity::find_by_id(book_id.to_owned()).one(&**tx).await? else {
+        let Some(book) = books::Entity::find_by_id(book_id.to_owned())
+            .one(&**tx)
+            .await?
+        else {
             // The lending desk only knows books this service registered.
             tracing::warn!(book_id, "availability for an unknown book ignored");
             return Ok(());

@@ -64,10 +64,10 @@ impl Catalogue {
             &req,
         );
         let mut tx = self.db.begin().await?;
-        if let Some(key) = &key {
-            if let Some(done) = key.recall::<Book>(&tx).await? {
-                return Ok(done);
-            }
+        if let Some(key) = &key
+            && let Some(done) = key.recall::<Book>(&tx).await?
+        {
+            return Ok(done);
         }
         let now = time::now();
         let book_id = Id::new().to_string();
@@ -118,10 +118,10 @@ impl Catalogue {
             &req,
         );
         let mut tx = self.db.begin().await?;
-        if let Some(key) = &key {
-            if let Some(done) = key.recall::<Book>(&tx).await? {
-                return Ok(done);
-            }
+        if let Some(key) = &key
+            && let Some(done) = key.recall::<Book>(&tx).await?
+        {
+            return Ok(done);
         }
         tx.lock("book", &book_id.to_string()).await?;
         let book = books::Entity::find_by_id(book_id.to_string())
@@ -169,8 +169,9 @@ impl Catalogue {
         }
         let mut select = books::Entity::find().order_by_asc(books::Column::BookId);
         if !req.page_token.is_empty() {
-            let after = Id::parse(&req.page_token)
-                .ok_or_else(|| Status::invalid_argument("page_token is not one this service gave out"))?;
+            let after = Id::parse(&req.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token is not one this service gave out")
+            })?;
             select = select.filter(books::Column::BookId.gt(after.to_string()));
         }
         if !query.is_empty() {
@@ -197,7 +198,9 @@ impl BookService for Catalogue {
         request: Request<RegisterBookRequest>,
     ) -> Result<Response<Book>, Status> {
         let caller = Caller::of(&request)?;
-        Ok(Response::new(self.register(caller, request.into_inner()).await?))
+        Ok(Response::new(
+            self.register(caller, request.into_inner()).await?,
+        ))
     }
 
     async fn add_copies(

@@ -31,7 +31,11 @@ use tokio_util::sync::CancellationToken;
 pub const NAME: &str = "book-svc";
 
 #[derive(Parser, Clone, Debug)]
-#[command(name = "book-svc", version, about = "rentalbook's catalogue service (gRPC)")]
+#[command(
+    name = "book-svc",
+    version,
+    about = "rentalbook's catalogue service (gRPC)"
+)]
 pub struct Config {
     /// gRPC address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8083")]
@@ -42,7 +46,11 @@ pub struct Config {
     pub metrics_addr: OptionalAddr,
 
     /// This service's own database (PostgreSQL, or sqlite://file.db).
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/rentalbook_book")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/rentalbook_book"
+    )]
     pub database_url: String,
 
     #[command(flatten)]

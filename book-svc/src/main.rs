@@ -5,5 +5,6 @@ async fn main() -> anyhow::Result<()> {
     let config = book_svc::Config::parse();
     rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
     let app = book_svc::App::build(config).await?;
-    app.run(rentalbook_plumbing::serve::shutdown_on_signal()).await
+    app.run(rentalbook_plumbing::serve::shutdown_on_signal())
+        .await
 }

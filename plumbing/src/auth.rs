@@ -175,24 +175,27 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let hs256 = Validation::new(Algorithm::HS256);
         // A service token is only good with the shared service secret.
-        if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &self.service_key, &hs256) {
-            if data.claims.role == Role::Service {
-                return Some(data.claims);
-            }
+        if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &self.service_key, &hs256)
+            && data.claims.role == Role::Service
+        {
+            return Some(data.claims);
         }
         let claims = match &self.member_keys {
-            MemberKeys::Secret(key) => jsonwebtoken::decode::<Claims>(token, key, &hs256)
-                .ok()?
-                .claims,
-            MemberKeys::Jwks(keys) => keys
-                .iter()
-                .filter(|(kid, alg, _)| {
-                    *alg == header.alg && (header.kid.is_none() || header.kid == *kid)
-                })
-                .find_map(|(_, alg, key)| {
-                    jsonwebtoken::decode::<Claims>(token, key, &Validation::new(*alg)).ok()
-                })?
-                .claims,
+            MemberKeys::Secret(key) => {
+                jsonwebtoken::decode::<Claims>(token, key, &hs256)
+                    .ok()?
+                    .claims
+            }
+            MemberKeys::Jwks(keys) => {
+                keys.iter()
+                    .filter(|(kid, alg, _)| {
+                        *alg == header.alg && (header.kid.is_none() || header.kid == *kid)
+                    })
+                    .find_map(|(_, alg, key)| {
+                        jsonwebtoken::decode::<Claims>(token, key, &Validation::new(*alg)).ok()
+                    })?
+                    .claims
+            }
         };
         (claims.role != Role::Service).then_some(claims)
     }
@@ -261,10 +264,10 @@ impl ServiceToken {
     /// The `authorization` header value, re-minted well before expiry.
     pub fn bearer(&self) -> String {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if current.1.elapsed() > Self::TTL / 2 {
-            if let Ok(token) = mint(&self.secret, &self.name, Role::Service, Self::TTL) {
-                *current = (token, std::time::Instant::now());
-            }
+        if current.1.elapsed() > Self::TTL / 2
+            && let Ok(token) = mint(&self.secret, &self.name, Role::Service, Self::TTL)
+        {
+            *current = (token, std::time::Instant::now());
         }
         format!("Bearer {}", current.0)
     }
@@ -317,14 +320,32 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_forgeries_fail() {
         let v = Verifier::with_secret("s3cret");
-        let t = mint("s3cret", &member("alice"), Role::Member, Duration::from_secs(60)).unwrap();
+        let t = mint(
+            "s3cret",
+            &member("alice"),
+            Role::Member,
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let caller = v.verify(&t).unwrap();
         assert_eq!(caller.member.as_str(), "alice");
         assert_eq!(caller.role, Role::Member);
 
-        let forged = mint("other", &member("alice"), Role::Librarian, Duration::from_secs(60)).unwrap();
-        assert_eq!(v.verify(&forged).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(v.verify("garbage").unwrap_err().code(), tonic::Code::Unauthenticated);
+        let forged = mint(
+            "other",
+            &member("alice"),
+            Role::Librarian,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&forged).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            v.verify("garbage").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
@@ -349,10 +370,21 @@ mod tests {
             member_keys: MemberKeys::Secret(DecodingKey::from_secret(b"members")),
             service_key: DecodingKey::from_secret(b"services"),
         };
-        let as_member_key =
-            mint("members", &member("x"), Role::Service, Duration::from_secs(60)).unwrap();
+        let as_member_key = mint(
+            "members",
+            &member("x"),
+            Role::Service,
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert!(v.verify(&as_member_key).is_err());
-        let good = mint("services", &member("rental-svc"), Role::Service, Duration::from_secs(60)).unwrap();
+        let good = mint(
+            "services",
+            &member("rental-svc"),
+            Role::Service,
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert_eq!(v.verify(&good).unwrap().role, Role::Service);
     }
 
@@ -363,8 +395,14 @@ mod tests {
             role: Role::Member,
         };
         assert_eq!(alice.subject("").unwrap().as_str(), "alice");
-        assert_eq!(alice.subject("bob").unwrap_err().code(), tonic::Code::PermissionDenied);
-        assert_eq!(alice.subject("b b").unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            alice.subject("bob").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            alice.subject("b b").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let lib = Caller {
             member: member("lib"),
             role: Role::Librarian,

@@ -162,7 +162,8 @@ impl EventBus for NatsBus {
             );
         }
         for ack in acks {
-            ack.await.context("waiting for JetStream to store an event")?;
+            ack.await
+                .context("waiting for JetStream to store an event")?;
         }
         Ok(())
     }
@@ -260,7 +261,11 @@ impl Delivery for NatsDelivery {
     async fn dead_letter(&self, reason: &str) -> anyhow::Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Rentalbook-Original-Subject", self.subject());
-        let reason: String = reason.chars().filter(|c| !c.is_control()).take(500).collect();
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
         headers.insert("Rentalbook-Dead-Letter-Reason", reason.as_str());
         let msg = jetstream::message::PublishMessage::build()
             .headers(headers)

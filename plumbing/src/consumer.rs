@@ -98,8 +98,13 @@ impl Consumer {
             Ok(e) if !e.event_id.is_empty() && e.body.is_some() => e,
             _ => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
-                tracing::error!(subject = delivery.subject(), "not an event envelope; moved to the dead-letter stream");
-                return delivery.dead_letter("not a rentalbook event envelope").await;
+                tracing::error!(
+                    subject = delivery.subject(),
+                    "not an event envelope; moved to the dead-letter stream"
+                );
+                return delivery
+                    .dead_letter("not a rentalbook event envelope")
+                    .await;
             }
         };
         match self.apply_once(&envelope).await {
@@ -114,7 +119,8 @@ impl Consumer {
             }
             Err(e) => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "retry").increment(1);
-                let delay = Duration::from_millis(100 * 2u64.pow(delivery.delivered().clamp(0, 7) as u32));
+                let delay =
+                    Duration::from_millis(100 * 2u64.pow(delivery.delivered().clamp(0, 7) as u32));
                 tracing::warn!(event_id = %envelope.event_id, error = format!("{e:#}"), retry_in = ?delay, "event not applied");
                 delivery.nak(delay).await
             }

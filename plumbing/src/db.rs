@@ -101,6 +101,19 @@ impl Db {
         })
     }
 
+    /// A lock only one holder at a time may have across replicas, without
+    /// waiting: None while another holds it (PostgreSQL advisory lock). On
+    /// SQLite the one process is the only holder. Released on drop.
+    pub async fn exclusive(&self, scope: &str) -> Result<Option<Exclusive>, DbErr> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(Some(Exclusive { _tx: None }));
+        }
+        let tx = self.conn.begin().await?;
+        Ok(try_advisory_lock(&tx, scope)
+            .await?
+            .then_some(Exclusive { _tx: Some(tx) }))
+    }
+
     /// Whether the database answers, for the health service.
     pub async fn ping(&self) -> bool {
         tokio::time::timeout(Duration::from_secs(2), self.conn.ping())
@@ -148,18 +161,7 @@ impl WriteTx {
         if self.tx.get_database_backend() != DbBackend::Postgres {
             return Ok(true);
         }
-        let row = self
-            .tx
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked",
-                [scope.into()],
-            ))
-            .await?;
-        Ok(match row {
-            Some(row) => row.try_get::<bool>("", "locked")?,
-            None => false,
-        })
+        try_advisory_lock(&self.tx, scope).await
     }
 
     pub(crate) fn mark_staged(&mut self) {
@@ -177,6 +179,25 @@ impl WriteTx {
     pub async fn rollback(self) -> Result<(), DbErr> {
         self.tx.rollback().await
     }
+}
+
+/// Held by [`Db::exclusive`]'s winner until dropped.
+pub struct Exclusive {
+    _tx: Option<DatabaseTransaction>,
+}
+
+async fn try_advisory_lock(tx: &DatabaseTransaction, scope: &str) -> Result<bool, DbErr> {
+    let row = tx
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked",
+            [scope.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<bool>("", "locked")?,
+        None => false,
+    })
 }
 
 /// Creates the database of a PostgreSQL URL when it does not exist, so a new

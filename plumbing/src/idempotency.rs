@@ -37,8 +37,11 @@ impl IdempotencyKey {
     /// Locks the key for this transaction and returns the remembered answer,
     /// if any.
     pub async fn recall<R: Message + Default>(&self, tx: &WriteTx) -> ServiceResult<Option<R>> {
-        tx.lock("idempotency", &format!("{}/{}", self.scope, self.request_id))
-            .await?;
+        tx.lock(
+            "idempotency",
+            &format!("{}/{}", self.scope, self.request_id),
+        )
+        .await?;
         let found = idempotency::Entity::find_by_id((self.scope.clone(), self.request_id.clone()))
             .one(&**tx)
             .await?;

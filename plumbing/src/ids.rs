@@ -121,7 +121,12 @@ mod tests {
         let err = Id::parse_field("book_id", "nope").unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("book_id"));
-        assert!(Id::parse_field("book_id", "").unwrap_err().message().contains("required"));
+        assert!(
+            Id::parse_field("book_id", "")
+                .unwrap_err()
+                .message()
+                .contains("required")
+        );
     }
 
     #[test]

@@ -100,8 +100,14 @@ impl Relay {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
-            tracing::warn!(service = self.service, "outbox not flushed at shutdown; it will be published on the next start");
+        if tokio::time::timeout(Duration::from_secs(5), flush)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = self.service,
+                "outbox not flushed at shutdown; it will be published on the next start"
+            );
         }
     }
 

@@ -82,10 +82,17 @@ pub async fn create_entity_table<E: EntityTrait>(
 ) -> Result<(), DbErr> {
     let schema = Schema::new(manager.get_database_backend());
     manager
-        .create_table(schema.create_table_from_entity(entity).if_not_exists().to_owned())
+        .create_table(
+            schema
+                .create_table_from_entity(entity)
+                .if_not_exists()
+                .to_owned(),
+        )
         .await?;
     for mut index in schema.create_index_from_entity(entity) {
-        manager.create_index(index.if_not_exists().to_owned()).await?;
+        manager
+            .create_index(index.if_not_exists().to_owned())
+            .await?;
     }
     Ok(())
 }

@@ -46,7 +46,10 @@ pub fn grpc_name<S: NamedService>() -> &'static str {
 }
 
 /// Serves until `shutdown` is cancelled; returns when everything has stopped.
-pub async fn run<M: MigratorTrait>(launch: Launch, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run<M: MigratorTrait>(
+    launch: Launch,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let Launch {
         name,
         listener,
@@ -85,7 +88,10 @@ pub async fn run<M: MigratorTrait>(launch: Launch, shutdown: CancellationToken) 
             permits: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            server_stop.clone().cancelled_owned(),
+        );
     let server = tokio::spawn(server);
     tracing::info!(service = name, %addr, "serving gRPC");
 
@@ -133,7 +139,11 @@ pub async fn run<M: MigratorTrait>(launch: Launch, shutdown: CancellationToken) 
                     serving = up;
                     tracing::warn!(service = name, database_reachable = up, "health changed");
                     health
-                        .set(if up { ServingStatus::Serving } else { ServingStatus::NotServing })
+                        .set(if up {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        })
                         .await;
                 }
             }

@@ -64,7 +64,10 @@ pub fn unique_name(prefix: &str) -> String {
             }
         })
         .collect();
-    let id = uuid::Uuid::now_v7().simple().to_string().to_ascii_uppercase();
+    let id = uuid::Uuid::now_v7()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase();
     if prefix.is_empty() {
         id
     } else {

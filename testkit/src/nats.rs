@@ -143,14 +143,16 @@ pub(crate) async fn shared_url() -> Result<String> {
 }
 
 fn nats_server_binary() -> Result<PathBuf> {
-    find_program("nats-server", &["/usr/sbin/nats-server", "/usr/bin/nats-server"]).ok_or_else(
-        || {
-            anyhow!(
-                "nats-server not found on PATH nor in /usr/sbin \
-                 (install it: apt-get install -y nats-server, or run scripts/test)"
-            )
-        },
+    find_program(
+        "nats-server",
+        &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
     )
+    .ok_or_else(|| {
+        anyhow!(
+            "nats-server not found on PATH nor in /usr/sbin \
+                 (install it: apt-get install -y nats-server, or run scripts/test)"
+        )
+    })
 }
 
 /// Starts a server in `dir` on a free port, trying another port if the

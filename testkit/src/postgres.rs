@@ -23,7 +23,9 @@ use crate::{START_TIMEOUT, STOP_TIMEOUT, StartFailure, free_port, wait_port_clos
 ///   sessions are disconnected, then a clean shutdown) and waits until the
 ///   port is closed.
 /// * [`PrivatePostgres::kill`] stops it with SIGQUIT ("immediate" shutdown,
-///   like a crash: the next start runs crash recovery).
+///   like a crash: the next start runs crash recovery). The cluster runs with
+///   `synchronous_commit=off`, so commits of the last few hundred
+///   milliseconds before a kill may be lost, as after a real crash.
 /// * [`PrivatePostgres::start`] starts it again on the same port and data
 ///   directory.
 /// * Dropping it stops it (SIGINT) and removes its directory. If the test
@@ -190,10 +192,7 @@ pub(crate) async fn fresh_database_url() -> Result<String> {
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
             Err(e) => {
-                return Err(e.context(format!(
-                    "creating database {name} on {}",
-                    redact(&admin)
-                )));
+                return Err(e.context(format!("creating database {name} on {}", redact(&admin))));
             }
         }
     }

@@ -153,7 +153,10 @@ async fn private_nats_keeps_stream_across_stop_and_start() {
 #[tokio::test]
 async fn shared_nats_url_serves_jetstream() {
     let url = nats_url().await;
-    assert!(!url.ends_with(":4222"), "must not use the machine's NATS: {url}");
+    assert!(
+        !url.ends_with(":4222"),
+        "must not use the machine's NATS: {url}"
+    );
     let client = async_nats::connect(&url).await.expect("connect");
     let name = unique_name("SH");
     let stream = create_stream(&client, &name).await;
@@ -185,7 +188,10 @@ async fn fresh_postgres_urls_are_distinct_empty_databases() {
     let b = fresh_postgres_url().await;
     eprintln!("second fresh database in {:?}", started.elapsed());
     assert_ne!(a, b);
-    assert!(!a.contains(":5432/"), "must not use the machine's PostgreSQL: {a}");
+    assert!(
+        !a.contains(":5432/"),
+        "must not use the machine's PostgreSQL: {a}"
+    );
     assert_eq!(query_i32(&a, "SELECT 1").await, 1);
     assert_eq!(query_i32(&b, "SELECT 1").await, 1);
 
@@ -233,6 +239,9 @@ async fn private_postgres_keeps_rows_across_stop_and_start() {
     let killing = Instant::now();
     pg.kill().await;
     pg.start().await.expect("restart after kill");
-    eprintln!("PrivatePostgres killed and restarted in {:?}", killing.elapsed());
+    eprintln!(
+        "PrivatePostgres killed and restarted in {:?}",
+        killing.elapsed()
+    );
     assert_eq!(query_i32(&url, "SELECT v FROM kept").await, 42);
 }

@@ -1,0 +1,98 @@
+//! RentalService over gRPC: parse, check the caller, hand to the saga.
+
+use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::idempotency::IdempotencyKey;
+use rentalbook_plumbing::ids::{self, Id};
+use rentalbook_plumbing::time::grpc_timeout;
+use rentalbook_proto::rental::v1::{
+    GetRentalRequest, ListRentalsRequest, ListRentalsResponse, RentRequest, Rental,
+    ReturnRentalRequest, rental_service_server::RentalService,
+};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+use crate::lending::Lending;
+
+pub struct Rentals {
+    pub lending: Lending,
+}
+
+/// What is left of the caller's deadline for our own call to the desk, with
+/// a margin to write the answer.
+fn budget<T>(request: &Request<T>) -> Option<Duration> {
+    grpc_timeout(request.metadata()).map(|d| d.saturating_sub(Duration::from_millis(50)))
+}
+
+#[tonic::async_trait]
+impl RentalService for Rentals {
+    async fn rent(&self, request: Request<RentRequest>) -> Result<Response<Rental>, Status> {
+        let caller = Caller::of(&request)?;
+        let deadline = budget(&request);
+        let req = request.into_inner();
+        let book_id = Id::parse_field("book_id", &req.book_id)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "Rent",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.lending.rent(&caller, book_id, key, deadline).await?,
+        ))
+    }
+
+    async fn return_rental(
+        &self,
+        request: Request<ReturnRentalRequest>,
+    ) -> Result<Response<Rental>, Status> {
+        let caller = Caller::of(&request)?;
+        let deadline = budget(&request);
+        let req = request.into_inner();
+        let rental_id = Id::parse_field("rental_id", &req.rental_id)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "ReturnRental",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.lending
+                .return_rental(&caller, rental_id, key, deadline)
+                .await?,
+        ))
+    }
+
+    async fn get_rental(
+        &self,
+        request: Request<GetRentalRequest>,
+    ) -> Result<Response<Rental>, Status> {
+        let caller = Caller::of(&request)?;
+        let rental_id = Id::parse_field("rental_id", &request.get_ref().rental_id)?;
+        Ok(Response::new(self.lending.get(&caller, rental_id).await?))
+    }
+
+    async fn list_rentals(
+        &self,
+        request: Request<ListRentalsRequest>,
+    ) -> Result<Response<ListRentalsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let member = caller.subject(&req.member_id)?;
+        let page_size = ids::page_size(req.page_size)?;
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(Id::parse(&req.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token is not one this service gave out")
+            })?)
+        };
+        let (rentals, next_page_token) = self
+            .lending
+            .list(&member, req.active_only, page_size, after)
+            .await?;
+        Ok(Response::new(ListRentalsResponse {
+            rentals,
+            next_page_token,
+        }))
+    }
+}

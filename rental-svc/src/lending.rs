@@ -1,0 +1,428 @@
+//! Renting and returning, as a saga across two services (SPEC R6–R8).
+//!
+//! Rent: (1) a PENDING rental is committed; (2) reserve-svc fulfils the
+//! member's READY reservation, idempotently on the rental id; (3) the rental
+//! becomes ACTIVE (or REJECTED on a refusal). If (2) gets no answer the rental
+//! stays PENDING, the caller gets UNAVAILABLE, and the recovery sweep repeats
+//! (2) until it gets one, so no FULFILLED reservation is left without an
+//! ACTIVE rental or the other way round.
+//!
+//! Return: reserve-svc is told first (so the copy goes to the next in line at
+//! once), then the rental is RETURNED with the confirmation. If the desk cannot
+//! be reached the return still succeeds, PENDING, and reserve-svc completes it
+//! from the BookReturned event; its ReturnRecorded event confirms it here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::db::{Db, WriteTx};
+use rentalbook_plumbing::error::ServiceResult;
+use rentalbook_plumbing::idempotency::IdempotencyKey;
+use rentalbook_plumbing::ids::{Id, MemberId};
+use rentalbook_plumbing::outbox;
+use rentalbook_plumbing::time::{self, Timestamp};
+use rentalbook_proto::events::v1::{BookRented, BookReturned, envelope::Body};
+use rentalbook_proto::rental::v1::{Rental, RentalStatus, ReturnConfirmation};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use tonic::Status;
+
+use crate::desk_client::{CallError, DeskClient};
+use crate::domain::{self, Policy, Refusal, confirmation, status};
+use crate::store::rentals;
+
+pub const PRODUCER: &str = "rental-svc";
+
+#[derive(Clone)]
+pub struct Lending {
+    pub db: Db,
+    pub desk: Arc<DeskClient>,
+    pub policy: Policy,
+}
+
+pub fn to_proto(r: rentals::Model, now: Timestamp) -> Rental {
+    let rental_status = match r.status.as_str() {
+        status::PENDING => RentalStatus::Pending,
+        status::ACTIVE => RentalStatus::Active,
+        status::RETURNED => RentalStatus::Returned,
+        status::REJECTED => RentalStatus::Rejected,
+        _ => RentalStatus::Unspecified,
+    };
+    let return_confirmation = match r.return_confirmation.as_deref() {
+        Some(confirmation::PENDING) => ReturnConfirmation::Pending,
+        Some(confirmation::CONFIRMED) => ReturnConfirmation::Confirmed,
+        _ => ReturnConfirmation::Unspecified,
+    };
+    Rental {
+        overdue: domain::overdue(&r.status, r.due_at, now),
+        rental_id: r.rental_id,
+        reservation_id: r.reservation_id.unwrap_or_default(),
+        book_id: r.book_id,
+        member_id: r.member_id,
+        status: rental_status as i32,
+        rented_at: time::opt_to_proto(r.rented_at),
+        due_at: time::opt_to_proto(r.due_at),
+        returned_at: time::opt_to_proto(r.returned_at),
+        return_confirmation: return_confirmation as i32,
+    }
+}
+
+fn refusal(r: Refusal) -> Status {
+    Status::failed_precondition(r.to_string())
+}
+
+async fn find<C: ConnectionTrait>(
+    conn: &C,
+    rental_id: &str,
+) -> Result<Option<rentals::Model>, DbErr> {
+    rentals::Entity::find_by_id(rental_id.to_owned())
+        .one(conn)
+        .await
+}
+
+/// What step (1) of Rent found or made.
+enum Opened {
+    /// The member already has this book: the answer.
+    Active(rentals::Model),
+    /// A rental waiting for the desk (new, or left by an earlier attempt).
+    Pending(rentals::Model),
+}
+
+impl Lending {
+    /// R6: the caller takes home the book they have a READY reservation for.
+    pub async fn rent(
+        &self,
+        caller: &Caller,
+        book_id: Id,
+        key: Option<IdempotencyKey>,
+        deadline: Option<Duration>,
+    ) -> ServiceResult<Rental> {
+        if let Some(key) = &key {
+            let tx = self.db.begin().await?;
+            if let Some(done) = key.recall::<Rental>(&tx).await? {
+                return Ok(done);
+            }
+        }
+        let pending = match self.open(&caller.member, &book_id.to_string()).await? {
+            Opened::Active(r) => return Ok(to_proto(r, time::now())),
+            Opened::Pending(r) => r,
+        };
+        let rental = self.settle(pending, deadline).await?;
+        if let Some(key) = &key {
+            let tx = self.db.begin().await?;
+            if key.recall::<Rental>(&tx).await?.is_none() {
+                key.remember(&tx, &rental).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(rental)
+    }
+
+    /// Step (1): the member's open rental of the book, or a new PENDING one.
+    async fn open(&self, member: &MemberId, book_id: &str) -> ServiceResult<Opened> {
+        let tx = self.db.begin().await?;
+        tx.lock("member", member.as_str()).await?;
+        let open = rentals::Entity::find()
+            .filter(rentals::Column::MemberId.eq(member.as_str()))
+            .filter(rentals::Column::Status.is_in([status::PENDING, status::ACTIVE]))
+            .all(&*tx)
+            .await?;
+        if let Some(r) = open.iter().find(|r| r.book_id == book_id) {
+            let r = r.clone();
+            return Ok(if r.status == status::ACTIVE {
+                Opened::Active(r)
+            } else {
+                Opened::Pending(r)
+            });
+        }
+        domain::may_open(open.len() as u32, &self.policy).map_err(refusal)?;
+        let now = time::now();
+        let row = rentals::ActiveModel {
+            rental_id: Set(Id::new().to_string()),
+            reservation_id: Set(None),
+            book_id: Set(book_id.to_owned()),
+            member_id: Set(member.to_string()),
+            status: Set(status::PENDING.to_owned()),
+            rented_at: Set(None),
+            due_at: Set(None),
+            returned_at: Set(None),
+            return_confirmation: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&*tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Opened::Pending(row))
+    }
+
+    /// Steps (2) and (3) for a PENDING rental; also what the recovery sweep runs.
+    pub async fn settle(
+        &self,
+        pending: rentals::Model,
+        deadline: Option<Duration>,
+    ) -> ServiceResult<Rental> {
+        let member = MemberId::parse(&pending.member_id).map_err(anyhow::Error::msg)?;
+        let rental_id = Id::parse(&pending.rental_id).ok_or_else(|| {
+            anyhow::anyhow!("stored rental id {} is malformed", pending.rental_id)
+        })?;
+        match self
+            .desk
+            .fulfill(&member, &pending.book_id, rental_id, deadline)
+            .await
+        {
+            Ok(reservation) => {
+                let rental = self
+                    .activate(&pending.rental_id, &reservation.reservation_id)
+                    .await?;
+                Ok(to_proto(rental, time::now()))
+            }
+            Err(CallError::Refused(refusal)) => {
+                self.reject(&pending.rental_id).await?;
+                Err(refusal.into())
+            }
+            Err(CallError::Unavailable(_)) => Err(self.desk.busy().into()),
+        }
+    }
+
+    async fn activate(
+        &self,
+        rental_id: &str,
+        reservation_id: &str,
+    ) -> ServiceResult<rentals::Model> {
+        let mut tx = self.db.begin().await?;
+        tx.lock("rental", rental_id).await?;
+        let r = find(&*tx, rental_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("rental {rental_id} vanished"))?;
+        if r.status != status::PENDING {
+            return Ok(r);
+        }
+        let now = time::now();
+        let due = domain::due_at(now, &self.policy);
+        let mut am = r.into_active_model();
+        am.status = Set(status::ACTIVE.to_owned());
+        am.reservation_id = Set(Some(reservation_id.to_owned()));
+        am.rented_at = Set(Some(now));
+        am.due_at = Set(Some(due));
+        am.updated_at = Set(now);
+        let r = am.update(&*tx).await?;
+        outbox::stage(
+            &mut tx,
+            PRODUCER,
+            now,
+            Body::BookRented(BookRented {
+                rental_id: r.rental_id.clone(),
+                reservation_id: reservation_id.to_owned(),
+                book_id: r.book_id.clone(),
+                member_id: r.member_id.clone(),
+                rented_at: Some(time::to_proto(now)),
+                due_at: Some(time::to_proto(due)),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    async fn reject(&self, rental_id: &str) -> ServiceResult<()> {
+        let tx = self.db.begin().await?;
+        tx.lock("rental", rental_id).await?;
+        if let Some(r) = find(&*tx, rental_id).await?
+            && r.status == status::PENDING
+        {
+            let mut am = r.into_active_model();
+            am.status = Set(status::REJECTED.to_owned());
+            am.updated_at = Set(time::now());
+            am.update(&*tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// R7's recovery: settles rentals left PENDING for longer than `older_than`.
+    pub async fn recover(&self, older_than: Duration) -> ServiceResult<usize> {
+        let Some(_sweep) = self.db.exclusive("rent-recovery").await? else {
+            return Ok(0);
+        };
+        let cutoff = time::now()
+            - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
+        let stale = rentals::Entity::find()
+            .filter(rentals::Column::Status.eq(status::PENDING))
+            .filter(rentals::Column::CreatedAt.lt(cutoff))
+            .order_by_asc(rentals::Column::CreatedAt)
+            .limit(200)
+            .all(self.db.conn())
+            .await?;
+        let mut settled = 0;
+        for r in stale {
+            match self.settle(r, None).await {
+                Ok(_) => settled += 1,
+                Err(rentalbook_plumbing::error::ServiceError::Status(s))
+                    if s.code() != tonic::Code::Unavailable =>
+                {
+                    settled += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// R8: returns a rental at once.
+    pub async fn return_rental(
+        &self,
+        caller: &Caller,
+        rental_id: Id,
+        key: Option<IdempotencyKey>,
+        deadline: Option<Duration>,
+    ) -> ServiceResult<Rental> {
+        let r = self.find_visible(caller, rental_id).await?;
+        if !domain::may_return(&r.status).map_err(refusal)? {
+            return Ok(to_proto(r, time::now()));
+        }
+        if let Some(key) = &key {
+            let tx = self.db.begin().await?;
+            if let Some(done) = key.recall::<Rental>(&tx).await? {
+                return Ok(done);
+            }
+        }
+        let confirmed = match self
+            .desk
+            .record_return(rental_id, &r.book_id, &r.member_id, deadline)
+            .await
+        {
+            Ok(_) => true,
+            Err(CallError::Unavailable(_)) => false,
+            Err(CallError::Refused(s)) => {
+                // The desk knows no such loan: record the return anyway; the
+                // event tells the desk and the consistency check shows it.
+                tracing::error!(rental_id = %rental_id, code = ?s.code(), message = s.message(), "the lending desk refused a return");
+                false
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        let r = self
+            .mark_returned(&mut tx, &rental_id.to_string(), time::now(), confirmed)
+            .await?
+            .ok_or_else(|| Status::not_found("no such rental"))?;
+        let answer = to_proto(r, time::now());
+        if let Some(key) = &key {
+            key.remember(&tx, &answer).await?;
+        }
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    /// Marks a rental RETURNED (with its BookReturned event) if it is ACTIVE,
+    /// or confirms a PENDING return. Returns the rental as it stands.
+    pub async fn mark_returned(
+        &self,
+        tx: &mut WriteTx,
+        rental_id: &str,
+        at: Timestamp,
+        confirmed: bool,
+    ) -> Result<Option<rentals::Model>, DbErr> {
+        tx.lock("rental", rental_id).await?;
+        let Some(r) = find(&**tx, rental_id).await? else {
+            return Ok(None);
+        };
+        let state = if confirmed {
+            confirmation::CONFIRMED
+        } else {
+            confirmation::PENDING
+        };
+        match r.status.as_str() {
+            status::ACTIVE => {
+                let mut am = r.into_active_model();
+                am.status = Set(status::RETURNED.to_owned());
+                am.returned_at = Set(Some(at));
+                am.return_confirmation = Set(Some(state.to_owned()));
+                am.updated_at = Set(time::now());
+                let r = am.update(&**tx).await?;
+                let confirmation = if confirmed {
+                    ReturnConfirmation::Confirmed
+                } else {
+                    ReturnConfirmation::Pending
+                };
+                outbox::stage(
+                    tx,
+                    PRODUCER,
+                    at,
+                    Body::BookReturned(BookReturned {
+                        rental_id: r.rental_id.clone(),
+                        book_id: r.book_id.clone(),
+                        member_id: r.member_id.clone(),
+                        returned_at: Some(time::to_proto(at)),
+                        return_confirmation: confirmation as i32,
+                        reservation_id: r.reservation_id.clone().unwrap_or_default(),
+                    }),
+                )
+                .await?;
+                Ok(Some(r))
+            }
+            status::RETURNED
+                if confirmed
+                    && r.return_confirmation.as_deref() != Some(confirmation::CONFIRMED) =>
+            {
+                let mut am = r.into_active_model();
+                am.return_confirmation = Set(Some(confirmation::CONFIRMED.to_owned()));
+                am.updated_at = Set(time::now());
+                Ok(Some(am.update(&**tx).await?))
+            }
+            _ => Ok(Some(r)),
+        }
+    }
+
+    async fn find_visible(&self, caller: &Caller, rental_id: Id) -> ServiceResult<rentals::Model> {
+        let r = find(self.db.conn(), &rental_id.to_string())
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no rental with id {rental_id}")))?;
+        let owner = MemberId::parse(&r.member_id).map_err(anyhow::Error::msg)?;
+        caller.require_may_see(&owner, "rental")?;
+        Ok(r)
+    }
+
+    pub async fn get(&self, caller: &Caller, rental_id: Id) -> ServiceResult<Rental> {
+        Ok(to_proto(
+            self.find_visible(caller, rental_id).await?,
+            time::now(),
+        ))
+    }
+
+    pub async fn list(
+        &self,
+        member: &MemberId,
+        active_only: bool,
+        page_size: u64,
+        after: Option<Id>,
+    ) -> ServiceResult<(Vec<Rental>, String)> {
+        let mut q = rentals::Entity::find()
+            .filter(rentals::Column::MemberId.eq(member.as_str()))
+            .order_by_asc(rentals::Column::RentalId);
+        q = if active_only {
+            q.filter(rentals::Column::Status.eq(status::ACTIVE))
+        } else {
+            q.filter(rentals::Column::Status.is_in([
+                status::ACTIVE,
+                status::RETURNED,
+                status::PENDING,
+            ]))
+        };
+        if let Some(after) = after {
+            q = q.filter(rentals::Column::RentalId.gt(after.to_string()));
+        }
+        let mut rows = q.limit(page_size + 1).all(self.db.conn()).await?;
+        let next = if rows.len() as u64 > page_size {
+            rows.truncate(page_size as usize);
+            rows.last().map(|r| r.rental_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let now = time::now();
+        Ok((rows.into_iter().map(|r| to_proto(r, now)).collect(), next))
+    }
+}

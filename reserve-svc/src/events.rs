@@ -1,0 +1,53 @@
+//! What the desk learns from events: copy totals from the catalogue, and
+//! returns whose synchronous RecordReturn failed (R8's fallback).
+
+use async_trait::async_trait;
+use rentalbook_plumbing::consumer::EventHandler;
+use rentalbook_plumbing::db::WriteTx;
+use rentalbook_plumbing::error::ServiceError;
+use rentalbook_plumbing::ids::Id;
+use rentalbook_proto::events::v1::{Envelope, envelope::Body};
+
+use crate::desk::Desk;
+
+/// BookRegistered and CopiesAdded.
+pub struct Catalogue(pub Desk);
+
+#[async_trait]
+impl EventHandler for Catalogue {
+    async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()> {
+        match &event.body {
+            Some(Body::BookRegistered(e)) => {
+                self.0.set_total(tx, &e.book_id, e.total_copies).await?
+            }
+            Some(Body::CopiesAdded(e)) => self.0.set_total(tx, &e.book_id, e.total_copies).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// BookReturned: records the return unless the RPC already did.
+pub struct Returns(pub Desk);
+
+#[async_trait]
+impl EventHandler for Returns {
+    async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()> {
+        let Some(Body::BookReturned(e)) = &event.body else {
+            return Ok(());
+        };
+        let Some(rental_id) = Id::parse(&e.rental_id) else {
+            anyhow::bail!("BookReturned with a malformed rental_id `{}`", e.rental_id);
+        };
+        match self.0.record_return_in(tx, rental_id).await {
+            Ok(_) => Ok(()),
+            Err(ServiceError::Status(s)) if s.code() == tonic::Code::NotFound => {
+                tracing::warn!(rental_id = %rental_id, "returned rental has no fulfilled reservation; nothing to record");
+                Ok(())
+            }
+            Err(ServiceError::Status(s)) => Err(anyhow::anyhow!("{}", s.message())),
+            Err(ServiceError::Db(e)) => Err(e.into()),
+            Err(ServiceError::Other(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The lending rules R1–R8 (SPEC §3) against the real services, NATS
+//! JetStream and PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use rentalbook_proto::book::v1::{AddCopiesRequest, BookStatus, GetBookRequest};
+use rentalbook_proto::rental::v1::{
+    GetRentalRequest, RentRequest, Rental, RentalStatus, ReturnConfirmation, ReturnRentalRequest,
+};
+use rentalbook_proto::reserve::v1::{
+    CancelReservationRequest, GetReservationRequest, ListReservationsRequest, ReservationStatus,
+};
+use support::{Mesh, Options, eventually, librarian, member, req};
+use tonic::Code;
+
+async fn rent(mesh: &Mesh, token: &str, book_id: &str) -> Result<Rental, tonic::Status> {
+    mesh.rentals()
+        .await
+        .rent(req(
+            token,
+            RentRequest {
+                book_id: book_id.into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn give_back(mesh: &Mesh, token: &str, rental_id: &str) -> Result<Rental, tonic::Status> {
+    mesh.rentals()
+        .await
+        .return_rental(req(
+            token,
+            ReturnRentalRequest {
+                rental_id: rental_id.into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn reservation(
+    mesh: &Mesh,
+    token: &str,
+    id: &str,
+) -> rentalbook_proto::reserve::v1::Reservation {
+    mesh.reservations()
+        .await
+        .get_reservation(req(
+            token,
+            GetReservationRequest {
+                reservation_id: id.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books() {
+    let mesh = Mesh::start().await;
+    let book = mesh.register_book("R1", 1).await;
+
+    let a = mesh.reserve(&member("alice"), &book.book_id).await.unwrap();
+    assert_eq!(a.status(), ReservationStatus::Ready);
+    assert_eq!(a.queue_position, 0);
+    let deadline = a.pickup_deadline.unwrap();
+    let created = a.created_at.unwrap();
+    assert_eq!(deadline.seconds - created.seconds, 72 * 3600);
+
+    let b = mesh.reserve(&member("bob"), &book.book_id).await.unwrap();
+    assert_eq!(b.status(), ReservationStatus::Waiting);
+    assert_eq!(b.queue_position, 1);
+    let c = mesh.reserve(&member("carol"), &book.book_id).await.unwrap();
+    assert_eq!(c.queue_position, 2);
+
+    let unknown = mesh
+        .reservations()
+        .await
+        .reserve(req(
+            &member("alice"),
+            rentalbook_proto::reserve::v1::ReserveRequest {
+                book_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown.message().contains("not known"),
+        "{}",
+        unknown.message()
+    );
+
+    // The catalogue's projection follows: one copy held, two waiting.
+    let mut books = mesh.books().await;
+    let status = eventually("book-svc to see the holds", || {
+        let mut books = books.clone();
+        let id = book.book_id.clone();
+        async move {
+            let b = books
+                .get_book(req(&member("x"), GetBookRequest { book_id: id }))
+                .await
+                .ok()?
+                .into_inner();
+            (b.waiting == 2).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(status.status(), BookStatus::Reserved);
+    assert_eq!((status.free_copies, status.held_copies), (0, 1));
+    let _ = &mut books;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit() {
+    let mesh = Mesh::start_with(Options {
+        max_open_reservations: 2,
+        ..Options::default()
+    })
+    .await;
+    let one = mesh.register_book("R2 one", 1).await;
+    let two = mesh.register_book("R2 two", 1).await;
+    let three = mesh.register_book("R2 three", 1).await;
+    let alice = member("alice");
+
+    mesh.reserve(&alice, &one.book_id).await.unwrap();
+    let again = mesh.reserve(&alice, &one.book_id).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    mesh.reserve(&alice, &two.book_id).await.unwrap();
+    let limit = mesh.reserve(&alice, &three.book_id).await.unwrap_err();
+    assert_eq!(limit.code(), Code::FailedPrecondition);
+    assert!(
+        limit.message().contains('2'),
+        "names the limit: {}",
+        limit.message()
+    );
+
+    // Rent book one; reserving it again while it is on loan is refused.
+    rent(&mesh, &alice, &one.book_id).await.unwrap();
+    let on_loan = mesh.reserve(&alice, &one.book_id).await.unwrap_err();
+    assert_eq!(on_loan.code(), Code::FailedPrecondition);
+    assert!(on_loan.message().contains("loan"), "{}", on_loan.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_freed_copy_goes_to_the_head_of_the_queue() {
+    let mesh = Mesh::start().await;
+    let book = mesh.register_book("R3", 1).await;
+    let (alice, bob, carol) = (member("alice"), member("bob"), member("carol"));
+    let a = mesh.reserve(&alice, &book.book_id).await.unwrap();
+    let b = mesh.reserve(&bob, &book.book_id).await.unwrap();
+    let c = mesh.reserve(&carol, &book.book_id).await.unwrap();
+    assert_eq!((b.queue_position, c.queue_position), (1, 2));
+
+    // Cancelling a READY one hands the copy to bob; carol moves up.
+    let cancelled = mesh
+        .reservations()
+        .await
+        .cancel_reservation(req(
+            &alice,
+            CancelReservationRequest {
+                reservation_id: a.reservation_id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status(), ReservationStatus::Cancelled);
+    let b = reservation(&mesh, &bob, &b.reservation_id).await;
+    assert_eq!(b.status(), ReservationStatus::Ready);
+    assert!(b.pickup_deadline.is_some());
+    assert_eq!(
+        reservation(&mesh, &carol, &c.reservation_id)
+            .await
+            .queue_position,
+        1
+    );
+
+    // A return hands the copy to carol.
+    let loan = rent(&mesh, &bob, &book.book_id).await.unwrap();
+    assert_eq!(
+        reservation(&mesh, &bob, &b.reservation_id).await.status(),
+        ReservationStatus::Fulfilled
+    );
+    assert_eq!(
+        reservation(&mesh, &carol, &c.reservation_id).await.status(),
+        ReservationStatus::Waiting
+    );
+    give_back(&mesh, &bob, &loan.rental_id).await.unwrap();
+    assert_eq!(
+        reservation(&mesh, &carol, &c.reservation_id).await.status(),
+        ReservationStatus::Ready
+    );
+
+    // Added copies go to the waiting too.
+    let dave = member("dave");
+    let d = mesh.reserve(&dave, &book.book_id).await.unwrap();
+    assert_eq!(d.status(), ReservationStatus::Waiting);
+    mesh.books()
+        .await
+        .add_copies(req(
+            &librarian(),
+            AddCopiesRequest {
+                book_id: book.book_id.clone(),
+                copies: 1,
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    eventually("dave's reservation to become READY", || {
+        let mesh = &mesh;
+        let (dave, id) = (dave.clone(), d.reservation_id.clone());
+        async move {
+            (reservation(mesh, &dave, &id).await.status() == ReservationStatus::Ready).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy() {
+    let mesh = Mesh::start_with(Options {
+        pickup_window: "1s",
+        sweep_interval: "100ms",
+        ..Options::default()
+    })
+    .await;
+    let book = mesh.register_book("R4", 1).await;
+    let (alice, bob) = (member("alice"), member("bob"));
+    let a = mesh.reserve(&alice, &book.book_id).await.unwrap();
+    let b = mesh.reserve(&bob, &book.book_id).await.unwrap();
+    assert_eq!(a.status(), ReservationStatus::Ready);
+
+    let b = eventually("bob to be promoted after alice's hold expires", || {
+        let mesh = &mesh;
+        let (bob, id) = (bob.clone(), b.reservation_id.clone());
+        async move {
+            let r = reservation(mesh, &bob, &id).await;
+            (r.status() == ReservationStatus::Ready).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        reservation(&mesh, &alice, &a.reservation_id).await.status(),
+        ReservationStatus::Expired
+    );
+    assert!(b.pickup_deadline.is_some());
+    // An expired hold cannot be picked up.
+    let late = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit() {
+    let mesh = Mesh::start_with(Options {
+        max_active_rentals: 1,
+        loan_period: "14d",
+        ..Options::default()
+    })
+    .await;
+    let book = mesh.register_book("R6", 2).await;
+    let other = mesh.register_book("R6 other", 1).await;
+    let (alice, bob) = (member("alice"), member("bob"));
+
+    let refused = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("no reservation ready for you"),
+        "{}",
+        refused.message()
+    );
+
+    // bob waits behind nobody (two copies) but alice's reservation is hers only.
+    let r = mesh.reserve(&alice, &book.book_id).await.unwrap();
+    assert_eq!(
+        rent(&mesh, &bob, &book.book_id).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    let loan = rent(&mesh, &alice, &book.book_id).await.unwrap();
+    assert_eq!(loan.status(), RentalStatus::Active);
+    assert_eq!(loan.reservation_id, r.reservation_id);
+    let due = loan.due_at.unwrap().seconds - loan.rented_at.unwrap().seconds;
+    assert_eq!(due, 14 * 86_400);
+    let r = reservation(&mesh, &alice, &r.reservation_id).await;
+    assert_eq!(r.status(), ReservationStatus::Fulfilled);
+    assert_eq!(r.rental_id, loan.rental_id);
+
+    // Renting the same book again answers the same loan.
+    assert_eq!(
+        rent(&mesh, &alice, &book.book_id).await.unwrap().rental_id,
+        loan.rental_id
+    );
+
+    // The loan limit (1) refuses a second book.
+    mesh.reserve(&alice, &other.book_id).await.unwrap();
+    let limit = rent(&mesh, &alice, &other.book_id).await.unwrap_err();
+    assert_eq!(limit.code(), Code::FailedPrecondition);
+    assert!(limit.message().contains('1'), "{}", limit.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian() {
+    let mesh = Mesh::start().await;
+    let book = mesh.register_book("R8", 1).await;
+    let (alice, bob) = (member("alice"), member("bob"));
+    mesh.reserve(&alice, &book.book_id).await.unwrap();
+    let b = mesh.reserve(&bob, &book.book_id).await.unwrap();
+    let loan = rent(&mesh, &alice, &book.book_id).await.unwrap();
+
+    let denied = give_back(&mesh, &bob, &loan.rental_id).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let peek = mesh
+        .rentals()
+        .await
+        .get_rental(req(
+            &bob,
+            GetRentalRequest {
+                rental_id: loan.rental_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(peek.code(), Code::PermissionDenied);
+
+    let returned = give_back(&mesh, &alice, &loan.rental_id).await.unwrap();
+    assert_eq!(returned.status(), RentalStatus::Returned);
+    assert_eq!(
+        returned.return_confirmation(),
+        ReturnConfirmation::Confirmed
+    );
+    assert_eq!(
+        reservation(&mesh, &bob, &b.reservation_id).await.status(),
+        ReservationStatus::Ready
+    );
+
+    let twice = give_back(&mesh, &alice, &loan.rental_id).await.unwrap();
+    assert_eq!(twice, returned);
+
+    // A librarian may return on a member's behalf.
+    let bob_loan = rent(&mesh, &bob, &book.book_id).await.unwrap();
+    let by_librarian = give_back(&mesh, &librarian(), &bob_loan.rental_id)
+        .await
+        .unwrap();
+    assert_eq!(by_librarian.status(), RentalStatus::Returned);
+
+    // The catalogue ends with the copy free again.
+    let mut books = mesh.books().await;
+    eventually("the copy to be AVAILABLE in book-svc", || {
+        let mut books = books.clone();
+        let id = book.book_id.clone();
+        async move {
+            let b = books
+                .get_book(req(&member("x"), GetBookRequest { book_id: id }))
+                .await
+                .ok()?
+                .into_inner();
+            (b.status() == BookStatus::Available && b.free_copies == 1).then_some(())
+        }
+    })
+    .await;
+    let _ = &mut books;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_is_per_member_and_paged() {
+    let mesh = Mesh::start().await;
+    let alice = member("alice");
+    for i in 0..3 {
+        let book = mesh.register_book(&format!("List {i}"), 1).await;
+        mesh.reserve(&alice, &book.book_id).await.unwrap();
+    }
+    let mut client = mesh.reservations().await;
+    let first = client
+        .list_reservations(req(
+            &alice,
+            ListReservationsRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.reservations.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let rest = client
+        .list_reservations(req(
+            &alice,
+            ListReservationsRequest {
+                page_size: 2,
+                page_token: first.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.reservations.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+
+    let other = client
+        .list_reservations(req(
+            &member("bob"),
+            ListReservationsRequest {
+                member_id: "alice".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    let as_librarian = client
+        .list_reservations(req(
+            &librarian(),
+            ListReservationsRequest {
+                member_id: "alice".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(as_librarian.reservations.len(), 3);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}

@@ -1,0 +1,458 @@
+//! Starts the real services in this test process, each on a free port with
+//! its own database, on a stream and subject prefix of the test's own, and
+//! gives the test typed clients and tokens.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rentalbook_plumbing::auth::{Role, mint};
+use rentalbook_plumbing::bus::{NatsBus, NatsSettings};
+use rentalbook_plumbing::ids::MemberId;
+use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
+use rentalbook_proto::book::v1::{Book, RegisterBookRequest};
+use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
+use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
+use rentalbook_proto::reserve::v1::{Reservation, ReserveRequest};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// Which database the services use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Postgres,
+    Sqlite,
+}
+
+/// Policy and timing knobs of a test's mesh.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub store: Store,
+    pub pickup_window: &'static str,
+    pub loan_period: &'static str,
+    pub sweep_interval: &'static str,
+    pub max_open_reservations: u32,
+    pub max_active_rentals: u32,
+    pub reserve_call_timeout: &'static str,
+    pub breaker_failures: u32,
+    pub breaker_open_for: &'static str,
+    pub recovery_interval: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            store: Store::Postgres,
+            pickup_window: "72h",
+            loan_period: "14d",
+            sweep_interval: "200ms",
+            max_open_reservations: 5,
+            max_active_rentals: 5,
+            reserve_call_timeout: "1s",
+            breaker_failures: 3,
+            breaker_open_for: "1s",
+            recovery_interval: "200ms",
+        }
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+/// book-svc, reserve-svc and rental-svc of one test.
+pub struct Mesh {
+    pub options: Options,
+    pub nats_url: String,
+    pub stream: String,
+    pub prefix: String,
+    db_urls: [String; 3],
+    _sqlite_dir: Option<tempfile::TempDir>,
+    book: Running,
+    reserve: Running,
+    rental: Running,
+}
+
+fn common_args(nats_url: &str, stream: &str, prefix: &str) -> Vec<String> {
+    [
+        "--metrics-addr",
+        "off",
+        "--nats-url",
+        nats_url,
+        "--nats-stream",
+        stream,
+        "--nats-subject-prefix",
+        prefix,
+        "--jwt-secret",
+        SECRET,
+        "--event-ack-wait",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn bus(nats_url: &str, stream: &str, prefix: &str, name: &str) -> std::sync::Arc<NatsBus> {
+    NatsBus::connect(NatsSettings {
+        url: nats_url.to_owned(),
+        stream: stream.to_owned(),
+        subject_prefix: prefix.to_owned(),
+        max_age: None,
+        client_name: name.to_owned(),
+    })
+    .await
+    .expect("connecting to NATS")
+}
+
+impl Mesh {
+    pub async fn start() -> Mesh {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Mesh {
+        let nats_url = rentalbook_testkit::nats_url().await;
+        let stream = rentalbook_testkit::unique_name("RB");
+        let prefix = stream.to_lowercase();
+        let (db_urls, sqlite_dir) = match options.store {
+            Store::Postgres => (
+                [
+                    rentalbook_testkit::fresh_postgres_url().await,
+                    rentalbook_testkit::fresh_postgres_url().await,
+                    rentalbook_testkit::fresh_postgres_url().await,
+                ],
+                None,
+            ),
+            Store::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+                (
+                    [url("book.db"), url("reserve.db"), url("rental.db")],
+                    Some(dir),
+                )
+            }
+        };
+        let placeholder = || Running {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            stop: CancellationToken::new(),
+            task: None,
+        };
+        let mut mesh = Mesh {
+            options,
+            nats_url,
+            stream,
+            prefix,
+            db_urls,
+            _sqlite_dir: sqlite_dir,
+            book: placeholder(),
+            reserve: placeholder(),
+            rental: placeholder(),
+        };
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        mesh.book = mesh.spawn_book(any_port).await;
+        mesh.reserve = mesh.spawn_reserve(any_port).await;
+        mesh.rental = mesh.spawn_rental(any_port).await;
+        for addr in [mesh.book.addr, mesh.reserve.addr, mesh.rental.addr] {
+            wait_serving(addr).await;
+        }
+        mesh
+    }
+
+    async fn spawn_book(&self, addr: SocketAddr) -> Running {
+        let mut args = vec![
+            "book-svc".to_owned(),
+            "--database-url".into(),
+            self.db_urls[0].clone(),
+        ];
+        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
+        let config = <book_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = TcpListener::bind(addr).await.expect("binding book-svc");
+        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "book-svc").await;
+        let app = book_svc::App::build_with(config, listener, bus)
+            .await
+            .expect("book-svc");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    async fn spawn_reserve(&self, addr: SocketAddr) -> Running {
+        let o = &self.options;
+        let mut args = vec![
+            "reserve-svc".to_owned(),
+            "--database-url".into(),
+            self.db_urls[1].clone(),
+            "--hold-pickup-window".into(),
+            o.pickup_window.into(),
+            "--expiry-sweep-interval".into(),
+            o.sweep_interval.into(),
+            "--max-open-reservations".into(),
+            o.max_open_reservations.to_string(),
+        ];
+        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
+        let config = <reserve_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = bind_again(addr).await;
+        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "reserve-svc").await;
+        let app = reserve_svc::App::build_with(config, listener, bus)
+            .await
+            .expect("reserve-svc");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    async fn spawn_rental(&self, addr: SocketAddr) -> Running {
+        let o = &self.options;
+        let mut args = vec![
+            "rental-svc".to_owned(),
+            "--database-url".into(),
+            self.db_urls[2].clone(),
+            "--reserve-svc-url".into(),
+            format!("http://{}", self.reserve.addr),
+            "--loan-period".into(),
+            o.loan_period.into(),
+            "--max-active-rentals".into(),
+            o.max_active_rentals.to_string(),
+            "--reserve-call-timeout".into(),
+            o.reserve_call_timeout.into(),
+            "--breaker-failures".into(),
+            o.breaker_failures.to_string(),
+            "--breaker-open-for".into(),
+            o.breaker_open_for.into(),
+            "--rent-recovery-interval".into(),
+            o.recovery_interval.into(),
+        ];
+        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
+        let config = <rental_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = TcpListener::bind(addr).await.expect("binding rental-svc");
+        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "rental-svc").await;
+        let app = rental_svc::App::build_with(config, listener, bus)
+            .await
+            .expect("rental-svc");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops reserve-svc (graceful shutdown); its port is refused meanwhile.
+    pub async fn stop_reserve(&mut self) {
+        self.reserve.stop().await;
+    }
+
+    /// Starts reserve-svc again on the same port and database.
+    pub async fn start_reserve(&mut self) {
+        self.reserve = self.spawn_reserve(self.reserve.addr).await;
+        wait_serving(self.reserve.addr).await;
+    }
+
+    pub async fn stop_book(&mut self) {
+        self.book.stop().await;
+    }
+
+    pub async fn start_book(&mut self) {
+        self.book = self.spawn_book(self.book.addr).await;
+        wait_serving(self.book.addr).await;
+    }
+
+    pub fn book_addr(&self) -> SocketAddr {
+        self.book.addr
+    }
+
+    pub fn reserve_addr(&self) -> SocketAddr {
+        self.reserve.addr
+    }
+
+    pub fn rental_addr(&self) -> SocketAddr {
+        self.rental.addr
+    }
+
+    pub fn reserve_db_url(&self) -> &str {
+        &self.db_urls[1]
+    }
+
+    pub async fn books(&self) -> BookServiceClient<Channel> {
+        BookServiceClient::new(channel(self.book.addr).await)
+    }
+
+    pub async fn reservations(&self) -> ReservationServiceClient<Channel> {
+        ReservationServiceClient::new(channel(self.reserve.addr).await)
+    }
+
+    pub async fn rentals(&self) -> RentalServiceClient<Channel> {
+        RentalServiceClient::new(channel(self.rental.addr).await)
+    }
+
+    /// Registers a book as a librarian.
+    pub async fn register_book(&self, title: &str, copies: i32) -> Book {
+        self.books()
+            .await
+            .register_book(req(
+                &librarian(),
+                RegisterBookRequest {
+                    title: title.into(),
+                    author: "Test Author".into(),
+                    total_copies: copies,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("registering a book")
+            .into_inner()
+    }
+
+    /// Reserves, waiting out the moment in which reserve-svc has not yet
+    /// seen the book's registration event.
+    pub async fn reserve(&self, token: &str, book_id: &str) -> Result<Reservation, Status> {
+        let mut client = self.reservations().await;
+        let started = Instant::now();
+        loop {
+            let res = client
+                .reserve(req(
+                    token,
+                    ReserveRequest {
+                        book_id: book_id.into(),
+                        request_id: String::new(),
+                    },
+                ))
+                .await;
+            match res {
+                Err(s)
+                    if s.code() == Code::NotFound
+                        && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other.map(|r| r.into_inner()),
+            }
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for r in [&self.book, &self.reserve, &self.rental] {
+            r.stop.cancel();
+        }
+    }
+}
+
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let started = Instant::now();
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("binding {addr} again: {e}"),
+        }
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// Waits until the health service says SERVING.
+pub async fn wait_serving(addr: SocketAddr) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut client = HealthClient::new(channel(addr).await);
+    eventually("the service to be SERVING", || {
+        let mut client = client.clone();
+        async move {
+            let res = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            (res.into_inner().status == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await;
+    let _ = &mut client;
+}
+
+/// A token for a member.
+pub fn token(sub: &str, role: Role) -> String {
+    mint(
+        SECRET,
+        &MemberId::parse(sub).unwrap(),
+        role,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+pub fn member(sub: &str) -> String {
+    token(sub, Role::Member)
+}
+
+pub fn librarian() -> String {
+    token("librarian-1", Role::Librarian)
+}
+
+/// A request with a bearer token.
+pub fn req<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Polls `f` until it returns Some, for at most 15 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
