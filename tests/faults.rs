@@ -55,7 +55,7 @@ async fn return_while_the_desk_is_down_is_pending_then_confirmed_and_the_next_me
     assert_eq!(returned.return_confirmation(), ReturnConfirmation::Pending);
 
     mesh.start_reserve().await;
-    let mut desk = mesh.reservations().await;
+    let desk = mesh.reservations().await;
     eventually(
         "bob's reservation to become READY from the BookReturned event",
         || {
@@ -88,7 +88,6 @@ async fn return_while_the_desk_is_down_is_pending_then_confirmed_and_the_next_me
         },
     )
     .await;
-    let _ = &mut desk;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,7 +99,7 @@ async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books() {
     );
 
     // The catalogue's projection follows: one copy held, two waiting.
-    let mut books = mesh.books().await;
+    let books = mesh.books().await;
     let status = eventually("book-svc to see the holds", || {
         let mut books = books.clone();
         let id = book.book_id.clone();
@@ -115,7 +115,6 @@ async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books() {
     .await;
     assert_eq!(status.status(), BookStatus::Reserved);
     assert_eq!((status.free_copies, status.held_copies), (0, 1));
-    let _ = &mut books;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +354,7 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian() 
     assert_eq!(by_librarian.status(), RentalStatus::Returned);
 
     // The catalogue ends with the copy free again.
-    let mut books = mesh.books().await;
+    let books = mesh.books().await;
     eventually("the copy to be AVAILABLE in book-svc", || {
         let mut books = books.clone();
         let id = book.book_id.clone();
@@ -369,7 +368,6 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian() 
         }
     })
     .await;
-    let _ = &mut books;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

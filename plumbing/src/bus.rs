@@ -44,6 +44,10 @@ pub trait EventBus: Send + Sync + 'static {
     /// Opens a durable consumer, creating it on first use. It starts from the
     /// first event in the stream.
     async fn subscribe(&self, spec: &ConsumerSpec) -> anyhow::Result<Box<dyn Subscription>>;
+
+    /// Forgets a durable consumer's position, so the next subscription starts
+    /// again from the first event (a read model's rebuild).
+    async fn reset(&self, durable: &str) -> anyhow::Result<()>;
 }
 
 #[async_trait]
@@ -198,6 +202,18 @@ impl EventBus for NatsBus {
             js: self.js.clone(),
             dlq_subject: format!("{}_dlq.{}", self.settings.subject_prefix, spec.durable),
         }))
+    }
+
+    async fn reset(&self, durable: &str) -> anyhow::Result<()> {
+        self.ensure_streams().await?;
+        let stream = self.js.get_stream(&self.settings.stream).await?;
+        if stream.consumer_info(durable).await.is_ok() {
+            stream
+                .delete_consumer(durable)
+                .await
+                .with_context(|| format!("deleting the consumer {durable}"))?;
+        }
+        Ok(())
     }
 }
 

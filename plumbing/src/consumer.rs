@@ -21,6 +21,10 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Applies one event inside the transaction that records it as processed.
     /// An error rolls both back and the event is delivered again.
     async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()>;
+
+    /// Runs once the effect of a newly applied event has committed (to tell
+    /// watchers, say). Not run for duplicates.
+    async fn after_commit(&self, _event: &Envelope) {}
 }
 
 pub struct Consumer {
@@ -146,6 +150,7 @@ impl Consumer {
         .await?;
         self.handler.apply(&mut tx, envelope).await?;
         tx.commit().await?;
+        self.handler.after_commit(envelope).await;
         Ok("applied")
     }
 }

@@ -280,6 +280,8 @@ impl Lending {
         key: Option<IdempotencyKey>,
         deadline: Option<Duration>,
     ) -> ServiceResult<Rental> {
+        // The book is back the moment the member hands it in.
+        let returned_at = time::now();
         let r = self.find_visible(caller, rental_id).await?;
         if !domain::may_return(&r.status).map_err(refusal)? {
             return Ok(to_proto(r, time::now()));
@@ -306,7 +308,7 @@ impl Lending {
         };
         let mut tx = self.db.begin().await?;
         let r = self
-            .mark_returned(&mut tx, &rental_id.to_string(), time::now(), confirmed)
+            .mark_returned(&mut tx, &rental_id.to_string(), returned_at, confirmed)
             .await?
             .ok_or_else(|| Status::not_found("no such rental"))?;
         let answer = to_proto(r, time::now());

@@ -16,6 +16,7 @@ use rentalbook_proto::book::v1::{Book, RegisterBookRequest};
 use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
 use rentalbook_proto::reserve::v1::{Reservation, ReserveRequest};
+use rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,17 +79,18 @@ impl Running {
     }
 }
 
-/// book-svc, reserve-svc and rental-svc of one test.
+/// book-svc, reserve-svc, rental-svc and view-svc of one test.
 pub struct Mesh {
     pub options: Options,
     pub nats_url: String,
     pub stream: String,
     pub prefix: String,
-    db_urls: [String; 3],
+    db_urls: [String; 4],
     _sqlite_dir: Option<tempfile::TempDir>,
     book: Running,
     reserve: Running,
     rental: Running,
+    view: Running,
 }
 
 fn common_args(nats_url: &str, stream: &str, prefix: &str) -> Vec<String> {
@@ -138,6 +140,7 @@ impl Mesh {
                     rentalbook_testkit::fresh_postgres_url().await,
                     rentalbook_testkit::fresh_postgres_url().await,
                     rentalbook_testkit::fresh_postgres_url().await,
+                    rentalbook_testkit::fresh_postgres_url().await,
                 ],
                 None,
             ),
@@ -145,7 +148,12 @@ impl Mesh {
                 let dir = tempfile::tempdir().expect("a temp dir");
                 let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
                 (
-                    [url("book.db"), url("reserve.db"), url("rental.db")],
+                    [
+                        url("book.db"),
+                        url("reserve.db"),
+                        url("rental.db"),
+                        url("view.db"),
+                    ],
                     Some(dir),
                 )
             }
@@ -165,12 +173,19 @@ impl Mesh {
             book: placeholder(),
             reserve: placeholder(),
             rental: placeholder(),
+            view: placeholder(),
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
         mesh.book = mesh.spawn_book(any_port).await;
         mesh.reserve = mesh.spawn_reserve(any_port).await;
         mesh.rental = mesh.spawn_rental(any_port).await;
-        for addr in [mesh.book.addr, mesh.reserve.addr, mesh.rental.addr] {
+        mesh.view = mesh.spawn_view(any_port, "view-svc", false).await;
+        for addr in [
+            mesh.book.addr,
+            mesh.reserve.addr,
+            mesh.rental.addr,
+            mesh.view.addr,
+        ] {
             wait_serving(addr).await;
         }
         mesh
@@ -264,6 +279,117 @@ impl Mesh {
             addr,
             stop,
             task: Some(task),
+        }
+    }
+
+    async fn spawn_view(&self, addr: SocketAddr, consumer: &str, rebuild: bool) -> Running {
+        self.spawn_view_on(addr, &self.db_urls[3], consumer, rebuild)
+            .await
+    }
+
+    async fn spawn_view_on(
+        &self,
+        addr: SocketAddr,
+        db_url: &str,
+        consumer: &str,
+        rebuild: bool,
+    ) -> Running {
+        let mut args = vec![
+            "view-svc".to_owned(),
+            "--database-url".into(),
+            db_url.to_owned(),
+            "--consumer-name".into(),
+            consumer.to_owned(),
+        ];
+        if rebuild {
+            args.push("--rebuild".into());
+        }
+        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
+        let config = <view_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = bind_again(addr).await;
+        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "view-svc").await;
+        let app = view_svc::App::build_with(config, listener, bus)
+            .await
+            .expect("view-svc");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops view-svc; the rest of the mesh goes on without it.
+    pub async fn stop_view(&mut self) {
+        self.view.stop().await;
+    }
+
+    /// Starts view-svc again on the same port and database, optionally
+    /// rebuilding its read model from the start of the stream.
+    pub async fn start_view(&mut self, rebuild: bool) {
+        self.view = self.spawn_view(self.view.addr, "view-svc", rebuild).await;
+        wait_serving(self.view.addr).await;
+    }
+
+    /// A second view-svc with a database and consumer of its own, fed from the
+    /// same stream from the first event: what a rebuild by replay gives.
+    pub async fn start_replica_view(&self) -> (SocketAddr, CancellationToken) {
+        let db_url = match self.options.store {
+            Store::Postgres => rentalbook_testkit::fresh_postgres_url().await,
+            Store::Sqlite => format!(
+                "sqlite://{}",
+                self._sqlite_dir
+                    .as_ref()
+                    .expect("sqlite dir")
+                    .path()
+                    .join("replica.db")
+                    .display()
+            ),
+        };
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = self
+            .spawn_view_on(any_port, &db_url, "view-svc-replica", false)
+            .await;
+        wait_serving(running.addr).await;
+        (running.addr, running.stop.clone())
+    }
+
+    pub fn view_addr(&self) -> SocketAddr {
+        self.view.addr
+    }
+
+    pub async fn views(&self) -> MyPageServiceClient<Channel> {
+        MyPageServiceClient::new(channel(self.view.addr).await)
+    }
+
+    /// Waits until the stream has stopped growing and the durable consumer
+    /// has applied everything in it.
+    pub async fn settled(&self, consumer: &str) {
+        let client = async_nats::connect(&self.nats_url).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let started = Instant::now();
+        let mut last_seen = None;
+        loop {
+            let mut stream = js.get_stream(&self.stream).await.expect("the stream");
+            let last_seq = stream
+                .info()
+                .await
+                .expect("stream info")
+                .state
+                .last_sequence;
+            let info = stream.consumer_info(consumer).await.expect("consumer info");
+            let drained = info.num_pending == 0 && info.num_ack_pending == 0;
+            if drained && last_seen == Some(last_seq) {
+                return;
+            }
+            last_seen = Some(last_seq);
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {consumer} to apply every event"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
 
@@ -363,7 +489,7 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for r in [&self.book, &self.reserve, &self.rental] {
+        for r in [&self.book, &self.reserve, &self.rental, &self.view] {
             r.stop.cancel();
         }
     }
@@ -394,7 +520,7 @@ pub async fn wait_serving(addr: SocketAddr) {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let mut client = HealthClient::new(channel(addr).await);
+    let client = HealthClient::new(channel(addr).await);
     eventually("the service to be SERVING", || {
         let mut client = client.clone();
         async move {
@@ -408,7 +534,6 @@ pub async fn wait_serving(addr: SocketAddr) {
         }
     })
     .await;
-    let _ = &mut client;
 }
 
 /// A token for a member.

@@ -1,0 +1,91 @@
+//! MyPageService over gRPC.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::error::ServiceError;
+use rentalbook_plumbing::time;
+use rentalbook_proto::view::v1::{
+    GetMyPageRequest, MyPage, WatchMyPageRequest, my_page_service_server::MyPageService,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::pages;
+use crate::watch::Watchers;
+
+pub struct MyPages {
+    pub watchers: Arc<Watchers>,
+    /// Ends the open watch streams when the service shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Pages a slow watcher may have queued before it holds up only itself.
+const WATCH_BUFFER: usize = 4;
+
+#[tonic::async_trait]
+impl MyPageService for MyPages {
+    async fn get_my_page(
+        &self,
+        request: Request<GetMyPageRequest>,
+    ) -> Result<Response<MyPage>, Status> {
+        let caller = Caller::of(&request)?;
+        let member = caller.subject(&request.get_ref().member_id)?;
+        let (page, _) = pages::build(self.watchers.db.conn(), member.as_str(), time::now())
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(page))
+    }
+
+    type WatchMyPageStream = ReceiverStream<Result<MyPage, Status>>;
+
+    async fn watch_my_page(
+        &self,
+        request: Request<WatchMyPageRequest>,
+    ) -> Result<Response<Self::WatchMyPageStream>, Status> {
+        let caller = Caller::of(&request)?;
+        let member = caller.subject(&request.get_ref().member_id)?.to_string();
+        let watchers = self.watchers.clone();
+        let shutdown = self.shutdown.clone();
+        let mut changes = watchers.subscribe(&member);
+        let (out, stream) = mpsc::channel(WATCH_BUFFER);
+        metrics::gauge!("mypage_watch_streams").increment(1.0);
+        tokio::spawn(async move {
+            let mut last: Option<MyPage> = None;
+            loop {
+                changes.mark_unchanged();
+                let now = time::now();
+                let (page, next_change) = match pages::build(watchers.db.conn(), &member, now).await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = out.send(Err(ServiceError::from(e).into())).await;
+                        break;
+                    }
+                };
+                if last.as_ref().is_none_or(|l| !pages::same(l, &page)) {
+                    if out.send(Ok(page.clone())).await.is_err() {
+                        break;
+                    }
+                    last = Some(page);
+                }
+                // Wake for a change, for the next due date to pass, or not at all.
+                let clock = next_change
+                    .and_then(|t| (t - now).to_std().ok())
+                    .map(|d| d + Duration::from_millis(5))
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(clock) => {}
+                    _ = out.closed() => break,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            metrics::gauge!("mypage_watch_streams").decrement(1.0);
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}

@@ -1,0 +1,171 @@
+//! view-svc: My Page (SPEC §2, §7), the read side of rentalbook. It is built
+//! only from the domain events (CQRS): nothing else writes its database, and
+//! everything else works while it is down; when it comes back it catches up
+//! from its durable consumer. `--rebuild` drops the read model and replays the
+//! stream from the first event.
+//!
+//! - [`domain`]: journey stages, forward only; what the clock changes.
+//! - [`projection`]: events into the read model, then watchers told.
+//! - [`pages`]: a member's page from the read model.
+//! - [`watch`]: who watches which page.
+//! - [`store`]: tables and migrations.
+//! - [`grpc`]: GetMyPage and the WatchMyPage stream.
+
+pub mod domain;
+pub mod grpc;
+pub mod pages;
+pub mod projection;
+pub mod store;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use rentalbook_plumbing::auth::{Authenticator, Verifier};
+use rentalbook_plumbing::bus::{ConsumerSpec, EventBus, NatsBus, NatsSettings};
+use rentalbook_plumbing::config::{CommonArgs, OptionalAddr};
+use rentalbook_plumbing::consumer::Consumer;
+use rentalbook_plumbing::db::Db;
+use rentalbook_plumbing::serve::{self, Launch, Task};
+use rentalbook_proto::view::v1::my_page_service_server::MyPageServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const NAME: &str = "view-svc";
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "view-svc",
+    version,
+    about = "rentalbook's My Page read model (gRPC)"
+)]
+pub struct Config {
+    /// gRPC address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8084")]
+    pub listen_addr: SocketAddr,
+
+    /// Plain HTTP address of /metrics, or `off`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9084")]
+    pub metrics_addr: OptionalAddr,
+
+    /// This service's own database (PostgreSQL, or sqlite://file.db).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/rentalbook_view"
+    )]
+    pub database_url: String,
+
+    /// Durable consumer that feeds the read model.
+    #[arg(long, env = "VIEW_CONSUMER_NAME", default_value = "view-svc")]
+    pub consumer_name: String,
+
+    /// Drop the read model and replay every event from the start of the stream.
+    #[arg(long, env = "VIEW_REBUILD")]
+    pub rebuild: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub struct App {
+    launch: Launch,
+    shutdown_streams: CancellationToken,
+}
+
+impl App {
+    /// Binds the port and connects to NATS as the configuration says.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let bus = NatsBus::connect(NatsSettings {
+            url: config.common.nats_url.clone(),
+            stream: config.common.nats_stream.clone(),
+            subject_prefix: config.common.nats_subject_prefix.clone(),
+            max_age: config.common.stream_max_age()?,
+            client_name: NAME.into(),
+        })
+        .await?;
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        Self::build_with(config, listener, bus).await
+    }
+
+    /// With an already bound listener and a given event bus.
+    pub async fn build_with(
+        config: Config,
+        listener: TcpListener,
+        bus: Arc<dyn EventBus>,
+    ) -> anyhow::Result<Self> {
+        rentalbook_plumbing::telemetry::init_metrics(config.metrics_addr.0)?;
+        let verifier = Arc::new(Verifier::from_args(&config.common)?);
+        let db = Db::connect(&config.database_url, 16).await?;
+        let watchers = Arc::new(watch::Watchers::new(db.clone()));
+        let shutdown_streams = CancellationToken::new();
+        let routes = tonic::service::Routes::new(MyPageServiceServer::with_interceptor(
+            grpc::MyPages {
+                watchers: watchers.clone(),
+                shutdown: shutdown_streams.clone(),
+            },
+            Authenticator::new(verifier),
+        ));
+        let durable = config.consumer_name.clone();
+        let consumer = Consumer::new(
+            db.clone(),
+            bus.clone(),
+            ConsumerSpec {
+                durable: durable.clone(),
+                filter: String::new(),
+                max_deliver: config.common.event_max_deliver,
+                ack_wait: config.common.event_ack_wait.get(),
+            },
+            Arc::new(projection::Projection { watchers }),
+        );
+        let rebuild = config.rebuild;
+        let model = db.clone();
+        let tasks: Vec<Task> = vec![Box::new(move |stop: CancellationToken| {
+            Box::pin(async move {
+                if rebuild {
+                    tracing::info!(consumer = %durable, "rebuilding My Page from the start of the stream");
+                    if let Err(e) = bus.reset(&durable).await {
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "cannot reset the consumer; not rebuilding"
+                        );
+                    } else if let Err(e) = store::clear(model.conn()).await {
+                        tracing::error!(error = %e, "cannot clear the read model; not rebuilding");
+                    }
+                }
+                consumer.run(stop).await
+            })
+        })];
+        Ok(Self {
+            launch: Launch {
+                name: NAME,
+                listener,
+                db,
+                routes,
+                grpc_names: vec![serve::grpc_name::<MyPageServiceServer<grpc::MyPages>>()],
+                max_concurrent_requests: config.common.max_concurrent_requests,
+                tasks,
+            },
+            shutdown_streams,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.launch
+            .listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled; open watch streams end then.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let streams = self.shutdown_streams.clone();
+        let end_streams = shutdown.clone();
+        tokio::spawn(async move {
+            end_streams.cancelled().await;
+            streams.cancel();
+        });
+        serve::run::<store::Migrator>(self.launch, shutdown).await
+    }
+}

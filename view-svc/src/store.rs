@@ -1,0 +1,113 @@
+//! view-svc's read model and its migrations. Written only by the projection.
+
+use rentalbook_plumbing::schema::{PlumbingTables, create_entity_table};
+use sea_orm_migration::prelude::*;
+
+pub mod journeys {
+    use sea_orm::entity::prelude::*;
+
+    /// One reservation and what came of it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "journeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub reservation_id: String,
+        #[sea_orm(indexed)]
+        pub member_id: String,
+        #[sea_orm(indexed)]
+        pub book_id: String,
+        /// One of [`crate::domain::stage`].
+        pub stage: String,
+        /// The book's book_seq when the reservation was placed: queue order.
+        pub queue_seq: i64,
+        pub pickup_deadline: Option<DateTimeUtc>,
+        #[sea_orm(indexed)]
+        pub rental_id: Option<String>,
+        pub due_at: Option<DateTimeUtc>,
+        pub returned_at: Option<DateTimeUtc>,
+        /// PENDING or CONFIRMED once returned.
+        pub return_confirmation: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod steps {
+    use sea_orm::entity::prelude::*;
+
+    /// A step of a journey, at most one of each kind.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "journey_steps")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub reservation_id: String,
+        /// The `StepKind` number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kind: i32,
+        /// The occurred_at of the event that made the step.
+        pub at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod titles {
+    use sea_orm::entity::prelude::*;
+
+    /// Book titles from BookRegistered.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "book_titles")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub book_id: String,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+struct CreateReadModel;
+
+impl MigrationName for CreateReadModel {
+    fn name(&self) -> &str {
+        "m0001_create_read_model"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateReadModel {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, journeys::Entity).await?;
+        create_entity_table(manager, steps::Entity).await?;
+        create_entity_table(manager, titles::Entity).await
+    }
+}
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(PlumbingTables), Box::new(CreateReadModel)]
+    }
+}
+
+/// Empties the read model and the inbox, for a rebuild by replay.
+pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    use sea_orm::EntityTrait;
+    journeys::Entity::delete_many().exec(db).await?;
+    steps::Entity::delete_many().exec(db).await?;
+    titles::Entity::delete_many().exec(db).await?;
+    rentalbook_plumbing::schema::inbox::Entity::delete_many()
+        .exec(db)
+        .await?;
+    Ok(())
+}
