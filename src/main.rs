@@ -1,7 +1,12 @@
-//! `rentalbook`: the operator's command.
+//! `rentalbook`: the whole product in one process (the default), and the
+//! operator's commands.
 
+mod all_in_one;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rentalbook_plumbing::auth::{Role, mint};
 use rentalbook_plumbing::config::PolicyDuration;
@@ -11,16 +16,23 @@ use rentalbook_plumbing::ids::MemberId;
 #[command(
     name = "rentalbook",
     version,
-    about = "Book reservation and rental for libraries"
+    about = "Book reservation and rental for libraries",
+    long_about = "Book reservation and rental for libraries.\n\nWithout a command, runs the whole product in one process: book-svc, reserve-svc, rental-svc and view-svc on their ports, each with a SQLite file in the data directory, over an embedded durable event bus. With NATS_URL set it uses NATS JetStream instead, and with the *_DATABASE_URL settings PostgreSQL.",
+    after_help = "Lending policy (read from the environment, as in the mesh): LOAN_PERIOD (14d), HOLD_PICKUP_WINDOW (72h), MAX_OPEN_RESERVATIONS (5), MAX_ACTIVE_RENTALS (5), EXPIRY_SWEEP_INTERVAL (30s), RENT_RECOVERY_INTERVAL (5s), RESERVE_CALL_TIMEOUT (2s), BREAKER_FAILURES (5), BREAKER_OPEN_FOR (5s), MAX_CONCURRENT_REQUESTS (256). Every service binary lists its own settings under --help."
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: all_in_one::ServeArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mints a bearer token signed with the HS256 secret, for local use and tests.
+    /// Runs the whole product in one process (the default).
+    Serve,
+    /// Mints a bearer token, for local use and tests.
     Token {
         /// The member id the token speaks for.
         #[arg(long)]
@@ -31,21 +43,41 @@ enum Command {
         /// How long the token is good for.
         #[arg(long, default_value = "12h")]
         ttl: PolicyDuration,
-        /// The secret the services verify tokens with.
+        /// The secret the services verify tokens with; by default the one in the data directory.
         #[arg(long, env = "RENTALBOOK_JWT_SECRET", hide_env_values = true)]
-        secret: String,
+        secret: Option<String>,
+        /// Where the all-in-one keeps its secret.
+        #[arg(long, env = "RENTALBOOK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
     },
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Token {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Serve) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(all_in_one::serve(cli.serve))
+        }
+        Some(Command::Token {
             sub,
             role,
             ttl,
             secret,
-        } => {
+            data_dir,
+        }) => {
             let member = MemberId::parse(&sub).map_err(anyhow::Error::msg)?;
+            let secret = match secret.filter(|s| !s.is_empty()) {
+                Some(s) => s,
+                None => all_in_one::read_secret(&data_dir).with_context(|| {
+                    format!(
+                        "no RENTALBOOK_JWT_SECRET and no secret in {} (start `rentalbook` once to create it)",
+                        data_dir.display()
+                    )
+                })?,
+            };
             let ttl: Duration = ttl.get();
             println!("{}", mint(&secret, &member, role, ttl)?);
             Ok(())

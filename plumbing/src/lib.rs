@@ -9,6 +9,7 @@
 //! - [`schema`]: the tables every service has (outbox, inbox, idempotency keys).
 //! - [`outbox`]: events staged in the transaction of the change, and the relay.
 //! - [`bus`]: the event bus behind a trait, with NATS JetStream as one implementation.
+//! - [`embedded_bus`]: the same contract on a SQLite file, for one process.
 //! - [`consumer`]: durable consumers that apply each event exactly once.
 //! - [`idempotency`]: client request ids that make a retried mutation safe.
 //! - [`serve`]: the gRPC server every service runs (health, reflection, metrics, shutdown).
@@ -23,6 +24,7 @@ pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod embedded_bus;
 pub mod error;
 pub mod idempotency;
 pub mod ids;

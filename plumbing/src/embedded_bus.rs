@@ -1,0 +1,469 @@
+//! An event bus inside the process, for the all-in-one binary: the contract of
+//! [`EventBus`] (SPEC §4) on a SQLite file instead of NATS JetStream.
+//!
+//! - Durable: events are rows of `bus_events`, committed before `publish`
+//!   returns; a second publish of an event id is ignored.
+//! - Per-consumer positions: `bus_consumers` holds each durable consumer's
+//!   last acknowledged sequence; a consumer sees events after it, in order.
+//! - At-least-once: an event is delivered again until acknowledged (after a
+//!   nak, after `ack_wait`, and after a restart); the consumer's inbox makes
+//!   the effect happen once.
+//! - Dead letters go to `bus_dead_letters`, with the reason, never dropped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::Expr,
+};
+use sea_orm_migration::prelude::*;
+use tokio::sync::watch;
+
+use crate::bus::{ConsumerSpec, Delivery, EventBus, Outgoing, Subscription};
+use crate::db::Db;
+use crate::schema::create_entity_table;
+
+pub mod events {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bus_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        #[sea_orm(unique)]
+        pub event_id: String,
+        pub subject: String,
+        pub payload: Vec<u8>,
+        pub stored_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod consumers {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bus_consumers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub durable: String,
+        /// Last acknowledged sequence.
+        pub position: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod dead_letters {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bus_dead_letters")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub durable: String,
+        pub seq: i64,
+        pub subject: String,
+        pub payload: Vec<u8>,
+        pub reason: String,
+        pub stored_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+struct CreateBusTables;
+
+impl MigrationName for CreateBusTables {
+    fn name(&self) -> &str {
+        "m0001_create_bus_tables"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateBusTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, events::Entity).await?;
+        create_entity_table(manager, consumers::Entity).await?;
+        create_entity_table(manager, dead_letters::Entity).await
+    }
+}
+
+struct BusMigrator;
+
+impl MigratorTrait for BusMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateBusTables)]
+    }
+}
+
+/// Whether a subject (below the prefix) matches a consumer filter: empty
+/// matches everything, `a.>` everything below `a`, otherwise exact.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    match filter.strip_suffix('>') {
+        _ if filter.is_empty() => true,
+        Some(prefix) => subject.starts_with(prefix) && subject.len() > prefix.len(),
+        None => filter == subject,
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+pub struct EmbeddedBus {
+    db: Db,
+    /// The last stored sequence, so waiting consumers wake at once.
+    latest: watch::Sender<i64>,
+}
+
+impl EmbeddedBus {
+    /// Opens (creating) the bus at a SQLite URL such as `sqlite://data/events.db`.
+    pub async fn open(url: &str) -> anyhow::Result<Arc<Self>> {
+        let db = Db::connect(url, 4).await?;
+        BusMigrator::up(db.conn(), None).await?;
+        let last = events::Entity::find()
+            .order_by_desc(events::Column::Seq)
+            .one(db.conn())
+            .await?
+            .map_or(0, |e| e.seq);
+        Ok(Arc::new(Self {
+            db,
+            latest: watch::channel(last).0,
+        }))
+    }
+
+    /// Dead letters so far, for operators and tests.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<dead_letters::Model>> {
+        Ok(dead_letters::Entity::find().all(self.db.conn()).await?)
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedBus {
+    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin().await?;
+        let now = crate::time::now();
+        for e in batch {
+            events::Entity::insert(events::ActiveModel {
+                event_id: Set(e.event_id.clone()),
+                subject: Set(e.subject.clone()),
+                payload: Set(e.payload.to_vec()),
+                stored_at: Set(now),
+                ..Default::default()
+            })
+            .on_conflict_do_nothing_on([events::Column::EventId])
+            .exec(&*tx)
+            .await?;
+        }
+        let last = events::Entity::find()
+            .order_by_desc(events::Column::Seq)
+            .one(&*tx)
+            .await?
+            .map_or(0, |e| e.seq);
+        tx.commit().await?;
+        self.latest.send_replace(last);
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: &ConsumerSpec) -> anyhow::Result<Box<dyn Subscription>> {
+        let tx = self.db.begin().await?;
+        consumers::Entity::insert(consumers::ActiveModel {
+            durable: Set(spec.durable.clone()),
+            position: Set(0),
+        })
+        .on_conflict_do_nothing_on([consumers::Column::Durable])
+        .exec(&*tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Box::new(EmbeddedSubscription {
+            shared: Arc::new(Shared {
+                db: self.db.clone(),
+                durable: spec.durable.clone(),
+                state: Mutex::new(InFlight::default()),
+            }),
+            filter: spec.filter.clone(),
+            ack_wait: spec.ack_wait,
+            wake: self.latest.subscribe(),
+        }))
+    }
+
+    async fn reset(&self, durable: &str) -> anyhow::Result<()> {
+        let tx = self.db.begin().await?;
+        consumers::Entity::delete_by_id(durable.to_owned())
+            .exec(&*tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The event a consumer holds and how often it had it.
+#[derive(Default)]
+struct InFlight {
+    seq: i64,
+    delivered: i64,
+    /// Not before this instant (a nak's delay, or the ack wait).
+    not_before: Option<Instant>,
+}
+
+struct Shared {
+    db: Db,
+    durable: String,
+    state: Mutex<InFlight>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn acknowledge(&self, seq: i64) -> anyhow::Result<()> {
+        let tx = self.db.begin().await?;
+        consumers::Entity::update_many()
+            .col_expr(consumers::Column::Position, Expr::value(seq))
+            .filter(consumers::Column::Durable.eq(&self.durable))
+            .filter(consumers::Column::Position.lt(seq))
+            .exec(&*tx)
+            .await?;
+        tx.commit().await?;
+        let mut state = self.lock();
+        if state.seq == seq {
+            *state = InFlight::default();
+        }
+        Ok(())
+    }
+}
+
+struct EmbeddedSubscription {
+    shared: Arc<Shared>,
+    filter: String,
+    ack_wait: Duration,
+    wake: watch::Receiver<i64>,
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>> {
+        loop {
+            let wait_until = self.shared.lock().not_before;
+            if let Some(t) = wait_until {
+                tokio::time::sleep_until(t.into()).await;
+            }
+            let Some(position) = consumers::Entity::find_by_id(self.shared.durable.clone())
+                .one(self.shared.db.conn())
+                .await?
+                .map(|c| c.position)
+            else {
+                // Reset under us: start again from the beginning.
+                return Ok(None);
+            };
+            self.wake.mark_unchanged();
+            let mut query = events::Entity::find()
+                .filter(events::Column::Seq.gt(position))
+                .order_by_asc(events::Column::Seq);
+            query = match self.filter.strip_suffix('>') {
+                _ if self.filter.is_empty() => query,
+                Some(prefix) => query.filter(
+                    Expr::col(events::Column::Subject).like(
+                        sea_orm::sea_query::LikeExpr::new(format!("{}%", like_escape(prefix)))
+                            .escape('\\'),
+                    ),
+                ),
+                None => query.filter(events::Column::Subject.eq(&self.filter)),
+            };
+            let next = query
+                .one(self.shared.db.conn())
+                .await?
+                .filter(|e| subject_matches(&self.filter, &e.subject));
+            match next {
+                Some(event) => {
+                    let delivered = {
+                        let mut state = self.shared.lock();
+                        let delivered = if state.seq == event.seq {
+                            state.delivered + 1
+                        } else {
+                            1
+                        };
+                        *state = InFlight {
+                            seq: event.seq,
+                            delivered,
+                            // Unacknowledged, it comes again after the ack wait.
+                            not_before: Some(Instant::now() + self.ack_wait),
+                        };
+                        delivered
+                    };
+                    return Ok(Some(Box::new(EmbeddedDelivery {
+                        shared: self.shared.clone(),
+                        event,
+                        delivered,
+                    })));
+                }
+                None => {
+                    // Skip past events nobody here wants, then wait for more.
+                    tokio::select! {
+                        _ = self.wake.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct EmbeddedDelivery {
+    shared: Arc<Shared>,
+    event: events::Model,
+    delivered: i64,
+}
+
+#[async_trait]
+impl Delivery for EmbeddedDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.event.payload
+    }
+
+    fn subject(&self) -> &str {
+        &self.event.subject
+    }
+
+    fn delivered(&self) -> i64 {
+        self.delivered
+    }
+
+    async fn ack(&self) -> anyhow::Result<()> {
+        self.shared.acknowledge(self.event.seq).await
+    }
+
+    async fn nak(&self, delay: Duration) -> anyhow::Result<()> {
+        let mut state = self.shared.lock();
+        if state.seq == self.event.seq {
+            state.not_before = Some(Instant::now() + delay);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, reason: &str) -> anyhow::Result<()> {
+        let tx = self.shared.db.begin().await?;
+        dead_letters::ActiveModel {
+            durable: Set(self.shared.durable.clone()),
+            seq: Set(self.event.seq),
+            subject: Set(self.event.subject.clone()),
+            payload: Set(self.event.payload.clone()),
+            reason: Set(reason.chars().take(1000).collect()),
+            stored_at: Set(crate::time::now()),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await?;
+        tx.commit().await?;
+        self.shared.acknowledge(self.event.seq).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Outgoing;
+
+    fn out(id: &str, subject: &str) -> Outgoing {
+        Outgoing {
+            event_id: id.into(),
+            subject: subject.into(),
+            payload: bytes::Bytes::from(id.as_bytes().to_vec()),
+        }
+    }
+
+    fn spec(durable: &str, filter: &str) -> ConsumerSpec {
+        ConsumerSpec {
+            durable: durable.into(),
+            filter: filter.into(),
+            max_deliver: 3,
+            ack_wait: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn filters_match_like_nats_subjects() {
+        assert!(subject_matches("", "book.registered"));
+        assert!(subject_matches("book.>", "book.registered"));
+        assert!(!subject_matches("book.>", "book"));
+        assert!(!subject_matches("book.>", "rental.returned"));
+        assert!(subject_matches("rental.returned", "rental.returned"));
+        assert!(!subject_matches("rental.returned", "rental.rented"));
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_once_acked_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bus.db").display());
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        bus.publish(&[
+            out("e1", "book.registered"),
+            out("e2", "rental.returned"),
+            out("e3", "book.copies_added"),
+        ])
+        .await
+        .unwrap();
+        bus.publish(&[out("e1", "book.registered")]).await.unwrap();
+
+        let mut books = bus.subscribe(&spec("books", "book.>")).await.unwrap();
+        let d = books.next().await.unwrap().unwrap();
+        assert_eq!(d.payload(), b"e1");
+        d.ack().await.unwrap();
+        let d = books.next().await.unwrap().unwrap();
+        assert_eq!(
+            d.payload(),
+            b"e3",
+            "filtered, and the duplicate publish was ignored"
+        );
+        // Not acknowledged: after a reopen it comes again.
+        drop(books);
+        drop(bus);
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        let mut books = bus.subscribe(&spec("books", "book.>")).await.unwrap();
+        let d = books.next().await.unwrap().unwrap();
+        assert_eq!(d.payload(), b"e3");
+        assert_eq!(d.delivered(), 1);
+        d.nak(Duration::from_millis(10)).await.unwrap();
+        let again = books.next().await.unwrap().unwrap();
+        assert_eq!(again.payload(), b"e3");
+        assert_eq!(again.delivered(), 2);
+        again.dead_letter("poison").await.unwrap();
+        assert_eq!(bus.dead_letters().await.unwrap().len(), 1);
+
+        // A waiting consumer wakes on publish.
+        let waiter =
+            tokio::spawn(async move { books.next().await.unwrap().unwrap().payload().to_vec() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.publish(&[out("e4", "book.registered")]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"e4");
+
+        // Reset starts over.
+        bus.reset("books").await.unwrap();
+        let mut books = bus.subscribe(&spec("books", "book.>")).await.unwrap();
+        assert_eq!(books.next().await.unwrap().unwrap().payload(), b"e1");
+    }
+}

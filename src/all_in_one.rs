@@ -1,0 +1,264 @@
+//! The whole product in one process: each service on its port with its own
+//! SQLite file in the data directory, over the embedded durable event bus —
+//! or over NATS and PostgreSQL when their URLs are given.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use rentalbook_plumbing::bus::{EventBus, NatsBus, NatsSettings};
+use rentalbook_plumbing::embedded_bus::EmbeddedBus;
+use tokio::net::TcpListener;
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Where the SQLite files, the event log and the JWT secret live.
+    #[arg(
+        long,
+        env = "RENTALBOOK_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address every port listens on; loopback keeps a laptop's library private.
+    #[arg(long, env = "RENTALBOOK_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// rental-svc's gRPC port.
+    #[arg(long, env = "RENTAL_PORT", default_value_t = 8081)]
+    pub rental_port: u16,
+
+    /// reserve-svc's gRPC port.
+    #[arg(long, env = "RESERVE_PORT", default_value_t = 8082)]
+    pub reserve_port: u16,
+
+    /// book-svc's gRPC port.
+    #[arg(long, env = "BOOK_PORT", default_value_t = 8083)]
+    pub book_port: u16,
+
+    /// view-svc's gRPC port.
+    #[arg(long, env = "VIEW_PORT", default_value_t = 8084)]
+    pub view_port: u16,
+
+    /// Use NATS JetStream at this URL instead of the embedded event bus.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// book-svc's database (default: book.db in the data directory).
+    #[arg(long, env = "BOOK_DATABASE_URL")]
+    pub book_database_url: Option<String>,
+
+    /// reserve-svc's database (default: reserve.db in the data directory).
+    #[arg(long, env = "RESERVE_DATABASE_URL")]
+    pub reserve_database_url: Option<String>,
+
+    /// rental-svc's database (default: rental.db in the data directory).
+    #[arg(long, env = "RENTAL_DATABASE_URL")]
+    pub rental_database_url: Option<String>,
+
+    /// view-svc's database (default: view.db in the data directory).
+    #[arg(long, env = "VIEW_DATABASE_URL")]
+    pub view_database_url: Option<String>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+const SECRET_FILE: &str = "jwt-secret";
+
+/// The all-in-one's JWT secret, if it has made one.
+pub fn read_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(data_dir.join(SECRET_FILE))?;
+    Ok(s.trim().to_owned())
+}
+
+/// The secret from the environment, else the data directory's, else a new
+/// random one written there (readable by the owner only).
+fn secret(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var("RENTALBOOK_JWT_SECRET") {
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    if let Ok(s) = read_secret(data_dir) {
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let fresh = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let path = data_dir.join(SECRET_FILE);
+    std::fs::write(&path, &fresh).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(fresh)
+}
+
+fn sqlite(data_dir: &Path, file: &str) -> String {
+    format!("sqlite://{}", data_dir.join(file).display())
+}
+
+struct Plan {
+    host: IpAddr,
+    secret: String,
+    nats: Option<String>,
+}
+
+impl Plan {
+    /// Arguments every service gets; the environment fills in the policy.
+    fn common(&self, service: &str, port: u16, database_url: String) -> Vec<String> {
+        let mut args = vec![
+            service.to_owned(),
+            "--listen-addr".into(),
+            SocketAddr::new(self.host, port).to_string(),
+            "--metrics-addr".into(),
+            "off".into(),
+            "--database-url".into(),
+            database_url,
+            "--jwt-secret".into(),
+            self.secret.clone(),
+        ];
+        if let Some(nats) = &self.nats {
+            args.extend(["--nats-url".into(), nats.clone()]);
+        }
+        args
+    }
+}
+
+async fn bind(host: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.with_context(|| {
+        format!("{what} cannot listen on {host}:{port}; is another rentalbook running?")
+    })
+}
+
+/// Runs everything until Ctrl-C or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    rentalbook_plumbing::telemetry::init_logging(&args.log_format);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.clone();
+    let plan = Plan {
+        host: args.host,
+        secret: secret(&data_dir)?,
+        nats: args.nats_url.clone(),
+    };
+    let bus: Arc<dyn EventBus> = match &args.nats_url {
+        Some(url) => {
+            NatsBus::connect(NatsSettings {
+                url: url.clone(),
+                stream: std::env::var("NATS_STREAM").unwrap_or_else(|_| "RENTALBOOK".into()),
+                subject_prefix: std::env::var("NATS_SUBJECT_PREFIX")
+                    .unwrap_or_else(|_| "rentalbook".into()),
+                max_age: None,
+                client_name: "rentalbook".into(),
+            })
+            .await?
+        }
+        None => EmbeddedBus::open(&sqlite(&data_dir, "events.db")).await?,
+    };
+    let db = |given: &Option<String>, file: &str| {
+        given.clone().unwrap_or_else(|| sqlite(&data_dir, file))
+    };
+
+    let book = book_svc::App::build_with(
+        <book_svc::Config as clap::Parser>::try_parse_from(plan.common(
+            "book-svc",
+            args.book_port,
+            db(&args.book_database_url, "book.db"),
+        ))?,
+        bind(args.host, args.book_port, "book-svc").await?,
+        bus.clone(),
+    )
+    .await?;
+    let reserve = reserve_svc::App::build_with(
+        <reserve_svc::Config as clap::Parser>::try_parse_from(plan.common(
+            "reserve-svc",
+            args.reserve_port,
+            db(&args.reserve_database_url, "reserve.db"),
+        ))?,
+        bind(args.host, args.reserve_port, "reserve-svc").await?,
+        bus.clone(),
+    )
+    .await?;
+    let mut rental_args = plan.common(
+        "rental-svc",
+        args.rental_port,
+        db(&args.rental_database_url, "rental.db"),
+    );
+    rental_args.extend([
+        "--reserve-svc-url".into(),
+        format!("http://{}", reserve.local_addr()),
+    ]);
+    let rental = rental_svc::App::build_with(
+        <rental_svc::Config as clap::Parser>::try_parse_from(rental_args)?,
+        bind(args.host, args.rental_port, "rental-svc").await?,
+        bus.clone(),
+    )
+    .await?;
+    let view = view_svc::App::build_with(
+        <view_svc::Config as clap::Parser>::try_parse_from(plan.common(
+            "view-svc",
+            args.view_port,
+            db(&args.view_database_url, "view.db"),
+        ))?,
+        bind(args.host, args.view_port, "view-svc").await?,
+        bus.clone(),
+    )
+    .await?;
+    rentalbook_plumbing::telemetry::init_metrics(None)?;
+
+    let shutdown = rentalbook_plumbing::serve::shutdown_on_signal();
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(book.run(shutdown.clone()));
+    running.spawn(reserve.run(shutdown.clone()));
+    running.spawn(rental.run(shutdown.clone()));
+    running.spawn(view.run(shutdown.clone()));
+    banner(&args, &data_dir);
+
+    let mut result = Ok(());
+    while let Some(done) = running.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "a service stopped; stopping the rest"
+            );
+            shutdown.cancel();
+            result = Err(e);
+        }
+    }
+    result
+}
+
+fn banner(args: &ServeArgs, data_dir: &Path) {
+    let host = args.host;
+    let (rental, reserve, book, view) = (
+        args.rental_port,
+        args.reserve_port,
+        args.book_port,
+        args.view_port,
+    );
+    let events = match &args.nats_url {
+        Some(url) => format!("NATS JetStream at {url}"),
+        None => format!("embedded, in {}", data_dir.join("events.db").display()),
+    };
+    println!(
+        "\nrentalbook is running (all in one process; data in {dir})\n\
+         \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}\n\
+         \x20 events      {events}\n\
+         \x20 a token     rentalbook token --sub alice --role member   (or --role librarian)\n\
+         \x20             (cargo run --release -- token ... from a checkout)\n\
+         Stop with Ctrl-C.\n",
+        dir = data_dir.display(),
+    );
+}
