@@ -79,15 +79,15 @@ pub fn read_secret(data_dir: &Path) -> anyhow::Result<String> {
 /// The secret from the environment, else the data directory's, else a new
 /// random one written there (readable by the owner only).
 fn secret(data_dir: &Path) -> anyhow::Result<String> {
-    if let Ok(s) = std::env::var("RENTALBOOK_JWT_SECRET") {
-        if !s.is_empty() {
-            return Ok(s);
-        }
+    if let Ok(s) = std::env::var("RENTALBOOK_JWT_SECRET")
+        && !s.is_empty()
+    {
+        return Ok(s);
     }
-    if let Ok(s) = read_secret(data_dir) {
-        if !s.is_empty() {
-            return Ok(s);
-        }
+    if let Ok(s) = read_secret(data_dir)
+        && !s.is_empty()
+    {
+        return Ok(s);
     }
     let fresh = format!(
         "{}{}",

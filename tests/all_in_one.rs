@@ -127,7 +127,7 @@ async fn member_workload(
         };
         for r in open.into_inner().reservations {
             if r.status() == ReservationStatus::Waiting {
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     let _ = desk
                         .cancel_reservation(req(
                             &token,
