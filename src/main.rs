@@ -2,6 +2,7 @@
 //! operator's commands.
 
 mod all_in_one;
+mod check;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Runs the whole product in one process (the default).
     Serve,
+    /// Compares the services' truth with the projections and lists every difference
+    /// (exit status 1 when there are any).
+    Check(check::CheckArgs),
     /// Mints a bearer token, for local use and tests.
     Token {
         /// The member id the token speaks for.
@@ -60,6 +64,16 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(all_in_one::serve(cli.serve))
+        }
+        Some(Command::Check(args)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if runtime.block_on(check::run(args))? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Some(Command::Token {
             sub,
