@@ -36,6 +36,15 @@ enum Command {
     /// Compares the services' truth with the projections and lists every difference
     /// (exit status 1 when there are any).
     Check(check::CheckArgs),
+    /// Runs one service as its own process, as its own binary would
+    /// (`rentalbook service reserve-svc -- --help` lists its settings).
+    Service {
+        /// book-svc, reserve-svc, rental-svc or view-svc.
+        name: String,
+        /// The service's own flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Mints a bearer token, for local use and tests.
     Token {
         /// The member id the token speaks for.
@@ -75,6 +84,12 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Some(Command::Service { name, args }) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(one_service(&name, args))
+        }
         Some(Command::Token {
             sub,
             role,
@@ -96,5 +111,36 @@ fn main() -> anyhow::Result<()> {
             println!("{}", mint(&secret, &member, role, ttl)?);
             Ok(())
         }
+    }
+}
+
+/// Runs one service with its own command line, until SIGTERM or Ctrl-C.
+async fn one_service(name: &str, args: Vec<String>) -> anyhow::Result<()> {
+    let argv = std::iter::once(name.to_owned()).chain(args);
+    let shutdown = rentalbook_plumbing::serve::shutdown_on_signal();
+    match name {
+        "book-svc" => {
+            let config = book_svc::Config::parse_from(argv);
+            rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
+            book_svc::App::build(config).await?.run(shutdown).await
+        }
+        "reserve-svc" => {
+            let config = reserve_svc::Config::parse_from(argv);
+            rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
+            reserve_svc::App::build(config).await?.run(shutdown).await
+        }
+        "rental-svc" => {
+            let config = rental_svc::Config::parse_from(argv);
+            rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
+            rental_svc::App::build(config).await?.run(shutdown).await
+        }
+        "view-svc" => {
+            let config = view_svc::Config::parse_from(argv);
+            rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
+            view_svc::App::build(config).await?.run(shutdown).await
+        }
+        other => anyhow::bail!(
+            "`{other}` is not a service (book-svc, reserve-svc, rental-svc, view-svc)"
+        ),
     }
 }

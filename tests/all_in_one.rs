@@ -7,24 +7,17 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rentalbook_proto::book::v1::RegisterBookRequest;
 use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
-use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
-use rentalbook_proto::rental::v1::{
-    GetRentalRequest, RentRequest, RentalStatus, ReturnRentalRequest,
-};
+use rentalbook_proto::reserve::v1::ListReservationsRequest;
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
-use rentalbook_proto::reserve::v1::{
-    CancelReservationRequest, GetReservationRequest, ListReservationsRequest, ReservationStatus,
-    ReserveRequest,
-};
 use rentalbook_proto::view::v1::GetMyPageRequest;
 use rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient;
-use support::{channel, eventually, librarian, member, req, wait_serving};
+use support::workload::{self, Workload};
+use support::{channel, librarian, req, wait_serving};
 
 struct Ports {
     rental: u16,
@@ -69,111 +62,6 @@ fn start(data: &Path, ports: &Ports) -> Child {
 async fn serving(ports: &Ports) {
     for p in [ports.rental, ports.reserve, ports.book, ports.view] {
         wait_serving(Ports::addr(p)).await;
-    }
-}
-
-/// What the workload saw acknowledged.
-#[derive(Default)]
-struct Acked {
-    reservations: Vec<(String, String)>,
-    rentals: Vec<(String, String)>,
-    returns: Vec<(String, String)>,
-}
-
-async fn member_workload(
-    ports: Arc<Ports>,
-    who: String,
-    books: Vec<String>,
-    acked: Arc<Mutex<Acked>>,
-    stop: Arc<AtomicBool>,
-) {
-    let token = member(&who);
-    let mut desk = ReservationServiceClient::new(channel(Ports::addr(ports.reserve)).await);
-    let mut loans = RentalServiceClient::new(channel(Ports::addr(ports.rental)).await);
-    let mut i = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let book_id = books[(i + who.len()) % books.len()].clone();
-        match desk
-            .reserve(req(
-                &token,
-                ReserveRequest {
-                    book_id: book_id.clone(),
-                    request_id: String::new(),
-                },
-            ))
-            .await
-        {
-            Ok(r) => acked
-                .lock()
-                .unwrap()
-                .reservations
-                .push((who.clone(), r.into_inner().reservation_id)),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-        // Settle every open reservation: pick up the READY ones, give up some waiting.
-        let Ok(open) = desk
-            .list_reservations(req(
-                &token,
-                ListReservationsRequest {
-                    open_only: true,
-                    ..Default::default()
-                },
-            ))
-            .await
-        else {
-            continue;
-        };
-        for r in open.into_inner().reservations {
-            if r.status() == ReservationStatus::Waiting {
-                if i.is_multiple_of(3) {
-                    let _ = desk
-                        .cancel_reservation(req(
-                            &token,
-                            CancelReservationRequest {
-                                reservation_id: r.reservation_id,
-                                request_id: String::new(),
-                            },
-                        ))
-                        .await;
-                }
-                continue;
-            }
-            let Ok(loan) = loans
-                .rent(req(
-                    &token,
-                    RentRequest {
-                        book_id: r.book_id,
-                        request_id: String::new(),
-                    },
-                ))
-                .await
-            else {
-                continue;
-            };
-            let loan = loan.into_inner();
-            acked
-                .lock()
-                .unwrap()
-                .rentals
-                .push((who.clone(), loan.rental_id.clone()));
-            if let Ok(back) = loans
-                .return_rental(req(
-                    &token,
-                    ReturnRentalRequest {
-                        rental_id: loan.rental_id.clone(),
-                        request_id: String::new(),
-                    },
-                ))
-                .await
-            {
-                acked
-                    .lock()
-                    .unwrap()
-                    .returns
-                    .push((who.clone(), back.into_inner().rental_id));
-            }
-        }
     }
 }
 
@@ -229,125 +117,32 @@ async fn sigkill_in_the_middle_of_a_workload_loses_nothing_and_applies_nothing_t
             .into_inner();
         books.push(b.book_id);
     }
-    // Wait until the desk knows the books.
-    let mut desk = ReservationServiceClient::new(channel(Ports::addr(ports.reserve)).await);
-    for b in &books {
-        eventually("the desk to know the book", || {
-            let mut desk = desk.clone();
-            let b = b.clone();
-            async move {
-                let r = desk
-                    .reserve(req(
-                        &member("probe"),
-                        ReserveRequest {
-                            book_id: b,
-                            request_id: String::new(),
-                        },
-                    ))
-                    .await;
-                match r {
-                    Ok(r) => {
-                        desk.cancel_reservation(req(
-                            &member("probe"),
-                            CancelReservationRequest {
-                                reservation_id: r.into_inner().reservation_id,
-                                request_id: String::new(),
-                            },
-                        ))
-                        .await
-                        .ok()?;
-                        Some(())
-                    }
-                    Err(_) => None,
-                }
-            }
-        })
-        .await;
-    }
+    let (reserve, rental) = (Ports::addr(ports.reserve), Ports::addr(ports.rental));
+    workload::wait_until_desk_knows(reserve, &books).await;
 
     let members: Vec<String> = (0..10).map(|i| format!("member-{i}")).collect();
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = members
-        .iter()
-        .map(|m| {
-            tokio::spawn(member_workload(
-                ports.clone(),
-                m.clone(),
-                books.clone(),
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let work = Workload::start(reserve, rental, &members, &books);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     process.kill().expect("SIGKILL");
     process.wait().unwrap();
-    let killed_at = acked.lock().unwrap().reservations.len();
+    let killed_at = work.reservations_so_far();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut process = start(data.path(), &ports);
     serving(&ports).await;
     // The workload goes on against the restarted process for a while.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let acked = work.stop().await;
     println!(
-        "workload: {} reservations, {} rentals, {} returns acknowledged; SIGKILL after {} reservations",
+        "workload: {} requests; {} reservations, {} rentals, {} returns acknowledged; SIGKILL after {} reservations; failures by code {:?}",
+        acked.requests,
         acked.reservations.len(),
         acked.rentals.len(),
         acked.returns.len(),
-        killed_at
+        killed_at,
+        acked.failures
     );
     assert!(killed_at > 0, "the kill came in the middle of the workload");
-
-    // Nothing acknowledged is lost.
-    for (who, id) in &acked.reservations {
-        desk.get_reservation(req(
-            &member(who),
-            GetReservationRequest {
-                reservation_id: id.clone(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("acknowledged reservation {id} lost: {e}"));
-    }
-    let mut loans = RentalServiceClient::new(channel(Ports::addr(ports.rental)).await);
-    for (who, id) in &acked.rentals {
-        let l = loans
-            .get_rental(req(
-                &member(who),
-                GetRentalRequest {
-                    rental_id: id.clone(),
-                },
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged rental {id} lost: {e}"))
-            .into_inner();
-        assert!(matches!(
-            l.status(),
-            RentalStatus::Active | RentalStatus::Returned
-        ));
-    }
-    for (who, id) in &acked.returns {
-        let l = loans
-            .get_rental(req(
-                &member(who),
-                GetRentalRequest {
-                    rental_id: id.clone(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            l.status(),
-            RentalStatus::Returned,
-            "acknowledged return {id} lost"
-        );
-    }
+    workload::assert_nothing_lost(&acked, reserve, rental).await;
 
     // The projections converge on the truth: nothing applied twice or missed,
     // and every rental agrees with its reservation (R7).
@@ -367,6 +162,7 @@ async fn sigkill_in_the_middle_of_a_workload_loses_nothing_and_applies_nothing_t
     );
     // Each page has one journey per reservation, however often events came.
     let mut pages = MyPageServiceClient::new(channel(Ports::addr(ports.view)).await);
+    let mut desk = ReservationServiceClient::new(channel(reserve).await);
     for m in &members {
         let page = pages
             .get_my_page(req(
