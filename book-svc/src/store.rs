@@ -1,6 +1,6 @@
 //! book-svc's tables and migrations.
 
-use rentalbook_plumbing::schema::{PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
 use sea_orm_migration::prelude::*;
 
 pub mod books {
@@ -51,6 +51,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(PlumbingTables), Box::new(CreateBooks)]
+        vec![
+            Box::new(PlumbingTables),
+            Box::new(CreateBooks),
+            Box::new(OutboxTraceparent),
+        ]
     }
 }

@@ -20,6 +20,8 @@ pub struct Outgoing {
     /// Below the stream's prefix, such as `reservation.placed`.
     pub subject: String,
     pub payload: Bytes,
+    /// W3C trace context, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 /// What a durable consumer wants.
@@ -63,6 +65,8 @@ pub trait Delivery: Send + Sync {
     fn subject(&self) -> &str;
     /// How many times this event has been delivered, this time included.
     fn delivered(&self) -> i64;
+    /// The `traceparent` the event was published with.
+    fn traceparent(&self) -> Option<String>;
     async fn ack(&self) -> anyhow::Result<()>;
     /// Asks for redelivery after `delay`.
     async fn nak(&self, delay: Duration) -> anyhow::Result<()>;
@@ -155,7 +159,13 @@ impl EventBus for NatsBus {
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
         for event in events {
             let subject = format!("{}.{}", self.settings.subject_prefix, event.subject);
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(tp) = &event.traceparent {
+                headers.insert("traceparent", tp.as_str());
+            }
+            // `headers` replaces the map, so the message id goes in after it.
             let msg = jetstream::message::PublishMessage::build()
+                .headers(headers)
                 .payload(event.payload.clone())
                 .message_id(&event.event_id);
             acks.push(
@@ -261,6 +271,14 @@ impl Delivery for NatsDelivery {
 
     fn delivered(&self) -> i64 {
         self.delivered
+    }
+
+    fn traceparent(&self) -> Option<String> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned())
     }
 
     async fn ack(&self) -> anyhow::Result<()> {

@@ -111,7 +111,9 @@ impl Consumer {
                     .await;
             }
         };
-        match self.apply_once(&envelope).await {
+        let span = tracing::info_span!("event", subject = delivery.subject(), event_id = %envelope.event_id, consumer = %self.spec.durable);
+        crate::propagation::set_parent(&span, delivery.traceparent().as_deref());
+        match tracing::Instrument::instrument(self.apply_once(&envelope), span).await {
             Ok(outcome) => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => outcome).increment(1);
                 delivery.ack().await

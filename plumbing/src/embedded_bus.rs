@@ -36,6 +36,7 @@ pub mod events {
         pub event_id: String,
         pub subject: String,
         pub payload: Vec<u8>,
+        pub traceparent: Option<String>,
         pub stored_at: DateTimeUtc,
     }
 
@@ -102,11 +103,26 @@ impl MigrationTrait for CreateBusTables {
     }
 }
 
+struct BusTraceparent;
+
+impl MigrationName for BusTraceparent {
+    fn name(&self) -> &str {
+        "m0002_bus_events_traceparent"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for BusTraceparent {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::schema::add_text_column_if_missing(manager, "bus_events", "traceparent").await
+    }
+}
+
 struct BusMigrator;
 
 impl MigratorTrait for BusMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateBusTables)]
+        vec![Box::new(CreateBusTables), Box::new(BusTraceparent)]
     }
 }
 
@@ -167,6 +183,7 @@ impl EventBus for EmbeddedBus {
                 event_id: Set(e.event_id.clone()),
                 subject: Set(e.subject.clone()),
                 payload: Set(e.payload.to_vec()),
+                traceparent: Set(e.traceparent.clone()),
                 stored_at: Set(now),
                 ..Default::default()
             })
@@ -349,6 +366,10 @@ impl Delivery for EmbeddedDelivery {
         self.delivered
     }
 
+    fn traceparent(&self) -> Option<String> {
+        self.event.traceparent.clone()
+    }
+
     async fn ack(&self) -> anyhow::Result<()> {
         self.shared.acknowledge(self.event.seq).await
     }
@@ -389,6 +410,7 @@ mod tests {
             event_id: id.into(),
             subject: subject.into(),
             payload: bytes::Bytes::from(id.as_bytes().to_vec()),
+            traceparent: None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`embedded_bus`]: the same contract on a SQLite file, for one process.
 //! - [`consumer`]: durable consumers that apply each event exactly once.
 //! - [`idempotency`]: client request ids that make a retried mutation safe.
+//! - [`propagation`]: W3C traceparent across calls and events.
 //! - [`serve`]: the gRPC server every service runs (health, reflection, metrics, shutdown).
 //! - [`telemetry`]: JSON logs and the Prometheus endpoint.
 //!
@@ -29,6 +30,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ids;
 pub mod outbox;
+pub mod propagation;
 pub mod schema;
 pub mod serve;
 pub mod telemetry;

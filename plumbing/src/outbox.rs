@@ -39,6 +39,7 @@ pub async fn stage(
         event_id: Set(event_id.clone()),
         subject: Set(subject),
         payload: Set(envelope.encode_to_vec()),
+        traceparent: Set(crate::propagation::current_traceparent()),
         created_at: Set(at),
         ..Default::default()
     }
@@ -146,6 +147,7 @@ impl Relay {
                 event_id: r.event_id.clone(),
                 subject: r.subject.clone(),
                 payload: r.payload.clone().into(),
+                traceparent: r.traceparent.clone(),
             })
             .collect();
         self.bus.publish(&events).await?;

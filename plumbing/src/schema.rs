@@ -21,6 +21,8 @@ pub mod outbox {
         pub subject: String,
         /// The encoded `Envelope`.
         pub payload: Vec<u8>,
+        /// W3C trace context of the change, carried in the event's headers.
+        pub traceparent: Option<String>,
         pub created_at: DateTimeUtc,
     }
 
@@ -95,6 +97,41 @@ pub async fn create_entity_table<E: EntityTrait>(
             .await?;
     }
     Ok(())
+}
+
+/// Adds a nullable text column to a table created before the column existed.
+pub async fn add_text_column_if_missing(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: &str,
+) -> Result<(), DbErr> {
+    if manager.has_column(table, column).await? {
+        return Ok(());
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(table))
+                .add_column(ColumnDef::new(Alias::new(column)).text().null())
+                .to_owned(),
+        )
+        .await
+}
+
+/// The outbox's `traceparent` column, for databases made before it.
+pub struct OutboxTraceparent;
+
+impl MigrationName for OutboxTraceparent {
+    fn name(&self) -> &str {
+        "m0002_outbox_traceparent"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OutboxTraceparent {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_text_column_if_missing(manager, "outbox", "traceparent").await
+    }
 }
 
 pub struct PlumbingTables;

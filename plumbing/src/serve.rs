@@ -267,25 +267,39 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let start = Instant::now();
-            let res = inner.call(req).await;
-            drop(permit);
-            if !infrastructure {
-                let code = match &res {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map(|c| format!("{:?}", tonic::Code::from_i32(c)))
-                        .unwrap_or_else(|| "Ok".to_owned()),
-                    Err(_) => "Unknown".to_owned(),
-                };
-                record(service, &path, &code, start.elapsed());
-            }
-            res
-        })
+        let span = if infrastructure {
+            tracing::Span::none()
+        } else {
+            let span = tracing::info_span!("grpc", service, rpc = %path);
+            let traceparent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            crate::propagation::set_parent(&span, traceparent);
+            span
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let start = Instant::now();
+                let res = inner.call(req).await;
+                drop(permit);
+                if !infrastructure {
+                    let code = match &res {
+                        Ok(r) => r
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .map(|c| format!("{:?}", tonic::Code::from_i32(c)))
+                            .unwrap_or_else(|| "Ok".to_owned()),
+                        Err(_) => "Unknown".to_owned(),
+                    };
+                    record(service, &path, &code, start.elapsed());
+                }
+                res
+            },
+            span,
+        ))
     }
 }
 

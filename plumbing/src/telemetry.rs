@@ -6,16 +6,46 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// JSON (or plain text) logs to stdout, filtered by `RUST_LOG` (default `info`).
+/// JSON (or plain text) logs to stdout, filtered by `RUST_LOG` (default
+/// `info`), and spans carried as OpenTelemetry traces: exported over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, silently kept in-process otherwise
+/// (they still carry the `traceparent` from call to call).
 pub fn init_logging(format: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn,h2=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let traces = tracing_opentelemetry::layer().with_tracer(tracer());
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let _ = if format == "text" {
-        builder.try_init()
+        registry.with(tracing_subscriber::fmt::layer()).try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init()
     };
+}
+
+/// The tracer behind the spans: with an OTLP exporter only when configured.
+fn tracer() -> opentelemetry_sdk::trace::SdkTracer {
+    use opentelemetry::trace::TracerProvider;
+
+    let mut provider = opentelemetry_sdk::trace::SdkTracerProvider::builder();
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+    if !endpoint.is_empty() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => provider = provider.with_batch_exporter(exporter),
+            Err(e) => eprintln!("OTLP trace export is off: {e}"),
+        }
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("rentalbook");
+    opentelemetry::global::set_tracer_provider(provider);
+    tracer
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

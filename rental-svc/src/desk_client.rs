@@ -108,6 +108,11 @@ impl DeskClient {
             .parse()
             .map_err(|_| Status::internal("service token is not a header value"))?;
         req.metadata_mut().insert("authorization", bearer);
+        if let Some(tp) =
+            rentalbook_plumbing::propagation::current_traceparent().and_then(|tp| tp.parse().ok())
+        {
+            req.metadata_mut().insert("traceparent", tp);
+        }
         Ok(req)
     }
 

@@ -1,6 +1,6 @@
 //! rental-svc's tables and migrations.
 
-use rentalbook_plumbing::schema::{PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
 use sea_orm_migration::prelude::*;
 
 pub mod rentals {
@@ -62,6 +62,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(PlumbingTables), Box::new(CreateRentals)]
+        vec![
+            Box::new(PlumbingTables),
+            Box::new(CreateRentals),
+            Box::new(OutboxTraceparent),
+        ]
     }
 }

@@ -1,6 +1,6 @@
 //! reserve-svc's tables and migrations.
 
-use rentalbook_plumbing::schema::{PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
 use sea_orm_migration::prelude::*;
 
 /// Reservation states as stored.
@@ -103,6 +103,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(PlumbingTables), Box::new(CreateLendingTables)]
+        vec![
+            Box::new(PlumbingTables),
+            Box::new(CreateLendingTables),
+            Box::new(OutboxTraceparent),
+        ]
     }
 }

@@ -1,6 +1,6 @@
 //! view-svc's read model and its migrations. Written only by the projection.
 
-use rentalbook_plumbing::schema::{PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
 use sea_orm_migration::prelude::*;
 
 pub mod journeys {
@@ -96,7 +96,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(PlumbingTables), Box::new(CreateReadModel)]
+        vec![
+            Box::new(PlumbingTables),
+            Box::new(CreateReadModel),
+            Box::new(OutboxTraceparent),
+        ]
     }
 }
 
