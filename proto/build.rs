@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use prost::Message;
-
 const PROTOS: &[&str] = &[
     "rentalbook/book/v1/book.proto",
     "rentalbook/reserve/v1/reserve.proto",
@@ -23,8 +21,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=google");
 
     let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
-    let fds = protox::compile(&files, [&root])?;
-    std::fs::write(out.join("rentalbook_descriptor.bin"), fds.encode_to_vec())?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
+    // protox's own encoding keeps custom options such as google.api.http,
+    // which prost-types' messages would drop.
+    std::fs::write(
+        out.join("rentalbook_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEW_PORT", default_value_t = 8084)]
     pub view_port: u16,
 
+    /// The REST edge's port (REST/JSON, My Page as Server-Sent Events, /metrics).
+    #[arg(long, env = "EDGE_PORT", default_value_t = 8088)]
+    pub edge_port: u16,
+
     /// Use NATS JetStream at this URL instead of the embedded event bus.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
@@ -215,6 +219,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bus.clone(),
     )
     .await?;
+    let edge = edge::App::build_with(
+        <edge::Config as clap::Parser>::try_parse_from([
+            "edge".to_owned(),
+            "--listen-addr".into(),
+            SocketAddr::new(args.host, args.edge_port).to_string(),
+            "--book-svc-url".into(),
+            format!("http://{}", book.local_addr()),
+            "--reserve-svc-url".into(),
+            format!("http://{}", reserve.local_addr()),
+            "--rental-svc-url".into(),
+            format!("http://{}", rental.local_addr()),
+            "--view-svc-url".into(),
+            format!("http://{}", view.local_addr()),
+        ])?,
+        bind(args.host, args.edge_port, "the edge").await?,
+    )
+    .await?;
     rentalbook_plumbing::telemetry::init_metrics(None)?;
 
     let shutdown = rentalbook_plumbing::serve::shutdown_on_signal();
@@ -223,6 +244,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.spawn(reserve.run(shutdown.clone()));
     running.spawn(rental.run(shutdown.clone()));
     running.spawn(view.run(shutdown.clone()));
+    running.spawn(edge.run(shutdown.clone()));
     banner(&args, &data_dir);
 
     let mut result = Ok(());
@@ -242,11 +264,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn banner(args: &ServeArgs, data_dir: &Path) {
     let host = args.host;
-    let (rental, reserve, book, view) = (
+    let (rental, reserve, book, view, edge) = (
         args.rental_port,
         args.reserve_port,
         args.book_port,
         args.view_port,
+        args.edge_port,
     );
     let events = match &args.nats_url {
         Some(url) => format!("NATS JetStream at {url}"),
@@ -254,6 +277,7 @@ fn banner(args: &ServeArgs, data_dir: &Path) {
     };
     println!(
         "\nrentalbook is running (all in one process; data in {dir})\n\
+         \x20 REST        http://{host}:{edge}/v1/...   (OpenAPI at /openapi.json, metrics at /metrics)\n\
          \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}\n\
          \x20 events      {events}\n\
          \x20 a token     rentalbook token --sub alice --role member   (or --role librarian)\n\

@@ -18,7 +18,7 @@ use rentalbook_plumbing::ids::MemberId;
     name = "rentalbook",
     version,
     about = "Book reservation and rental for libraries",
-    long_about = "Book reservation and rental for libraries.\n\nWithout a command, runs the whole product in one process: book-svc, reserve-svc, rental-svc and view-svc on their ports, each with a SQLite file in the data directory, over an embedded durable event bus. With NATS_URL set it uses NATS JetStream instead, and with the *_DATABASE_URL settings PostgreSQL.",
+    long_about = "Book reservation and rental for libraries.\n\nWithout a command, runs the whole product in one process: book-svc, reserve-svc, rental-svc, view-svc and the REST edge on their ports, each with a SQLite file in the data directory, over an embedded durable event bus. With NATS_URL set it uses NATS JetStream instead, and with the *_DATABASE_URL settings PostgreSQL.",
     after_help = "Lending policy (read from the environment, as in the mesh): LOAN_PERIOD (14d), HOLD_PICKUP_WINDOW (72h), MAX_OPEN_RESERVATIONS (5), MAX_ACTIVE_RENTALS (5), EXPIRY_SWEEP_INTERVAL (30s), RENT_RECOVERY_INTERVAL (5s), RESERVE_CALL_TIMEOUT (2s), BREAKER_FAILURES (5), BREAKER_OPEN_FOR (5s), MAX_CONCURRENT_REQUESTS (256). Every service binary lists its own settings under --help."
 )]
 struct Cli {

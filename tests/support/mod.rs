@@ -583,3 +583,34 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+impl Mesh {
+    /// The REST edge in this process on a free port, pointed at this mesh's
+    /// services; cancel the token to stop it.
+    pub async fn start_edge(&self) -> (SocketAddr, CancellationToken) {
+        let args = [
+            "edge".to_owned(),
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+            "--book-svc-url".into(),
+            format!("http://{}", self.book.addr),
+            "--reserve-svc-url".into(),
+            format!("http://{}", self.reserve.addr),
+            "--rental-svc-url".into(),
+            format!("http://{}", self.rental.addr),
+            "--view-svc-url".into(),
+            format!("http://{}", self.view.addr),
+        ];
+        let config = <edge::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the edge");
+        let app = edge::App::build_with(config, listener)
+            .await
+            .expect("the edge");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run(stop.clone()));
+        (addr, stop)
+    }
+}

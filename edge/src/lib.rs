@@ -1,0 +1,420 @@
+//! edge: REST/JSON in front of rentalbook's gRPC services (SPEC §6, §7).
+//!
+//! Browsers and plain HTTP clients cannot speak gRPC, and the services should
+//! not each grow an HTTP layer, so the edge transcodes: its routes are read at
+//! start-up from the `google.api.http` annotations in the contracts'
+//! descriptor set, each request becomes the RPC's request message (body, path
+//! variables, query parameters), and the answer or the status comes back as
+//! proto3 JSON. No route is written by hand: annotating an RPC exposes it.
+//! The edge keeps no state and verifies no tokens; it passes the caller's
+//! identity on and every service checks it itself.
+//!
+//! - [`routes`]: the route table from the descriptors, template matching.
+//! - [`transcode`]: JSON and query/path values to and from `DynamicMessage`s.
+//! - [`codec`]: the tonic codec for `DynamicMessage`s.
+//! - [`backends`]: one lazily connected channel per service, health.
+//! - [`errors`]: gRPC statuses and the edge's own refusals as HTTP answers.
+//! - [`openapi`]: `/openapi.json` from the same descriptors.
+//! - `handler`, `sse`: the HTTP side, server streams as Server-Sent Events.
+
+pub mod backends;
+pub mod codec;
+pub mod errors;
+mod handler;
+pub mod openapi;
+pub mod routes;
+mod sse;
+pub mod transcode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use clap::Parser;
+use http::{HeaderName, HeaderValue, Method};
+use prost_reflect::DescriptorPool;
+use rentalbook_plumbing::config::PolicyDuration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use handler::TOKEN_COOKIE;
+
+pub const NAME: &str = "edge";
+
+/// How long a graceful shutdown may take before connections are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "edge",
+    version,
+    about = "rentalbook's REST/JSON edge in front of the gRPC services"
+)]
+pub struct Config {
+    /// HTTP address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8088")]
+    pub listen_addr: SocketAddr,
+
+    /// book-svc (catalogue).
+    #[arg(long, env = "BOOK_SVC_URL", default_value = "http://127.0.0.1:8083")]
+    pub book_svc_url: String,
+
+    /// reserve-svc (reservations).
+    #[arg(long, env = "RESERVE_SVC_URL", default_value = "http://127.0.0.1:8082")]
+    pub reserve_svc_url: String,
+
+    /// rental-svc (rentals).
+    #[arg(long, env = "RENTAL_SVC_URL", default_value = "http://127.0.0.1:8081")]
+    pub rental_svc_url: String,
+
+    /// view-svc (My Page).
+    #[arg(long, env = "VIEW_SVC_URL", default_value = "http://127.0.0.1:8084")]
+    pub view_svc_url: String,
+
+    /// Comma-separated origins allowed to call from a browser (`*` for any,
+    /// without cookies); empty turns CORS off.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: String,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Deadline of each call to a service (the services propagate it).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s")]
+    pub request_timeout: PolicyDuration,
+
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// The backends by the name their package carries
+    /// (`rentalbook.<name>.v1`).
+    pub fn backend_urls(&self) -> [(&'static str, &str); 4] {
+        [
+            ("book", self.book_svc_url.as_str()),
+            ("reserve", self.reserve_svc_url.as_str()),
+            ("rental", self.rental_svc_url.as_str()),
+            ("view", self.view_svc_url.as_str()),
+        ]
+    }
+}
+
+/// The edge's HTTP service, for serving on a listener of one's own (the
+/// all-in-one). Event streams end when `streams_stop` is cancelled, so a
+/// graceful shutdown does not wait on them. Must be called inside a tokio
+/// runtime (the backend channels start their workers).
+pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Result<Router> {
+    let pool = descriptor_pool()?;
+    let urls = config.backend_urls();
+    let names: Vec<&str> = urls.iter().map(|(n, _)| *n).collect();
+    let table = routes::RouteTable::from_pool(&pool, &names)?;
+    anyhow::ensure!(
+        !table.routes().is_empty(),
+        "the contracts carry no google.api.http annotations: nothing to route"
+    );
+    for route in table.routes() {
+        tracing::debug!(%route, "route");
+    }
+    tracing::info!(
+        routes = table.routes().len(),
+        "REST routes from the annotations"
+    );
+    let backends = backends::Backends::new(&urls)?;
+    let openapi = serde_json::to_vec(&openapi::document(&table))?.into();
+    let shared = Arc::new(handler::Shared {
+        table,
+        backends,
+        pool,
+        openapi,
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout.get(),
+        streams_stop,
+    });
+    let mut router = Router::new().fallback(handler::handle).with_state(shared);
+    if let Some(cors) = cors_layer(&config.cors_allowed_origins)? {
+        router = router.layer(cors);
+    }
+    Ok(router)
+}
+
+/// The contracts' descriptors, with their `google.api.http` annotations.
+pub fn descriptor_pool() -> anyhow::Result<DescriptorPool> {
+    DescriptorPool::decode(rentalbook_proto::FILE_DESCRIPTOR_SET)
+        .context("decoding the contracts' descriptor set")
+}
+
+fn cors_layer(origins: &str) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<&str> = origins
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            http::header::AUTHORIZATION,
+            http::header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([http::header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
+    if origins.contains(&"*") {
+        return Ok(Some(layer.allow_origin(AllowOrigin::any())));
+    }
+    let list = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).with_context(|| format!("CORS_ALLOWED_ORIGINS: `{o}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true),
+    ))
+}
+
+/// An edge ready to serve on its bound port.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    streams_stop: CancellationToken,
+}
+
+impl App {
+    /// Binds the configured address.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Self::build_with(config, listener).await
+    }
+
+    /// With an already bound listener.
+    pub async fn build_with(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        rentalbook_plumbing::telemetry::init_metrics(None)?;
+        let streams_stop = CancellationToken::new();
+        let router = router(&config, streams_stop.clone())?;
+        Ok(Self {
+            listener,
+            router,
+            streams_stop,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, ends the
+    /// event streams and lets in-flight requests finish (for up to 20 s).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let streams_stop = self.streams_stop.clone();
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                streams_stop.cancel();
+            }
+        };
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        tracing::info!(service = NAME, %addr, "serving REST");
+        let mut server = tokio::spawn(server.into_future());
+        let result = tokio::select! {
+            r = &mut server => r,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!(service = NAME, "connections still open after the grace period; dropping them");
+                server.abort();
+                server.await
+            }
+        };
+        self.streams_stop.cancel();
+        match result {
+            Ok(r) => r.context("serving HTTP")?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e).context("the HTTP server task"),
+        }
+        tracing::info!(service = NAME, "stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_have_defaults_and_help_lists_them() {
+        let c = Config::try_parse_from(["edge"]).unwrap();
+        assert_eq!(c.listen_addr.port(), 8088);
+        assert_eq!(c.request_timeout.get(), Duration::from_secs(10));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert!(c.cors_allowed_origins.is_empty());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        for env in [
+            "LISTEN_ADDR",
+            "BOOK_SVC_URL",
+            "RESERVE_SVC_URL",
+            "RENTAL_SVC_URL",
+            "VIEW_SVC_URL",
+            "CORS_ALLOWED_ORIGINS",
+            "MAX_BODY_BYTES",
+            "REQUEST_TIMEOUT",
+            "LOG_FORMAT",
+        ] {
+            assert!(help.contains(env), "{env} missing from --help");
+        }
+    }
+
+    /// One request through the router, without any backend behind it.
+    async fn send(
+        router: &Router,
+        req: http::Request<axum::body::Body>,
+    ) -> axum::response::Response {
+        tower::ServiceExt::oneshot(router.clone(), req)
+            .await
+            .unwrap()
+    }
+
+    fn config(extra: &[&str]) -> Config {
+        let mut args = vec!["edge"];
+        args.extend_from_slice(extra);
+        // Closed ports: nothing here may reach a backend.
+        args.extend_from_slice(&[
+            "--book-svc-url",
+            "http://127.0.0.1:9",
+            "--reserve-svc-url",
+            "http://127.0.0.1:9",
+            "--rental-svc-url",
+            "http://127.0.0.1:9",
+            "--view-svc-url",
+            "http://127.0.0.1:9",
+        ]);
+        Config::try_parse_from(args).unwrap()
+    }
+
+    async fn json_of(res: axum::response::Response) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_router_answers_its_own_refusals_in_json() {
+        let router = router(&config(&[]), CancellationToken::new()).unwrap();
+        let get = |uri: &str| {
+            http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+
+        let res = send(&router, get("/v1/books")).await;
+        assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(json_of(res).await["code"], 16);
+
+        let res = send(&router, get("/nowhere")).await;
+        assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+        assert_eq!(json_of(res).await["code"], 5);
+
+        let res = send(
+            &router,
+            http::Request::put("/v1/books")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(res.headers()[http::header::ALLOW], "GET, POST");
+
+        let res = send(&router, get("/openapi.json")).await;
+        assert_eq!(res.status(), http::StatusCode::OK);
+        assert!(json_of(res).await["paths"]["/v1/books"].is_object());
+
+        // A backend that is down answers 503 at once, with a retry hint.
+        let res = send(
+            &router,
+            http::Request::get("/v1/books/x")
+                .header("authorization", "Bearer t")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
+        assert_eq!(json_of(res).await["code"], 14);
+    }
+
+    #[tokio::test]
+    async fn cors_preflights_are_answered_when_origins_are_set() {
+        let router = router(
+            &config(&["--cors-allowed-origins", "https://app.example"]),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let preflight = |origin: &str| {
+            http::Request::builder()
+                .method(Method::OPTIONS)
+                .uri("/v1/reservations")
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,idempotency-key",
+                )
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let res = send(&router, preflight("https://app.example")).await;
+        assert!(res.status().is_success());
+        assert_eq!(
+            res.headers()[http::header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example"
+        );
+        assert_eq!(
+            res.headers()[http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+            "true"
+        );
+        let res = send(&router, preflight("https://evil.example")).await;
+        assert!(
+            !res.headers()
+                .contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+
+        // Off by default: no CORS headers at all.
+        let plain = super::router(&config(&[]), CancellationToken::new()).unwrap();
+        let res = send(&plain, preflight("https://app.example")).await;
+        assert!(
+            !res.headers()
+                .contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+    }
+
+    #[test]
+    fn cors_is_off_unless_origins_are_given() {
+        assert!(cors_layer("").unwrap().is_none());
+        assert!(cors_layer(" , ").unwrap().is_none());
+        assert!(cors_layer("https://app.example").unwrap().is_some());
+        assert!(cors_layer("*").unwrap().is_some());
+        assert!(cors_layer("bad\norigin").is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! `/openapi.json`: an OpenAPI 3 description generated from the same route
+//! table and descriptors the edge serves with, so the document cannot drift
+//! from what is actually routed. Messages and enums become component schemas
+//! in their proto3 JSON shape; comments in the `.proto` files become
+//! descriptions.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use serde_json::{Value, json};
+
+use crate::routes::{BodyRule, RouteTable};
+use crate::transcode::query_params;
+
+/// The OpenAPI document for every route of `table`.
+pub fn document(table: &RouteTable) -> Value {
+    let mut schemas = Schemas::default();
+    let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    let mut operation_ids: BTreeSet<String> = BTreeSet::new();
+
+    for route in table.routes() {
+        let method = &route.rpc.method;
+        let input = method.input();
+        let mut id = format!("{}_{}", method.parent_service().name(), method.name());
+        let mut n = 1;
+        while operation_ids.contains(&id) {
+            id = format!("{}_{}{n}", method.parent_service().name(), method.name());
+            n += 1;
+        }
+        operation_ids.insert(id.clone());
+
+        let mut parameters = Vec::new();
+        for v in route.template.variables() {
+            let leaf = crate::routes::resolve_field_path(&input, &v.field_path)
+                .ok()
+                .and_then(|f| f.last().cloned());
+            let schema = leaf
+                .as_ref()
+                .map(|f| schemas.field(f))
+                .unwrap_or_else(|| json!({"type": "string"}));
+            parameters.push(json!({
+                "name": v.field_path,
+                "in": "path",
+                "required": true,
+                "schema": schema,
+                "description": leaf.as_ref().and_then(field_comment).unwrap_or_default(),
+            }));
+        }
+        for p in query_params(route) {
+            parameters.push(json!({
+                "name": json_path(&input, &p.name),
+                "in": "query",
+                "required": false,
+                "schema": schemas.field(&p.field),
+                "description": field_comment(&p.field).unwrap_or_default(),
+            }));
+        }
+
+        let mut op = serde_json::Map::new();
+        op.insert("operationId".into(), id.into());
+        op.insert("tags".into(), json!([method.parent_service().name()]));
+        let doc = comment(&method.parent_file(), method.path());
+        if let Some(doc) = &doc {
+            op.insert(
+                "summary".into(),
+                doc.lines().next().unwrap_or_default().into(),
+            );
+            op.insert("description".into(), doc.clone().into());
+        }
+        if !parameters.is_empty() {
+            op.insert("parameters".into(), parameters.into());
+        }
+        let body_schema = match &route.body {
+            BodyRule::None => None,
+            BodyRule::Whole => Some(schemas.message_ref(&input)),
+            BodyRule::Field(f) => Some(schemas.field(f)),
+        };
+        if let Some(schema) = body_schema {
+            op.insert(
+                "requestBody".into(),
+                json!({
+                    "required": false,
+                    "content": {"application/json": {"schema": schema}},
+                }),
+            );
+        }
+        let output = match &route.response_body {
+            Some(f) => schemas.field(f),
+            None => schemas.message_ref(&method.output()),
+        };
+        let ok = if route.rpc.is_server_streaming() {
+            json!({
+                "description": "Server-Sent Events: one `data:` event with this JSON per message, keep-alive comments, an `error` event if the stream fails",
+                "content": {"text/event-stream": {"schema": output}},
+            })
+        } else {
+            json!({
+                "description": "OK",
+                "content": {"application/json": {"schema": output}},
+            })
+        };
+        op.insert(
+            "responses".into(),
+            json!({
+                "200": ok,
+                "default": {
+                    "description": "An error: 400 bad request, 401 no or bad credentials, 403 not allowed, 404 not found, 409 conflict, 429 too many, 503 unavailable (see Retry-After), 504 timeout",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            }),
+        );
+        if !route.template.as_str().starts_with("/v1/") {
+            op.insert("security".into(), json!([]));
+        }
+        if route
+            .rpc
+            .method
+            .input()
+            .get_field_by_name("request_id")
+            .is_some()
+        {
+            let params = op
+                .entry("parameters")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(params) = params {
+                params.push(json!({
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": false,
+                    "description": "Makes a retry safe: the same key with the same request gets the first answer (becomes requestId).",
+                    "schema": {"type": "string", "maxLength": 128},
+                }));
+            }
+        }
+        paths
+            .entry(route.template.openapi_path())
+            .or_default()
+            .insert(route.http_method.as_str().to_ascii_lowercase(), op.into());
+    }
+
+    let mut components = schemas.finish();
+    components.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer", "format": "int32", "description": "The gRPC status code"},
+                "message": {"type": "string"},
+                "details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"@type": {"type": "string"}},
+                        "additionalProperties": true,
+                    },
+                },
+            },
+            "required": ["code", "message", "details"],
+        }),
+    );
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "rentalbook",
+            "description": "Book reservation and rental for libraries, over REST/JSON (proto3 JSON mapping).",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "cookieAuth": {"type": "apiKey", "in": "cookie", "name": crate::handler::TOKEN_COOKIE},
+            },
+        },
+        "security": [{"bearerAuth": []}, {"cookieAuth": []}],
+    })
+}
+
+/// A dotted proto field path in lowerCamelCase, as documented.
+fn json_path(message: &MessageDescriptor, path: &str) -> String {
+    crate::routes::resolve_field_path(message, path)
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|f| f.json_name())
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// The leading comment of the element at `path` in `file`, trimmed.
+fn comment(file: &FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let location = info.location.iter().find(|l| l.path == path)?;
+    let text = location.leading_comments.as_deref()?;
+    let text = text
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+fn field_comment(field: &FieldDescriptor) -> Option<String> {
+    comment(&field.parent_file(), field.path())
+}
+
+/// The component schemas referenced so far, and those still to write.
+#[derive(Default)]
+struct Schemas {
+    done: BTreeMap<String, Value>,
+    queued: BTreeSet<String>,
+    pending_messages: VecDeque<MessageDescriptor>,
+    pending_enums: VecDeque<EnumDescriptor>,
+}
+
+impl Schemas {
+    fn message_ref(&mut self, m: &MessageDescriptor) -> Value {
+        if let Some(inline) = well_known(m) {
+            return inline;
+        }
+        if self.queued.insert(m.full_name().to_owned()) {
+            self.pending_messages.push_back(m.clone());
+        }
+        json!({"$ref": format!("#/components/schemas/{}", m.full_name())})
+    }
+
+    fn enum_ref(&mut self, e: &EnumDescriptor) -> Value {
+        if self.queued.insert(e.full_name().to_owned()) {
+            self.pending_enums.push_back(e.clone());
+        }
+        json!({"$ref": format!("#/components/schemas/{}", e.full_name())})
+    }
+
+    fn kind(&mut self, kind: &Kind) -> Value {
+        match kind {
+            Kind::Double => json!({"type": "number", "format": "double"}),
+            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({"type": "integer", "format": "int32"})
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({"type": "integer", "format": "int64", "minimum": 0})
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({"type": "string", "format": "int64"})
+            }
+            Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+            Kind::Bool => json!({"type": "boolean"}),
+            Kind::String => json!({"type": "string"}),
+            Kind::Bytes => json!({"type": "string", "format": "byte"}),
+            Kind::Enum(e) => self.enum_ref(e),
+            Kind::Message(m) => self.message_ref(m),
+        }
+    }
+
+    fn field(&mut self, field: &FieldDescriptor) -> Value {
+        if field.is_map() {
+            let value = match field.kind() {
+                Kind::Message(entry) => entry
+                    .get_field_by_name("value")
+                    .map(|v| self.kind(&v.kind()))
+                    .unwrap_or_else(|| json!({})),
+                _ => json!({}),
+            };
+            return json!({"type": "object", "additionalProperties": value});
+        }
+        let base = self.kind(&field.kind());
+        if field.is_list() {
+            json!({"type": "array", "items": base})
+        } else {
+            base
+        }
+    }
+
+    fn finish(mut self) -> serde_json::Map<String, Value> {
+        loop {
+            if let Some(m) = self.pending_messages.pop_front() {
+                let mut properties = serde_json::Map::new();
+                for field in m.fields() {
+                    let mut schema = self.field(&field);
+                    if let (Some(doc), Value::Object(obj)) = (field_comment(&field), &mut schema) {
+                        if obj.contains_key("$ref") {
+                            // A $ref takes no siblings in OpenAPI 3.0.
+                            schema = json!({"allOf": [schema], "description": doc});
+                        } else {
+                            obj.insert("description".into(), doc.into());
+                        }
+                    }
+                    properties.insert(field.json_name().to_owned(), schema);
+                }
+                let mut schema = json!({"type": "object", "properties": properties});
+                if let Some(doc) = comment(&m.parent_file(), m.path()) {
+                    schema["description"] = doc.into();
+                }
+                self.done.insert(m.full_name().to_owned(), schema);
+            } else if let Some(e) = self.pending_enums.pop_front() {
+                let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
+                let mut schema = json!({"type": "string", "enum": names});
+                if let Some(doc) = comment(&e.parent_file(), e.path()) {
+                    schema["description"] = doc.into();
+                }
+                self.done.insert(e.full_name().to_owned(), schema);
+            } else {
+                break;
+            }
+        }
+        self.done.into_iter().collect()
+    }
+}
+
+/// Inline schemas of the well-known types with a JSON form of their own.
+fn well_known(m: &MessageDescriptor) -> Option<Value> {
+    Some(match m.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"})
+        }
+        "google.protobuf.FieldMask" => json!({"type": "string"}),
+        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": {"@type": {"type": "string"}},
+            "additionalProperties": true,
+        }),
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => {
+            json!({"type": "number", "nullable": true})
+        }
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => {
+            json!({"type": "integer", "nullable": true})
+        }
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({"type": "string", "format": "int64", "nullable": true})
+        }
+        "google.protobuf.BoolValue" => json!({"type": "boolean", "nullable": true}),
+        "google.protobuf.StringValue" => json!({"type": "string", "nullable": true}),
+        "google.protobuf.BytesValue" => {
+            json!({"type": "string", "format": "byte", "nullable": true})
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route() {
+        let pool = crate::descriptor_pool().unwrap();
+        let table = RouteTable::from_pool(&pool, &["book", "reserve", "rental", "view"]).unwrap();
+        let doc = document(&table);
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/books",
+            "/v1/books/{book_id}",
+            "/v1/books/{book_id}:addCopies",
+            "/v1/reservations",
+            "/v1/rentals/{rental_id}:return",
+            "/v1/mypage",
+            "/v1/mypage:watch",
+            "/v1/members/{member_id}/mypage",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing");
+        }
+        let list = &doc["paths"]["/v1/books"]["get"];
+        let names: Vec<&str> = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["query", "pageSize", "pageToken"]);
+        assert_eq!(
+            doc["paths"]["/v1/books"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/rentalbook.book.v1.RegisterBookRequest"
+        );
+        assert!(
+            doc["paths"]["/v1/mypage:watch"]["get"]["responses"]["200"]["content"]
+                .get("text/event-stream")
+                .is_some()
+        );
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let book = &schemas["rentalbook.book.v1.Book"];
+        assert_eq!(book["properties"]["registeredAt"]["format"], "date-time");
+        assert_eq!(
+            schemas["rentalbook.book.v1.BookStatus"]["enum"][1],
+            "BOOK_STATUS_AVAILABLE"
+        );
+        assert!(schemas.contains_key("rentalbook.view.v1.JourneyStep"));
+        assert!(schemas.contains_key("Error"));
+        // Comments in the protos become descriptions.
+        assert!(
+            doc["paths"]["/v1/books"]["post"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("Registers a book")
+        );
+        // Internal methods are not described.
+        let text = doc.to_string();
+        assert!(!text.contains("FulfillReservation"));
+        assert!(!text.contains("RecordReturn"));
+    }
+}
