@@ -17,13 +17,14 @@ use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServic
 use rentalbook_proto::view::v1::GetMyPageRequest;
 use rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient;
 use support::workload::{self, Workload};
-use support::{channel, librarian, req, wait_serving};
+use support::{channel, eventually, librarian, req, wait_serving};
 
 struct Ports {
     rental: u16,
     reserve: u16,
     book: u16,
     view: u16,
+    edge: u16,
 }
 
 impl Ports {
@@ -33,6 +34,7 @@ impl Ports {
             reserve: rentalbook_testkit::free_port(),
             book: rentalbook_testkit::free_port(),
             view: rentalbook_testkit::free_port(),
+            edge: rentalbook_testkit::free_port(),
         }
     }
 
@@ -41,20 +43,28 @@ impl Ports {
     }
 }
 
-fn start(data: &Path, ports: &Ports) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rentalbook"))
-        .args(["--data-dir", data.to_str().unwrap()])
+fn command(data: &Path, ports: &Ports) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rentalbook"));
+    cmd.args(["--data-dir", data.to_str().unwrap()])
+        .args(["--edge-port", &ports.edge.to_string()])
         .args(["--rental-port", &ports.rental.to_string()])
         .args(["--reserve-port", &ports.reserve.to_string()])
         .args(["--book-port", &ports.book.to_string()])
         .args(["--view-port", &ports.view.to_string()])
-        .env("RENTALBOOK_JWT_SECRET", support::SECRET)
         .env("RENT_RECOVERY_INTERVAL", "200ms")
         .env("RESERVE_CALL_TIMEOUT", "1s")
+        .env_remove("RENTALBOOK_JWT_SECRET")
+        .env("RUST_LOG", "warn")
         .env_remove("NATS_URL")
         .env_remove("DATABASE_URL")
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn start(data: &Path, ports: &Ports) -> Child {
+    command(data, ports)
+        .env("RENTALBOOK_JWT_SECRET", support::SECRET)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("starting rentalbook")
 }
@@ -214,4 +224,152 @@ async fn sigkill_in_the_middle_of_a_workload_loses_nothing_and_applies_nothing_t
         .unwrap();
     let (consistent, report) = check(data.path());
     assert!(!consistent && report.contains("has no journey"), "{report}");
+}
+
+/// A token signed with the secret the all-in-one made in its data directory.
+fn token_from(data: &Path, sub: &str, role: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rentalbook"))
+        .args([
+            "token",
+            "--sub",
+            sub,
+            "--role",
+            role,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env_remove("RENTALBOOK_JWT_SECRET")
+        .output()
+        .expect("rentalbook token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_makes_a_secret_and_the_curl_walkthrough_works_over_rest() {
+    let data = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    let mut process = command(data.path(), &ports)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting rentalbook");
+    serving(&ports).await;
+    let secret = std::fs::read_to_string(data.path().join("jwt-secret"))
+        .expect("a secret in the data directory");
+    assert!(
+        secret.trim().len() >= 32,
+        "a random secret, not a fixed one"
+    );
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", ports.edge);
+    let (lib, alice, bob) = (
+        token_from(data.path(), "lib-1", "librarian"),
+        token_from(data.path(), "alice", "member"),
+        token_from(data.path(), "bob", "member"),
+    );
+    let call =
+        |method: reqwest::Method, path: &str, token: &str, body: Option<serde_json::Value>| {
+            let mut r = http
+                .request(method, format!("{base}{path}"))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            r.send()
+        };
+    use reqwest::Method;
+    let book: serde_json::Value = call(Method::POST, "/v1/books", &lib, Some(serde_json::json!({"title": "Kindred", "author": "Octavia E. Butler", "totalCopies": 1})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let book_id = book["bookId"].as_str().unwrap().to_owned();
+    let reserve = |token: String| {
+        let body = serde_json::json!({ "bookId": book_id });
+        let call = &call;
+        async move {
+            eventually("the desk to know the book", || {
+                let (token, body) = (token.clone(), body.clone());
+                async move {
+                    let r = call(Method::POST, "/v1/reservations", &token, Some(body))
+                        .await
+                        .ok()?;
+                    (r.status() == 200).then_some(())?;
+                    r.json::<serde_json::Value>().await.ok()
+                }
+            })
+            .await
+        }
+    };
+    let a = reserve(alice.clone()).await;
+    assert_eq!(a["status"], "RESERVATION_STATUS_READY");
+    let b = reserve(bob.clone()).await;
+    assert_eq!(b["status"], "RESERVATION_STATUS_WAITING");
+    assert_eq!(b["queuePosition"], 1);
+
+    let refused = call(
+        Method::POST,
+        "/v1/rentals",
+        &bob,
+        Some(serde_json::json!({"bookId": book_id})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400);
+    let rental: serde_json::Value = call(
+        Method::POST,
+        "/v1/rentals",
+        &alice,
+        Some(serde_json::json!({"bookId": book_id})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rental_id = rental["rentalId"].as_str().unwrap();
+    let returned: serde_json::Value = call(
+        Method::POST,
+        &format!("/v1/rentals/{rental_id}:return"),
+        &alice,
+        Some(serde_json::json!({})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(returned["status"], "RENTAL_STATUS_RETURNED");
+    eventually("bob's My Page to show READY", || {
+        let bob = bob.clone();
+        let call = &call;
+        async move {
+            let page: serde_json::Value = call(Method::GET, "/v1/mypage", &bob, None)
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (page["journeys"][0]["stage"] == "JOURNEY_STAGE_READY").then_some(())
+        }
+    })
+    .await;
+
+    process.kill().ok();
+    let out = process.wait_with_output().unwrap();
+    let banner = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        banner.contains("rentalbook token --sub alice"),
+        "the banner says how to get a token: {banner}"
+    );
+    assert!(
+        banner.contains(&format!("127.0.0.1:{}", ports.edge)),
+        "the banner gives the URLs: {banner}"
+    );
 }
