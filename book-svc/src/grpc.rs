@@ -12,6 +12,7 @@ use rentalbook_proto::book::v1::{
     RegisterBookRequest, book_service_server::BookService,
 };
 use rentalbook_proto::events::v1::{BookRegistered, CopiesAdded, envelope::Body};
+use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -168,14 +169,15 @@ impl Catalogue {
             return Err(Status::invalid_argument("query must be at most 300 characters").into());
         }
         let mut select = books::Entity::find().order_by_asc(books::Column::BookId);
-        if !req.page_token.is_empty() {
-            let after = Id::parse(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is not one this service gave out")
-            })?;
+        if let Some(after) = ids::page_token(&req.page_token)? {
             select = select.filter(books::Column::BookId.gt(after.to_string()));
         }
         if !query.is_empty() {
-            select = select.filter(books::Column::SearchText.contains(&query));
+            // The member's text, matched literally.
+            select = select.filter(
+                sea_orm::sea_query::Expr::col(books::Column::SearchText)
+                    .like(rentalbook_plumbing::db::like_containing(&query)),
+            );
         }
         let mut rows = select.limit(page_size + 1).all(self.db.conn()).await?;
         let next_page_token = if rows.len() as u64 > page_size {

@@ -95,6 +95,22 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Connects to NATS JetStream as these settings say (in the background:
+    /// a service starts while NATS is away).
+    pub async fn nats_bus(
+        &self,
+        client_name: &str,
+    ) -> anyhow::Result<std::sync::Arc<crate::bus::NatsBus>> {
+        crate::bus::NatsBus::connect(crate::bus::NatsSettings {
+            url: self.nats_url.clone(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+            max_age: self.stream_max_age()?,
+            client_name: client_name.to_owned(),
+        })
+        .await
+    }
+
     /// Stream retention; `None` keeps everything.
     pub fn stream_max_age(&self) -> anyhow::Result<Option<Duration>> {
         if self.nats_stream_max_age.trim() == "0" {

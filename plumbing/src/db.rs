@@ -236,6 +236,23 @@ async fn ensure_postgres_database(url: &str) {
     let _ = admin.close().await;
 }
 
+/// A LIKE pattern matching values that contain `text` literally (`%`, `_`
+/// and `\` in it are not wildcards).
+pub fn like_containing(text: &str) -> sea_orm::sea_query::LikeExpr {
+    sea_orm::sea_query::LikeExpr::new(format!("%{}%", like_escape(text))).escape('\\')
+}
+
+/// A LIKE pattern matching values that start with `text` literally.
+pub fn like_starting_with(text: &str) -> sea_orm::sea_query::LikeExpr {
+    sea_orm::sea_query::LikeExpr::new(format!("{}%", like_escape(text))).escape('\\')
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -136,12 +136,6 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
-fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
 pub struct EmbeddedBus {
     db: Db,
     /// The last stored sequence, so waiting consumers wake at once.
@@ -300,10 +294,7 @@ impl Subscription for EmbeddedSubscription {
             query = match self.filter.strip_suffix('>') {
                 _ if self.filter.is_empty() => query,
                 Some(prefix) => query.filter(
-                    Expr::col(events::Column::Subject).like(
-                        sea_orm::sea_query::LikeExpr::new(format!("{}%", like_escape(prefix)))
-                            .escape('\\'),
-                    ),
+                    Expr::col(events::Column::Subject).like(crate::db::like_starting_with(prefix)),
                 ),
                 None => query.filter(events::Column::Subject.eq(&self.filter)),
             };

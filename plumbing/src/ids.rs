@@ -88,6 +88,17 @@ pub fn request_id(value: &str) -> Result<Option<String>, Status> {
     Ok(Some(value.to_owned()))
 }
 
+/// A list request's page token: empty for the first page, else the last id
+/// of the previous page.
+pub fn page_token(value: &str) -> Result<Option<Id>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    Id::parse(value)
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("page_token is not one this service gave out"))
+}
+
 /// Page size of a list request: 0 means the default of 20; at most 100.
 pub fn page_size(value: i32) -> Result<u64, Status> {
     match value {

@@ -40,6 +40,15 @@ pub struct Launch {
     pub tasks: Vec<Task>,
 }
 
+impl Launch {
+    /// The address the service serves on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+}
+
 /// The gRPC name of a generated server type.
 pub fn grpc_name<S: NamedService>() -> &'static str {
     S::NAME

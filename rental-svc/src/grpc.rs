@@ -79,13 +79,7 @@ impl RentalService for Rentals {
         let req = request.into_inner();
         let member = caller.subject(&req.member_id)?;
         let page_size = ids::page_size(req.page_size)?;
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(Id::parse(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is not one this service gave out")
-            })?)
-        };
+        let after = ids::page_token(&req.page_token)?;
         let (rentals, next_page_token) = self
             .lending
             .list(&member, req.active_only, page_size, after)

@@ -283,14 +283,16 @@ impl Lending {
         // The book is back the moment the member hands it in.
         let returned_at = time::now();
         let r = self.find_visible(caller, rental_id).await?;
-        if !domain::may_return(&r.status).map_err(refusal)? {
-            return Ok(to_proto(r, time::now()));
-        }
+        // A request id is checked before anything is answered, so one reused
+        // for another rental is refused even when that one is returned.
         if let Some(key) = &key {
             let tx = self.db.begin().await?;
             if let Some(done) = key.recall::<Rental>(&tx).await? {
                 return Ok(done);
             }
+        }
+        if !domain::may_return(&r.status).map_err(refusal)? {
+            return Ok(to_proto(r, time::now()));
         }
         let confirmed = match self
             .desk

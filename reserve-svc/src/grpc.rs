@@ -76,13 +76,7 @@ impl ReservationService for Reservations {
         let req = request.into_inner();
         let member = caller.subject(&req.member_id)?;
         let page_size = ids::page_size(req.page_size)?;
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(Id::parse(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is not one this service gave out")
-            })?)
-        };
+        let after = ids::page_token(&req.page_token)?;
         let (reservations, next_page_token) = self
             .desk
             .list(&member, req.open_only, page_size, after)

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use rentalbook_plumbing::auth::{Authenticator, Verifier};
-use rentalbook_plumbing::bus::{ConsumerSpec, EventBus, NatsBus, NatsSettings};
+use rentalbook_plumbing::bus::{ConsumerSpec, EventBus};
 use rentalbook_plumbing::config::{CommonArgs, OptionalAddr, PolicyDuration};
 use rentalbook_plumbing::consumer::Consumer;
 use rentalbook_plumbing::db::Db;
@@ -78,14 +78,7 @@ pub struct App {
 impl App {
     /// Binds the port and connects to NATS as the configuration says.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let bus = NatsBus::connect(NatsSettings {
-            url: config.common.nats_url.clone(),
-            stream: config.common.nats_stream.clone(),
-            subject_prefix: config.common.nats_subject_prefix.clone(),
-            max_age: config.common.stream_max_age()?,
-            client_name: NAME.into(),
-        })
-        .await?;
+        let bus = config.common.nats_bus(NAME).await?;
         let listener = TcpListener::bind(config.listen_addr).await?;
         Self::build_with(config, listener, bus).await
     }
@@ -169,10 +162,7 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.launch
-            .listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.launch.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled.
