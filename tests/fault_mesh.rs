@@ -86,7 +86,7 @@ impl ProcMesh {
             .args(["--jwt-secret", support::SECRET, "--event-ack-wait", "2s"]);
         if name == "rental-svc" {
             cmd.args(["--reserve-svc-url", &format!("http://{reserve}")])
-                .args(["--reserve-call-timeout", "500ms", "--breaker-failures", "3"])
+                .args(["--reserve-call-timeout", "2s", "--breaker-failures", "3"])
                 .args([
                     "--breaker-open-for",
                     "1s",

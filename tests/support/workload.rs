@@ -29,24 +29,26 @@ pub struct Acked {
     pub reservations: Vec<(String, String)>,
     pub rentals: Vec<(String, String)>,
     pub returns: Vec<(String, String)>,
-    /// Failed calls by gRPC code.
+    /// Failed calls by method and gRPC code, such as `Rent Unavailable`.
     pub failures: BTreeMap<String, u64>,
 }
 
 impl Acked {
-    fn failed(&mut self, s: &Status) {
-        *self.failures.entry(format!("{:?}", s.code())).or_default() += 1;
+    fn failed(&mut self, method: &str, s: &Status) {
+        *self
+            .failures
+            .entry(format!("{method} {:?}", s.code()))
+            .or_default() += 1;
     }
 
     /// Failures that were not business answers.
     pub fn infrastructure_failures(&self) -> u64 {
         self.failures
             .iter()
-            .filter(|(code, _)| {
-                !matches!(
-                    code.as_str(),
-                    "AlreadyExists" | "FailedPrecondition" | "NotFound"
-                )
+            .filter(|(key, _)| {
+                !key.ends_with(" AlreadyExists")
+                    && !key.ends_with(" FailedPrecondition")
+                    && !key.ends_with(" NotFound")
             })
             .map(|(_, n)| n)
             .sum()
@@ -108,7 +110,8 @@ async fn member_loop(
     let token = member(&who);
     let mut desk = ReservationServiceClient::new(channel(reserve).await);
     let mut loans = RentalServiceClient::new(channel(rental).await);
-    let record = |result: Result<String, Status>,
+    let record = |method: &str,
+                  result: Result<String, Status>,
                   into: fn(&mut Acked) -> &mut Vec<(String, String)>| {
         let mut a = acked.lock().unwrap();
         a.requests += 1;
@@ -118,7 +121,7 @@ async fn member_loop(
                 true
             }
             Err(s) => {
-                a.failed(&s);
+                a.failed(method, &s);
                 false
             }
         }
@@ -137,7 +140,7 @@ async fn member_loop(
             ))
             .await
             .map(|r| r.into_inner().reservation_id);
-        if !record(placed, |a| &mut a.reservations) {
+        if !record("Reserve", placed, |a| &mut a.reservations) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Settle the open reservations: pick up the READY ones, give up some waiting.
@@ -180,10 +183,10 @@ async fn member_loop(
                 .await
                 .map(|l| l.into_inner().rental_id);
             let Ok(rental_id) = rented.clone() else {
-                record(rented, |a| &mut a.rentals);
+                record("Rent", rented, |a| &mut a.rentals);
                 continue;
             };
-            record(rented, |a| &mut a.rentals);
+            record("Rent", rented, |a| &mut a.rentals);
             let returned = loans
                 .return_rental(req(
                     &token,
@@ -194,7 +197,7 @@ async fn member_loop(
                 ))
                 .await
                 .map(|l| l.into_inner().rental_id);
-            record(returned, |a| &mut a.returns);
+            record("ReturnRental", returned, |a| &mut a.returns);
         }
     }
 }
