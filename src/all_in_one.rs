@@ -164,6 +164,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 subject_prefix: std::env::var("NATS_SUBJECT_PREFIX")
                     .unwrap_or_else(|_| "rentalbook".into()),
                 max_age: None,
+                replicas: 1,
                 client_name: "rentalbook".into(),
             })
             .await?

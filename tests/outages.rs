@@ -40,6 +40,7 @@ async fn start_book_svc(
         stream: stream.to_owned(),
         subject_prefix: prefix,
         max_age: None,
+        replicas: 1,
         client_name: "book-svc".into(),
     })
     .await

@@ -83,6 +83,8 @@ pub struct NatsSettings {
     pub subject_prefix: String,
     /// None keeps every event (read models rebuild by replay).
     pub max_age: Option<Duration>,
+    /// Copies of the streams across a NATS cluster (1 on a single server).
+    pub replicas: usize,
     /// Shown in the server's connection list.
     pub client_name: String,
 }
@@ -130,6 +132,7 @@ impl NatsBus {
                         subjects: vec![format!("{}.>", s.subject_prefix)],
                         duplicate_window: Duration::from_secs(120),
                         max_age: s.max_age.unwrap_or_default(),
+                        num_replicas: s.replicas,
                         storage: stream::StorageType::File,
                         ..Default::default()
                     })
@@ -139,6 +142,7 @@ impl NatsBus {
                     .get_or_create_stream(stream::Config {
                         name: self.dlq_stream(),
                         subjects: vec![format!("{}_dlq.>", s.subject_prefix)],
+                        num_replicas: s.replicas,
                         storage: stream::StorageType::File,
                         ..Default::default()
                     })

@@ -61,6 +61,10 @@ pub struct CommonArgs {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "rentalbook")]
     pub nats_subject_prefix: String,
 
+    /// Copies of the stream (and its dead-letter stream) kept across a NATS cluster.
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1)]
+    pub nats_stream_replicas: usize,
+
     /// How long the stream keeps events; `0` keeps them all (needed to rebuild read models).
     #[arg(long, env = "NATS_STREAM_MAX_AGE", default_value = "0")]
     pub nats_stream_max_age: String,
@@ -106,6 +110,7 @@ impl CommonArgs {
             stream: self.nats_stream.clone(),
             subject_prefix: self.nats_subject_prefix.clone(),
             max_age: self.stream_max_age()?,
+            replicas: self.nats_stream_replicas.max(1),
             client_name: client_name.to_owned(),
         })
         .await

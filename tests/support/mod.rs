@@ -121,6 +121,7 @@ async fn bus(nats_url: &str, stream: &str, prefix: &str, name: &str) -> std::syn
         stream: stream.to_owned(),
         subject_prefix: prefix.to_owned(),
         max_age: None,
+        replicas: 1,
         client_name: name.to_owned(),
     })
     .await
