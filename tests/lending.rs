@@ -270,6 +270,8 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit() {
     let book = mesh.register_book("R6", 2).await;
     let other = mesh.register_book("R6 other", 1).await;
     let (alice, bob) = (member("alice"), member("bob"));
+    // carol's hold makes sure the desk knows the book before alice tries.
+    mesh.reserve(&member("carol"), &book.book_id).await.unwrap();
 
     let refused = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);

@@ -524,7 +524,8 @@ pub async fn wait_serving(addr: SocketAddr) {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let client = HealthClient::new(channel(addr).await);
-    eventually("the service to be SERVING", || {
+    // A process starting on a loaded machine runs its migrations first.
+    eventually_within(Duration::from_secs(45), "the service to be SERVING", || {
         let mut client = client.clone();
         async move {
             let res = client
@@ -567,7 +568,16 @@ pub fn req<T>(token: &str, msg: T) -> Request<T> {
 }
 
 /// Polls `f` until it returns Some, for at most 15 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(Duration::from_secs(15), what, f).await
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -577,10 +587,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
