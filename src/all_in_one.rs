@@ -220,20 +220,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bus.clone(),
     )
     .await?;
+    let mut edge_config = <edge::Config as clap::Parser>::try_parse_from([
+        "edge".to_owned(),
+        "--listen-addr".into(),
+        SocketAddr::new(args.host, args.edge_port).to_string(),
+        "--book-svc-url".into(),
+        format!("http://{}", book.local_addr()),
+        "--reserve-svc-url".into(),
+        format!("http://{}", reserve.local_addr()),
+        "--rental-svc-url".into(),
+        format!("http://{}", rental.local_addr()),
+        "--view-svc-url".into(),
+        format!("http://{}", view.local_addr()),
+    ])?;
+    // The web pages' "sign in as" form, for a laptop's private library only.
+    if args.host.is_loopback() {
+        edge_config.dev_sign_in = true;
+        edge_config.dev_sign_in_secret = Some(edge::DevSignInSecret::new(plan.secret.clone()));
+    }
     let edge = edge::App::build_with(
-        <edge::Config as clap::Parser>::try_parse_from([
-            "edge".to_owned(),
-            "--listen-addr".into(),
-            SocketAddr::new(args.host, args.edge_port).to_string(),
-            "--book-svc-url".into(),
-            format!("http://{}", book.local_addr()),
-            "--reserve-svc-url".into(),
-            format!("http://{}", reserve.local_addr()),
-            "--rental-svc-url".into(),
-            format!("http://{}", rental.local_addr()),
-            "--view-svc-url".into(),
-            format!("http://{}", view.local_addr()),
-        ])?,
+        edge_config,
         bind(args.host, args.edge_port, "the edge").await?,
     )
     .await?;
@@ -276,8 +282,15 @@ fn banner(args: &ServeArgs, data_dir: &Path) {
         Some(url) => format!("NATS JetStream at {url}"),
         None => format!("embedded, in {}", data_dir.join("events.db").display()),
     };
+    let pages = SocketAddr::new(host, edge);
+    let sign_in = if host.is_loopback() {
+        format!("sign in at http://{pages}/   (dev sign-in on: loopback only)")
+    } else {
+        format!("http://{pages}/   (dev sign-in off: not a loopback address; see docs/WEB.md)")
+    };
     println!(
         "\nrentalbook is running (all in one process; data in {dir})\n\
+         \x20 web pages   {sign_in}\n\
          \x20 REST        http://{host}:{edge}/v1/...   (OpenAPI at /openapi.json, metrics at /metrics)\n\
          \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}\n\
          \x20 events      {events}\n\

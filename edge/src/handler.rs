@@ -1,5 +1,6 @@
 //! The one HTTP handler: the edge's own endpoints (`/healthz`, `/metrics`,
-//! `/openapi.json`), then the route table. A routed request is checked for
+//! `/openapi.json`), the web pages and their session endpoints (open, like
+//! `/healthz`), then the route table. A routed request is checked for
 //! credentials, its body read within the limit and transcoded, and the RPC
 //! called with the caller's identity and a deadline. Every request is
 //! counted by route and status.
@@ -38,6 +39,8 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// Cancelled when the edge shuts down, to end open event streams.
     pub streams_stop: CancellationToken,
+    /// `/session`, and the dev sign-in when it is on.
+    pub sessions: crate::session::Sessions,
 }
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -63,6 +66,13 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
 /// The route's label for metrics, and the answer.
 async fn dispatch(shared: &Arc<Shared>, req: Request) -> (String, Response) {
     let path = req.uri().path().to_owned();
+    if let Some(asset) = crate::web::find(&path) {
+        let res = crate::web::serve(asset, req.method(), req.headers());
+        return ("web".to_owned(), res);
+    }
+    if crate::session::is_session_path(&path) {
+        return (path, crate::session::handle(&shared.sessions, req).await);
+    }
     let own = ["/healthz", "/metrics", "/openapi.json"];
     if let Some(own) = own.iter().find(|p| **p == path) {
         let label = (*own).to_owned();
@@ -184,15 +194,7 @@ fn credentials(headers: &HeaderMap) -> Result<Option<MetadataValue<Ascii>>, ApiE
             .map(Some)
             .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid"));
     }
-    let token = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.trim() == TOKEN_COOKIE)
-        .map(|(_, value)| value.trim().trim_matches('"'));
-    match token {
+    match cookie_token(headers) {
         None | Some("") => Ok(None),
         Some(token) => MetadataValue::<Ascii>::try_from(format!("Bearer {token}"))
             .map(Some)
@@ -202,10 +204,37 @@ fn credentials(headers: &HeaderMap) -> Result<Option<MetadataValue<Ascii>>, ApiE
     }
 }
 
+/// The token cookie's value, if the request carries one.
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| name.trim() == TOKEN_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+}
+
+/// The caller's bearer token, from the `Authorization` header or else the
+/// token cookie.
+pub fn token_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
+        let h = h.to_str().ok()?;
+        let (scheme, token) = h.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    cookie_token(headers)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
 /// The whole body, refused with 413 past `limit` bytes. An oversized body
 /// is still read (and dropped) up to a bound, so that the client, still
 /// sending, gets the 413 rather than a reset connection.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     const DRAIN_BYTES: usize = 8 * 1024 * 1024;
     const DRAIN_TIME: Duration = Duration::from_secs(2);
     let declared = headers

@@ -16,6 +16,8 @@
 //! - [`errors`]: gRPC statuses and the edge's own refusals as HTTP answers.
 //! - [`openapi`]: `/openapi.json` from the same descriptors.
 //! - `handler`, `sse`: the HTTP side, server streams as Server-Sent Events.
+//! - [`web`]: the web pages from `web/`, compiled in; [`session`]: who is
+//!   signed in, and the all-in-one's dev sign-in (loopback only).
 
 pub mod backends;
 pub mod codec;
@@ -23,8 +25,10 @@ pub mod errors;
 mod handler;
 pub mod openapi;
 pub mod routes;
+pub mod session;
 mod sse;
 pub mod transcode;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use handler::TOKEN_COOKIE;
+pub use session::DevSignInSecret;
 
 pub const NAME: &str = "edge";
 
@@ -90,6 +95,19 @@ pub struct Config {
     /// Log format: `json` or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+
+    /// Offer the web pages' "sign in as" form (`POST /session/dev`), which
+    /// mints a token for any member id and role it is given: for a laptop
+    /// only. Refused unless the edge listens on a loopback address; signs with
+    /// RENTALBOOK_JWT_SECRET (the edge binary) or the secret the all-in-one
+    /// hands over.
+    #[arg(long, env = "EDGE_DEV_SIGN_IN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev_sign_in: bool,
+
+    /// The secret dev sign-in signs with; never a flag (it would show in
+    /// `ps`): set by the program that builds the edge.
+    #[arg(skip)]
+    pub dev_sign_in_secret: Option<DevSignInSecret>,
 }
 
 impl Config {
@@ -127,6 +145,17 @@ pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Resul
     );
     let backends = backends::Backends::new(&urls)?;
     let openapi = serde_json::to_vec(&openapi::document(&table))?.into();
+    let sessions = session::Sessions::new(
+        config.dev_sign_in,
+        config.dev_sign_in_secret.as_ref(),
+        config.listen_addr,
+    )?;
+    if sessions.dev_sign_in() {
+        tracing::warn!(
+            addr = %config.listen_addr,
+            "dev sign-in is on: anyone who can reach this address may sign in as anyone"
+        );
+    }
     let shared = Arc::new(handler::Shared {
         table,
         backends,
@@ -135,6 +164,7 @@ pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Resul
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout.get(),
         streams_stop,
+        sessions,
     });
     let mut router = Router::new().fallback(handler::handle).with_state(shared);
     if let Some(cors) = cors_layer(&config.cors_allowed_origins)? {
@@ -205,6 +235,11 @@ impl App {
 
     /// With an already bound listener.
     pub async fn build_with(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let bound = listener.local_addr()?;
+        anyhow::ensure!(
+            !config.dev_sign_in || bound.ip().is_loopback(),
+            "dev sign-in is only for loopback addresses; the edge's listener is on {bound}"
+        );
         rentalbook_plumbing::telemetry::init_metrics(None)?;
         let streams_stop = CancellationToken::new();
         let router = router(&config, streams_stop.clone())?;
@@ -266,6 +301,7 @@ mod tests {
         assert_eq!(c.request_timeout.get(), Duration::from_secs(10));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.cors_allowed_origins.is_empty());
+        assert!(!c.dev_sign_in && c.dev_sign_in_secret.is_none());
         let mut help = Vec::new();
         <Config as clap::CommandFactory>::command()
             .write_long_help(&mut help)
@@ -281,6 +317,7 @@ mod tests {
             "MAX_BODY_BYTES",
             "REQUEST_TIMEOUT",
             "LOG_FORMAT",
+            "EDGE_DEV_SIGN_IN",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -362,6 +399,55 @@ mod tests {
         assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
         assert_eq!(json_of(res).await["code"], 14);
+    }
+
+    #[tokio::test]
+    async fn the_pages_are_open_and_dev_sign_in_is_off_unless_asked_for() {
+        let router = router(&config(&[]), CancellationToken::new()).unwrap();
+        let get = |uri: &str| {
+            http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        for path in ["/", "/app.js", "/style.css", "/i18n/ko.json"] {
+            let res = send(&router, get(path)).await;
+            assert_eq!(res.status(), http::StatusCode::OK, "{path}");
+            assert!(
+                res.headers()
+                    .contains_key(http::header::CONTENT_SECURITY_POLICY)
+            );
+        }
+        let res = send(&router, get("/session")).await;
+        assert_eq!(
+            json_of(res).await,
+            serde_json::json!({"devSignIn": false, "member": null})
+        );
+        let res = send(
+            &router,
+            http::Request::post("/session/dev")
+                .header("host", "127.0.0.1")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"memberId":"a"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+
+        // On when asked for, with a secret, on loopback.
+        let mut on = config(&["--listen-addr", "127.0.0.1:0", "--dev-sign-in"]);
+        on.dev_sign_in_secret = Some(DevSignInSecret::new("k"));
+        let router = super::router(&on, CancellationToken::new()).unwrap();
+        let res = send(&router, get("/session")).await;
+        assert_eq!(json_of(res).await["devSignIn"], true);
+
+        // Refused on any other address, and without a secret.
+        let mut wide = config(&["--listen-addr", "0.0.0.0:8088", "--dev-sign-in"]);
+        wide.dev_sign_in_secret = Some(DevSignInSecret::new("k"));
+        assert!(super::router(&wide, CancellationToken::new()).is_err());
+        let no_secret = config(&["--listen-addr", "127.0.0.1:0", "--dev-sign-in"]);
+        assert!(super::router(&no_secret, CancellationToken::new()).is_err());
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        assert!(App::build_with(on, listener).await.is_err());
     }
 
     #[tokio::test]

@@ -1,0 +1,152 @@
+//! The web pages in a real browser: starts the real `rentalbook` binary (the
+//! all-in-one, dev sign-in on because it listens on loopback) on free ports
+//! with a fresh data directory, and runs `tests/browser/e2e.mjs` (Node,
+//! playwright-core driving Debian's Chromium, axe-core) against it.
+//!
+//! Needs `/usr/bin/chromium` (or `CHROMIUM`), `node`, and
+//! `tests/browser/node_modules`; `scripts/test` installs them when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The whole browser run, with the binary's start; it takes ~15 s.
+const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(100);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where the screenshots go: `screenshots/` in the target directory the
+/// binary was built in.
+fn screenshot_dir() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_rentalbook"));
+    bin.parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("screenshots"))
+        .unwrap_or_else(|| repo().join("target").join("screenshots"))
+}
+
+fn prerequisites() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (`apt-get install chromium`), or run scripts/test, which does"
+    );
+    assert!(
+        repo()
+            .join("tests/browser/node_modules/playwright-core")
+            .is_dir(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser, or scripts/test, which does"
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js 18 or later (`apt-get install nodejs npm`)"
+    );
+}
+
+/// Waits until the edge serves the pages and says dev sign-in is on.
+async fn wait_for_pages(base: &str) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(res) = http.get(format!("{base}/session")).send().await
+            && res.status().is_success()
+        {
+            let session: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(
+                session["devSignIn"], true,
+                "the all-in-one on loopback offers dev sign-in"
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the edge did not come up at {base}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
+    prerequisites();
+    let data = tempfile::tempdir().unwrap();
+    let port = || rentalbook_testkit::free_port().to_string();
+    let edge_port = port();
+    let banner_file = data.path().join("stdout.txt");
+    let mut process = Command::new(env!("CARGO_BIN_EXE_rentalbook"))
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args(["--host", "127.0.0.1"])
+        .args(["--edge-port", &edge_port])
+        .args(["--rental-port", &port()])
+        .args(["--reserve-port", &port()])
+        .args(["--book-port", &port()])
+        .args(["--view-port", &port()])
+        .env("RUST_LOG", "warn")
+        .env_remove("RENTALBOOK_JWT_SECRET")
+        .env_remove("RENTALBOOK_HOST")
+        .env_remove("NATS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("BOOK_DATABASE_URL")
+        .env_remove("RESERVE_DATABASE_URL")
+        .env_remove("RENTAL_DATABASE_URL")
+        .env_remove("VIEW_DATABASE_URL")
+        .stdout(std::fs::File::create(&banner_file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting rentalbook");
+    let base = format!("http://127.0.0.1:{edge_port}");
+    let started = Instant::now();
+    wait_for_pages(&base).await;
+    println!(
+        "rentalbook serves the pages at {base} after {:?}",
+        started.elapsed()
+    );
+
+    let browser = tokio::process::Command::new("node")
+        .arg(repo().join("tests/browser/e2e.mjs"))
+        .arg(&base)
+        .current_dir(repo())
+        .env("SCREENSHOT_DIR", screenshot_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let started = Instant::now();
+    let out = tokio::time::timeout(BROWSER_RUN_LIMIT, browser).await;
+    process.kill().ok();
+    process.wait().ok();
+    let out = out
+        .unwrap_or_else(|_| panic!("the browser run took longer than {BROWSER_RUN_LIMIT:?}"))
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    println!("browser run: {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "tests/browser/e2e.mjs failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("passed in"), "{stdout}");
+    for shot in ["signin.png", "catalogue.png", "mypage.png", "desk.png"] {
+        assert!(
+            screenshot_dir().join(shot).is_file(),
+            "{shot} saved in {}",
+            screenshot_dir().display()
+        );
+    }
+
+    let banner = std::fs::read_to_string(&banner_file).unwrap();
+    assert!(
+        banner.contains(&format!(
+            "sign in at http://127.0.0.1:{edge_port}/   (dev sign-in on: loopback only)"
+        )),
+        "the banner says where to sign in: {banner}"
+    );
+}
