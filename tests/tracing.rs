@@ -102,5 +102,47 @@ async fn a_trace_continues_through_calls_and_into_event_consumers() {
         },
     )
     .await;
+
+    // A trace that starts at the edge (no traceparent from the caller) runs
+    // through book-svc and into reserve-svc's consumer of the event.
+    let (edge, stop_edge) = mesh.start_edge().await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{edge}/v1/books"))
+        .bearer_auth(librarian())
+        .json(&serde_json::json!({"title": "Traced over REST", "author": "A", "totalCopies": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually("the edge's trace to reach reserve-svc's consumer", || {
+        let exporter = exporter.clone();
+        async move {
+            let spans = exporter.get_finished_spans().unwrap_or_default();
+            let edge_trace = spans
+                .iter()
+                .find(|s| {
+                    s.name == "http"
+                        && s.attributes
+                            .iter()
+                            .any(|kv| kv.key.as_str() == "path" && kv.value.as_str() == "/v1/books")
+                })
+                .map(|s| s.span_context.trace_id())?;
+            let in_trace = |name: &str| {
+                spans
+                    .iter()
+                    .any(|s| s.span_context.trace_id() == edge_trace && s.name == name)
+            };
+            let consumed = spans.iter().any(|s| {
+                s.span_context.trace_id() == edge_trace
+                    && s.name == "event"
+                    && s.attributes.iter().any(|kv| {
+                        kv.key.as_str() == "consumer" && kv.value.as_str() == "reserve-svc-books"
+                    })
+            });
+            (in_trace("grpc") && consumed).then_some(())
+        }
+    })
+    .await;
+    stop_edge.cancel();
     tokio::time::sleep(Duration::from_millis(1)).await;
 }

@@ -26,8 +26,9 @@ use crate::transcode::{self, Inputs};
 /// The cookie a browser may carry the token in.
 pub const TOKEN_COOKIE: &str = "rentalbook_token";
 
-/// Headers passed on to the backends as they are, for tracing.
-const FORWARDED: &[&str] = &["traceparent", "tracestate", "x-request-id"];
+/// Headers passed on to the backends as they are. The `traceparent` goes
+/// on as the edge's own span, a child of the caller's or a new trace.
+const FORWARDED: &[&str] = &["tracestate", "x-request-id"];
 
 /// Everything the handler needs, built once at start-up.
 pub struct Shared {
@@ -45,7 +46,13 @@ pub struct Shared {
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let started = Instant::now();
-    let (route, res) = dispatch(&shared, req).await;
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    rentalbook_plumbing::propagation::set_parent(&span, traceparent);
+    let (route, res) = tracing::Instrument::instrument(dispatch(&shared, req), span).await;
     let status = res.status();
     metrics::counter!(
         "http_requests_total",
@@ -164,6 +171,11 @@ async fn call(
         {
             request.metadata_mut().insert(*name, v);
         }
+    }
+    if let Some(tp) = rentalbook_plumbing::propagation::current_traceparent()
+        .and_then(|tp| MetadataValue::<Ascii>::try_from(tp).ok())
+    {
+        request.metadata_mut().insert("traceparent", tp);
     }
 
     if route.rpc.is_server_streaming() {
