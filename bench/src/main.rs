@@ -1,0 +1,270 @@
+//! `rentalbook-bench`: runs the benchmark, prints the markdown tables and
+//! writes the JSON report. See `docs/BENCHMARKS.md`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use rentalbook_bench::{EchoMode, Options, Phase, ReadyWait, TargetSpec};
+use rentalbook_plumbing::config::PolicyDuration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TargetKind {
+    /// The `rentalbook` process: every service in one, SQLite, embedded event bus.
+    AllInOne,
+    /// Each service its own process on PostgreSQL and NATS JetStream.
+    Mesh,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Wait {
+    Watch,
+    Poll,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Echo {
+    /// A child process (this binary, `serve-echo`), like the target: the default.
+    Child,
+    /// In the harness's process, on a runtime of its own.
+    InProcess,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rentalbook-bench",
+    version,
+    about = "Benchmarks rentalbook: journeys/s, latency per call, event-to-view lag, memory and CPU, against a bare tonic echo and raw insert transactions measured in the same run",
+    after_help = "Phases, in order: mixed (journeys + reads, --duration), half-load (the mixed load paced to half), read (GetBook back to back), reserve (Reserve + CancelReservation back to back), echo (bare tonic echo), insert-tx (one-row insert transactions on the same database). Every phase but mixed lasts --phase-duration; the ceiling phases run members + readers workers."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// What to benchmark.
+    #[arg(long, value_enum, default_value = "all-in-one")]
+    target: TargetKind,
+
+    /// The `rentalbook` binary; by default the one beside this binary, else target/release/rentalbook.
+    #[arg(long)]
+    rentalbook_bin: Option<PathBuf>,
+
+    /// Mesh: a PostgreSQL server (`postgres://user@host:port`) on which each service gets a new
+    /// database of its own; by default a private server is started for the run.
+    #[arg(long)]
+    database_url_base: Option<String>,
+
+    /// Mesh: a NATS server with JetStream (a new stream for the run); by default a private server.
+    #[arg(long)]
+    nats_url: Option<String>,
+
+    /// Length of the mixed phase (default 10s; 2s with --smoke).
+    #[arg(long)]
+    duration: Option<PolicyDuration>,
+
+    /// Length of every other phase (default 5s; 0.7s with --smoke).
+    #[arg(long)]
+    phase_duration: Option<PolicyDuration>,
+
+    /// Unmeasured mixed load first (default 2s, none with --smoke); `0` for none.
+    #[arg(long)]
+    warmup: Option<String>,
+
+    /// Virtual members going through journeys (default 16; 4 with --smoke).
+    #[arg(long)]
+    members: Option<usize>,
+
+    /// Readers calling GetBook and GetMyPage (default 4; 2 with --smoke).
+    #[arg(long)]
+    readers: Option<usize>,
+
+    /// Reads per second of all readers together in the mixed phase; 0 for back to back
+    /// (default 200; 50 with --smoke).
+    #[arg(long)]
+    read_rate: Option<f64>,
+
+    /// Books in the catalogue (default: one for every two members).
+    #[arg(long)]
+    books: Option<usize>,
+
+    /// Copies of each book (default 1).
+    #[arg(long)]
+    copies: Option<i32>,
+
+    /// Journeys before a virtual member takes a fresh identity; 0 keeps one identity (default 20).
+    #[arg(long)]
+    member_journeys: Option<u32>,
+
+    /// gRPC connections to each service and to the echo server (default 4; 2 with --smoke).
+    #[arg(long)]
+    connections: Option<usize>,
+
+    /// How a queued member learns that its reservation is READY.
+    #[arg(long, value_enum, default_value = "watch")]
+    ready_wait: Wait,
+
+    /// Phases to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    phases: Option<Vec<String>>,
+
+    /// Where the echo server runs.
+    #[arg(long, value_enum, default_value = "child")]
+    echo: Echo,
+
+    /// Seed of the book and page choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Do not restart the all-in-one at the end to measure a warm start.
+    #[arg(long)]
+    no_restart: bool,
+
+    /// A few seconds with small numbers.
+    #[arg(long)]
+    smoke: bool,
+
+    /// The JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    out: PathBuf,
+
+    /// Also write the markdown tables to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serves the bare echo of the gRPC baseline and prints its address (used by the harness).
+    #[command(hide = true)]
+    ServeEcho {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: std::net::SocketAddr,
+    },
+}
+
+fn default_rentalbook() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("rentalbook")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("target/release/rentalbook"),
+    }
+}
+
+fn options(cli: &Cli) -> anyhow::Result<Options> {
+    let bin = cli
+        .rentalbook_bin
+        .clone()
+        .unwrap_or_else(default_rentalbook);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build --release -p rentalbook`, or give --rentalbook-bin",
+        bin.display()
+    );
+    let spec = match cli.target {
+        TargetKind::AllInOne => TargetSpec::AllInOne { bin },
+        TargetKind::Mesh => TargetSpec::Mesh {
+            bin,
+            database_url_base: cli.database_url_base.clone(),
+            nats_url: cli.nats_url.clone(),
+        },
+    };
+    let mut o = if cli.smoke {
+        Options::smoke(spec)
+    } else {
+        Options::new(spec)
+    };
+    let d = |p: Option<PolicyDuration>| p.map(PolicyDuration::get);
+    if let Some(v) = d(cli.duration) {
+        o.duration = v;
+    }
+    if let Some(v) = d(cli.phase_duration) {
+        o.phase_duration = v;
+    }
+    if let Some(w) = &cli.warmup {
+        o.warmup = if w.trim() == "0" {
+            Duration::ZERO
+        } else {
+            w.parse::<PolicyDuration>()
+                .map_err(anyhow::Error::msg)
+                .context("--warmup")?
+                .get()
+        };
+    }
+    o.members = cli.members.unwrap_or(o.members);
+    o.readers = cli.readers.unwrap_or(o.readers);
+    o.read_rate = cli.read_rate.unwrap_or(o.read_rate);
+    o.books = cli.books.unwrap_or(o.books);
+    o.copies = cli.copies.unwrap_or(o.copies);
+    o.member_journeys = cli.member_journeys.unwrap_or(o.member_journeys);
+    o.connections = cli.connections.unwrap_or(o.connections);
+    o.ready_wait = match cli.ready_wait {
+        Wait::Watch => ReadyWait::Watch,
+        Wait::Poll => ReadyWait::Poll,
+    };
+    if let Some(names) = &cli.phases {
+        let mut phases = names
+            .iter()
+            .map(|n| {
+                Phase::parse(n.trim())
+                    .with_context(|| format!("`{n}` is not a phase ({})", phase_names()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        phases.sort();
+        phases.dedup();
+        o.phases = phases;
+    }
+    o.echo = match cli.echo {
+        Echo::Child => EchoMode::Child(std::env::current_exe().context("this binary's path")?),
+        Echo::InProcess => EchoMode::InProcess,
+    };
+    o.seed = cli.seed;
+    o.restart = !cli.no_restart;
+    o.progress = !cli.quiet;
+    anyhow::ensure!(o.members + o.readers > 0, "no members and no readers");
+    Ok(o)
+}
+
+fn phase_names() -> String {
+    Phase::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(Command::ServeEcho { addr }) = cli.command {
+        return runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let mut out = std::io::stdout();
+            writeln!(out, "listening on {}", listener.local_addr()?)?;
+            out.flush()?;
+            rentalbook_bench::echo::serve(listener).await
+        });
+    }
+    let opts = options(&cli)?;
+    let report = runtime.block_on(rentalbook_bench::run(opts))?;
+    let markdown = report.to_markdown();
+    println!("{markdown}");
+    std::fs::write(&cli.out, report.to_json())
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+    if let Some(path) = &cli.markdown {
+        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !cli.quiet {
+        eprintln!("[rentalbook-bench] JSON report in {}", cli.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! The report: what was run where, each phase's figures, the ratios to the
+//! baselines and the targets, as JSON for machines and markdown
+//! tables for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::procstat::Machine;
+use crate::stats::Latency;
+use crate::target::Startup;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub harness: Harness,
+    pub machine: Machine,
+    pub target: TargetInfo,
+    pub phases: Vec<PhaseReport>,
+    pub ratios: Ratios,
+    pub targets: Vec<TargetCheck>,
+    /// Figures of the REST transport, once the edge exists.
+    pub rest: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Harness {
+    pub version: String,
+    pub git: String,
+    pub started_at: String,
+    pub command_line: String,
+    pub transport: String,
+    pub members: usize,
+    pub readers: usize,
+    /// Reads/s of the readers in the mixed phase (0: back to back).
+    pub read_rate: f64,
+    /// Client concurrency of every ceiling phase: members + readers.
+    pub concurrency: usize,
+    pub connections_per_service: usize,
+    pub books: usize,
+    pub copies_per_book: i32,
+    pub member_journeys_per_identity: u32,
+    pub ready_wait: String,
+    pub duration_s: f64,
+    pub phase_duration_s: f64,
+    pub warmup_s: f64,
+    pub echo_server: String,
+    pub load_average_at_end: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    pub kind: String,
+    pub storage: String,
+    pub events: String,
+    /// Cold start (empty data directory) of each process, and its memory idle.
+    pub startup: Vec<Startup>,
+    /// All-in-one: a warm restart on the run's data.
+    pub restart: Option<Startup>,
+    /// Each process at the end of the run.
+    pub processes: Vec<ProcessTotals>,
+    pub stop_ms: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessTotals {
+    pub process: String,
+    pub peak_rss_kib: u64,
+    pub rss_kib_at_end: u64,
+    pub cpu_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RpcFigures {
+    pub rpc: String,
+    pub calls: u64,
+    pub per_second: f64,
+    pub errors: u64,
+    pub latency: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorCount {
+    pub rpc: String,
+    pub code: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LagFigures {
+    pub after: String,
+    pub latency: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessPhase {
+    pub process: String,
+    pub cpu_seconds: f64,
+    /// CPU seconds per second of the phase: 1.0 is one core busy.
+    pub cores: f64,
+    pub rss_kib_at_end: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub what: String,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub journeys: u64,
+    pub journeys_per_second: f64,
+    pub journeys_abandoned: u64,
+    pub calls: u64,
+    pub calls_per_second: f64,
+    pub errors: u64,
+    pub rpcs: Vec<RpcFigures>,
+    pub errors_by_code: Vec<ErrorCount>,
+    pub lag: Vec<LagFigures>,
+    pub lag_all: Latency,
+    pub lag_missed: u64,
+    pub ready_wait: Latency,
+    pub journey_time: Latency,
+    pub processes: Vec<ProcessPhase>,
+    /// The harness's own CPU, in cores (it shares the machine).
+    pub client_cores: f64,
+    /// Busy share of all the machine's cores during the phase, whoever used them.
+    pub machine_busy_percent: Option<f64>,
+    /// How long the target took to go quiet before the phase.
+    pub settle_ms: f64,
+    /// Pacing target of a paced phase (journeys per second), if any.
+    pub paced_journeys_per_second: Option<f64>,
+}
+
+impl PhaseReport {
+    pub fn rpc(&self, name: &str) -> Option<&RpcFigures> {
+        self.rpcs.iter().find(|r| r.rpc == name)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ratios {
+    /// GetBook/s in the read phase over echo calls/s.
+    pub read_vs_echo: Option<f64>,
+    /// Reserve/s in the reserve phase over insert transactions/s.
+    pub reserve_vs_insert_tx: Option<f64>,
+    /// Write transactions the desk committed per second in the reserve phase
+    /// (Reserve + CancelReservation) over insert transactions/s.
+    pub desk_writes_vs_insert_tx: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub goal: String,
+    pub measured: String,
+    /// None when the run did not measure it.
+    pub met: Option<bool>,
+}
+
+fn f1(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+impl Report {
+    pub fn phase(&self, name: &str) -> Option<&PhaseReport> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serialises")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut o = String::new();
+        let h = &self.harness;
+        let m = &self.machine;
+        let _ = writeln!(
+            o,
+            "## rentalbook-bench: {} over {} ({})\n",
+            self.target.kind, h.transport, h.started_at
+        );
+        let _ = writeln!(
+            o,
+            "Machine: {} cores ({}), {} MiB RAM, Linux {}; load average {} at the start, {} at the end. Code: {}.\n",
+            m.nproc,
+            m.cpu_model,
+            m.mem_total_mib,
+            m.kernel,
+            m.load_average_at_start,
+            h.load_average_at_end,
+            h.git
+        );
+        let _ = writeln!(
+            o,
+            "Load: {} virtual members + {} readers at {} (concurrency {} in the ceiling phases), {} connection(s) per service, {} books × {} copies, a fresh member identity every {} journeys, READY learnt by {}; mixed phase {:.0} s after {:.0} s warm-up, other phases {:.0} s each. Storage: {}. Events: {}. Echo server: {}.\n",
+            h.members,
+            h.readers,
+            if h.read_rate > 0.0 {
+                format!("{:.0} reads/s", h.read_rate)
+            } else {
+                "full speed".into()
+            },
+            h.concurrency,
+            h.connections_per_service,
+            h.books,
+            h.copies_per_book,
+            h.member_journeys_per_identity,
+            h.ready_wait,
+            h.duration_s,
+            h.warmup_s,
+            h.phase_duration_s,
+            self.target.storage,
+            self.target.events,
+            h.echo_server
+        );
+
+        let _ = writeln!(o, "### Phases\n");
+        let _ = writeln!(
+            o,
+            "| phase | what | clients | s | journeys/s | calls/s | errors | lag p50 / p99 ms | server CPU (cores) | harness CPU (cores) | machine busy |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for p in &self.phases {
+            let cores: f64 = p.processes.iter().map(|x| x.cores).sum();
+            let lag = if p.lag_all.count > 0 {
+                format!("{} / {}", ms(p.lag_all.p50_ms), ms(p.lag_all.p99_ms))
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                p.name,
+                p.what,
+                p.concurrency,
+                p.seconds,
+                if p.journeys > 0 || p.journeys_abandoned > 0 {
+                    f1(p.journeys_per_second)
+                } else {
+                    "–".into()
+                },
+                f1(p.calls_per_second),
+                p.errors,
+                lag,
+                if p.processes.is_empty() {
+                    "–".into()
+                } else {
+                    format!("{cores:.2}")
+                },
+                p.client_cores,
+                p.machine_busy_percent
+                    .map_or("?".into(), |b| format!("{b:.0} %")),
+            );
+        }
+
+        let _ = writeln!(o, "\n### Latency per call (ms)\n");
+        let _ = writeln!(
+            o,
+            "| phase | call | calls | calls/s | p50 | p90 | p99 | max | errors |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        for p in &self.phases {
+            for r in &p.rpcs {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    p.name,
+                    r.rpc,
+                    r.calls,
+                    f1(r.per_second),
+                    ms(r.latency.p50_ms),
+                    ms(r.latency.p90_ms),
+                    ms(r.latency.p99_ms),
+                    ms(r.latency.max_ms),
+                    r.errors
+                );
+            }
+        }
+
+        let lagged: Vec<&PhaseReport> = self
+            .phases
+            .iter()
+            .filter(|p| p.lag_all.count > 0 || p.journeys > 0)
+            .collect();
+        if !lagged.is_empty() {
+            let _ = writeln!(o, "\n### Journeys and event-to-view lag (ms)\n");
+            let _ = writeln!(
+                o,
+                "Lag: from the answer of the RPC to the change arriving on the member's WatchMyPage stream.\n"
+            );
+            let _ = writeln!(o, "| phase | measured | count | p50 | p90 | p99 | max |");
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+            for p in lagged {
+                let mut rows: Vec<(String, &Latency)> = p
+                    .lag
+                    .iter()
+                    .map(|l| (format!("lag after {}", l.after), &l.latency))
+                    .collect();
+                rows.push(("lag, all".into(), &p.lag_all));
+                rows.push(("wait for READY (queued journeys)".into(), &p.ready_wait));
+                rows.push(("whole journey".into(), &p.journey_time));
+                for (what, l) in rows {
+                    if l.count == 0 {
+                        continue;
+                    }
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {} | {} | {} |",
+                        p.name,
+                        what,
+                        l.count,
+                        ms(l.p50_ms),
+                        ms(l.p90_ms),
+                        ms(l.p99_ms),
+                        ms(l.max_ms)
+                    );
+                }
+                if p.lag_missed > 0 || p.journeys_abandoned > 0 {
+                    let _ = writeln!(
+                        o,
+                        "| {} | changes never seen on the page / journeys abandoned | {} / {} | | | | |",
+                        p.name, p.lag_missed, p.journeys_abandoned
+                    );
+                }
+            }
+        }
+
+        let errors: Vec<(&str, &ErrorCount)> = self
+            .phases
+            .iter()
+            .flat_map(|p| p.errors_by_code.iter().map(move |e| (p.name.as_str(), e)))
+            .collect();
+        let _ = writeln!(o, "\n### Errors by code\n");
+        if errors.is_empty() {
+            let _ = writeln!(o, "None.");
+        } else {
+            let _ = writeln!(o, "| phase | call | code | count |");
+            let _ = writeln!(o, "|---|---|---|---|");
+            for (p, e) in errors {
+                let _ = writeln!(o, "| {p} | {} | {} | {} |", e.rpc, e.code, e.count);
+            }
+        }
+
+        let _ = writeln!(o, "\n### Processes\n");
+        let _ = writeln!(
+            o,
+            "| process | start → serving (ms) | idle RSS (MiB) | peak RSS (MiB) | RSS at end (MiB) | CPU s, whole run |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|");
+        for s in &self.target.startup {
+            let t = self
+                .target
+                .processes
+                .iter()
+                .find(|p| p.process == s.process);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.process,
+                ms(s.start_to_serving_ms),
+                mib(s.idle_rss_kib),
+                t.map_or("?".into(), |t| mib(t.peak_rss_kib)),
+                t.map_or("?".into(), |t| mib(t.rss_kib_at_end)),
+                t.map_or("?".into(), |t| format!("{:.2}", t.cpu_seconds)),
+            );
+        }
+        if let Some(r) = &self.target.restart {
+            let _ = writeln!(
+                o,
+                "| {}, warm restart on the run's data | {} | {} | | | |",
+                r.process,
+                ms(r.start_to_serving_ms),
+                mib(r.idle_rss_kib)
+            );
+        }
+
+        let _ = writeln!(o, "\n### Against the baselines and the targets\n");
+        let _ = writeln!(o, "| target | goal | measured | met |");
+        let _ = writeln!(o, "|---|---|---|---|");
+        for t in &self.targets {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                t.target,
+                t.goal,
+                t.measured,
+                match t.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "not measured",
+                }
+            );
+        }
+        let _ = writeln!(o, "\nREST through the edge: {}", self.rest);
+        o
+    }
+}

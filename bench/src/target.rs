@@ -1,0 +1,488 @@
+//! Starts what is measured: the all-in-one `rentalbook` process on free ports
+//! with a temporary data directory, or the mesh, each service a process of
+//! its own (`rentalbook service <name> -- ...`) on PostgreSQL and NATS
+//! JetStream (given, or private ones started from the installed binaries).
+//! Measures each process's start to serving and its idle memory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rentalbook_testkit::{PrivateNats, PrivatePostgres, free_port};
+use serde::Serialize;
+use tempfile::TempDir;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::client::{Endpoints, endpoint};
+use crate::procstat;
+
+/// What to benchmark.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// The whole product in one process, on SQLite and the embedded event bus.
+    AllInOne { bin: PathBuf },
+    /// Each service its own process, each with its own PostgreSQL database,
+    /// over NATS JetStream. `None` starts a private server for the run.
+    Mesh {
+        bin: PathBuf,
+        database_url_base: Option<String>,
+        nats_url: Option<String>,
+    },
+}
+
+impl TargetSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetSpec::AllInOne { .. } => "all-in-one",
+            TargetSpec::Mesh { .. } => "mesh",
+        }
+    }
+}
+
+/// One process of the target.
+pub struct Proc {
+    pub name: String,
+    pub pid: u32,
+    pub log: PathBuf,
+    /// Spawn to every health check of the process answering SERVING.
+    pub start_to_serving: Duration,
+    child: tokio::process::Child,
+}
+
+/// A process's figures before any load.
+#[derive(Clone, Debug, Serialize)]
+pub struct Startup {
+    pub process: String,
+    pub start_to_serving_ms: f64,
+    /// Resident memory one second after serving, before any request but the health checks.
+    pub idle_rss_kib: u64,
+}
+
+/// The running target.
+pub struct Target {
+    pub spec: TargetSpec,
+    pub endpoints: Endpoints,
+    pub procs: Vec<Proc>,
+    pub secret: String,
+    /// A database of the storage baseline's own, on the same server (mesh)
+    /// or in the same directory (all-in-one) as the services'.
+    pub baseline_db_url: String,
+    pub startups: Vec<Startup>,
+    /// Private servers the harness started (mesh): name and pid, whose CPU
+    /// (with their children's: PostgreSQL's backends) the phases count.
+    pub servers: Vec<(String, u32)>,
+    /// Description of the storage, for the report.
+    pub storage: String,
+    pub events: String,
+    dir: TempDir,
+    _nats: Option<PrivateNats>,
+    _pg: Option<PrivatePostgres>,
+}
+
+const SERVICES: [&str; 4] = ["book-svc", "reserve-svc", "rental-svc", "view-svc"];
+
+/// Settings of the harness's environment that would steer the target
+/// elsewhere; the harness gives the target its settings itself.
+const SCRUBBED_ENV: &[&str] = &[
+    "NATS_URL",
+    "NATS_STREAM",
+    "NATS_SUBJECT_PREFIX",
+    "DATABASE_URL",
+    "BOOK_DATABASE_URL",
+    "RESERVE_DATABASE_URL",
+    "RENTAL_DATABASE_URL",
+    "VIEW_DATABASE_URL",
+    "LISTEN_ADDR",
+    "METRICS_ADDR",
+    "RESERVE_SVC_URL",
+    "RENTALBOOK_DATA_DIR",
+    "RENTALBOOK_JWKS_FILE",
+    "RENTALBOOK_SERVICE_SECRET",
+];
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `base` (`postgres://user@host:port`, with or without a database and a
+/// query string) naming `database` instead.
+fn postgres_url(base: &str, database: &str) -> String {
+    let (base, query) = match base.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority..].find('/') {
+        Some(i) => &base[..authority + i],
+        None => base,
+    };
+    format!("{server}/{database}{query}")
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Asks the health service of `addr` until it says SERVING.
+async fn wait_serving(
+    addr: SocketAddr,
+    child: &mut tokio::process::Child,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the process serving {addr} exited during startup ({status}):\n{}",
+                log_tail(log)
+            );
+        }
+        let attempt = async {
+            let channel = endpoint(addr)
+                .connect_timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .ok()?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == ServingStatus::Serving as i32).then_some(())
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} not SERVING after 60 s:\n{}", log_tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn command(bin: &Path, secret: &str, log: &Path) -> anyhow::Result<tokio::process::Command> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = tokio::process::Command::new(bin);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("RENTALBOOK_JWT_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// Spawns a process and waits until every address answers SERVING.
+async fn launch(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    addrs: Vec<SocketAddr>,
+    log: PathBuf,
+) -> anyhow::Result<Proc> {
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let pid = child.id().context("the child's pid")?;
+    for a in addrs {
+        wait_serving(a, &mut child, &log).await?;
+    }
+    Ok(Proc {
+        name: name.to_owned(),
+        pid,
+        log,
+        start_to_serving: started.elapsed(),
+        child,
+    })
+}
+
+impl Target {
+    /// Starts the target; `run_id` names its databases and stream.
+    pub async fn start(spec: TargetSpec, run_id: &str) -> anyhow::Result<Target> {
+        let dir = tempfile::Builder::new()
+            .prefix("rentalbook-bench-")
+            .tempdir()
+            .context("a temp dir for the run")?;
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let endpoints = Endpoints {
+            book: addr(free_port()),
+            reserve: addr(free_port()),
+            rental: addr(free_port()),
+            view: addr(free_port()),
+        };
+        let mut target = match &spec {
+            TargetSpec::AllInOne { bin } => {
+                let data = dir.path().join("data");
+                let proc =
+                    Self::spawn_all_in_one(bin, &data, &endpoints, &secret, dir.path(), 0).await?;
+                Target {
+                    baseline_db_url: format!(
+                        "sqlite://{}",
+                        data.join("bench-baseline.db").display()
+                    ),
+                    storage: format!(
+                        "SQLite files (WAL) in a temp dir ({})",
+                        filesystem_of(dir.path())
+                    ),
+                    events: "embedded event bus (SQLite)".into(),
+                    spec: spec.clone(),
+                    endpoints,
+                    procs: vec![proc],
+                    secret,
+                    startups: Vec::new(),
+                    servers: Vec::new(),
+                    dir,
+                    _nats: None,
+                    _pg: None,
+                }
+            }
+            TargetSpec::Mesh {
+                bin,
+                database_url_base,
+                nats_url,
+            } => {
+                let (pg, base) = match database_url_base {
+                    Some(b) => (None, b.clone()),
+                    None => {
+                        let pg = PrivatePostgres::start_new()
+                            .await
+                            .context("starting a private PostgreSQL")?;
+                        let url = pg.url();
+                        (Some(pg), url)
+                    }
+                };
+                let (nats, nats_url) = match nats_url {
+                    Some(u) => (None, u.clone()),
+                    None => {
+                        let n = PrivateNats::start_new()
+                            .await
+                            .context("starting a private nats-server")?;
+                        let url = n.url();
+                        (Some(n), url)
+                    }
+                };
+                let stream = format!("RBBENCH_{}", run_id.to_uppercase());
+                let prefix = stream.to_lowercase();
+                let db_of = |svc: &str| {
+                    postgres_url(
+                        &base,
+                        &format!("rb_bench_{run_id}_{}", svc.replace('-', "_")),
+                    )
+                };
+                let mut launches = Vec::new();
+                for name in SERVICES {
+                    let a = match name {
+                        "book-svc" => endpoints.book,
+                        "reserve-svc" => endpoints.reserve,
+                        "rental-svc" => endpoints.rental,
+                        _ => endpoints.view,
+                    };
+                    let log = dir.path().join(format!("{name}.log"));
+                    let mut cmd = command(bin, &secret, &log)?;
+                    cmd.args(["service", name, "--"])
+                        .args(["--listen-addr", &a.to_string()])
+                        .args(["--metrics-addr", "off"])
+                        .args(["--database-url", &db_of(name)])
+                        .args(["--nats-url", &nats_url])
+                        .args(["--nats-stream", &stream])
+                        .args(["--nats-subject-prefix", &prefix]);
+                    if name == "rental-svc" {
+                        cmd.args([
+                            "--reserve-svc-url",
+                            &format!("http://{}", endpoints.reserve),
+                        ]);
+                    }
+                    launches.push(launch(name, cmd, vec![a], log));
+                }
+                let procs = futures::future::try_join_all(launches).await?;
+                let pg_note = if pg.is_some() {
+                    "a private PostgreSQL started for the run (fsync=off, synchronous_commit=off, as the tests run it)"
+                } else {
+                    "the PostgreSQL server given by --database-url-base"
+                };
+                let mut servers = Vec::new();
+                if let Some(pid) = pg
+                    .as_ref()
+                    .and_then(|p| procstat::server_on_port("postgres", p.port()))
+                {
+                    servers.push(("postgres (server + backends)".to_owned(), pid));
+                }
+                if let Some(pid) = nats
+                    .as_ref()
+                    .and_then(|n| procstat::server_on_port("nats-server", n.port()))
+                {
+                    servers.push(("nats-server".to_owned(), pid));
+                }
+                Target {
+                    servers,
+                    baseline_db_url: db_of("baseline"),
+                    storage: format!("{pg_note}; one database per service"),
+                    events: if nats.is_some() {
+                        "a private nats-server (JetStream, file store in a temp dir)".into()
+                    } else {
+                        format!("NATS JetStream at {nats_url}")
+                    },
+                    spec: spec.clone(),
+                    endpoints,
+                    procs,
+                    secret,
+                    startups: Vec::new(),
+                    dir,
+                    _nats: nats,
+                    _pg: pg,
+                }
+            }
+        };
+        target.startups = target.measure_idle().await;
+        Ok(target)
+    }
+
+    async fn spawn_all_in_one(
+        bin: &Path,
+        data: &Path,
+        e: &Endpoints,
+        secret: &str,
+        dir: &Path,
+        generation: u32,
+    ) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("rentalbook-{generation}.log"));
+        let mut cmd = command(bin, secret, &log)?;
+        cmd.arg("--data-dir")
+            .arg(data)
+            .args(["--host", "127.0.0.1"])
+            .args(["--rental-port", &e.rental.port().to_string()])
+            .args(["--reserve-port", &e.reserve.port().to_string()])
+            .args(["--book-port", &e.book.port().to_string()])
+            .args(["--view-port", &e.view.port().to_string()]);
+        launch(
+            "rentalbook (all-in-one)",
+            cmd,
+            vec![e.rental, e.reserve, e.book, e.view],
+            log,
+        )
+        .await
+    }
+
+    /// Waits a second after serving and reads each process's resident memory.
+    async fn measure_idle(&self) -> Vec<Startup> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.procs
+            .iter()
+            .map(|p| Startup {
+                process: p.name.clone(),
+                start_to_serving_ms: p.start_to_serving.as_secs_f64() * 1000.0,
+                idle_rss_kib: procstat::sample(p.pid).map_or(0, |s| s.rss_kib),
+            })
+            .collect()
+    }
+
+    /// CPU time and memory of each process now.
+    pub fn sample(&self) -> Vec<(String, procstat::ProcSample)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), procstat::sample(p.pid).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Whether every process is still running.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited ({status}):\n{}", p.name, log_tail(&p.log));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process with SIGTERM (SIGKILL after 15 s); how long each took.
+    pub async fn stop(&mut self) -> Vec<(String, Duration)> {
+        let mut took = Vec::new();
+        for p in &mut self.procs {
+            let started = Instant::now();
+            // SAFETY: a signal to our own child, by its pid.
+            unsafe {
+                libc::kill(p.pid as libc::pid_t, libc::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = p.child.kill().await;
+            }
+            took.push((p.name.clone(), started.elapsed()));
+        }
+        took
+    }
+
+    /// All-in-one only: stops the process and starts it again on the same
+    /// data directory (a warm start, with the run's data), measuring it.
+    pub async fn restart_all_in_one(&mut self) -> anyhow::Result<Option<Startup>> {
+        let TargetSpec::AllInOne { bin } = self.spec.clone() else {
+            return Ok(None);
+        };
+        self.stop().await;
+        let data = self.dir.path().join("data");
+        let proc = Self::spawn_all_in_one(
+            &bin,
+            &data,
+            &self.endpoints,
+            &self.secret,
+            self.dir.path(),
+            1,
+        )
+        .await?;
+        self.procs = vec![proc];
+        let mut idle = self.measure_idle().await;
+        Ok(idle.pop())
+    }
+}
+
+fn filesystem_of(path: &Path) -> String {
+    // The filesystem type of the temp dir (tmpfs makes SQLite's fsyncs free).
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && path.starts_with(f[1])).then(|| (f[1].len(), f[2].to_owned()))
+        })
+        .max()
+        .map_or_else(|| "unknown filesystem".into(), |(_, fs)| fs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_name_the_database() {
+        assert_eq!(
+            postgres_url("postgres://postgres@127.0.0.1:5432", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            postgres_url("postgres://u:p@h:1/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h:1/x?sslmode=disable"
+        );
+    }
+}
