@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer, context::PublishAckFuture, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 
 /// An event on its way out.
@@ -56,6 +56,20 @@ pub trait EventBus: Send + Sync + 'static {
 pub trait Subscription: Send {
     /// The next event; `None` when the subscription ended and should be opened again.
     async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>>;
+
+    /// The next event and, without waiting for more, up to `max` in all that
+    /// are ready behind it, in order; `None` when the subscription ended.
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<Box<dyn Delivery>>>> {
+        let _ = max;
+        Ok(self.next().await?.map(|d| vec![d]))
+    }
+
+    /// Acknowledges every event of a batch from [`Subscription::next_batch`]
+    /// whose effects committed together.
+    async fn ack_batch(&mut self, batch: &[Box<dyn Delivery>]) -> anyhow::Result<()> {
+        futures::future::try_join_all(batch.iter().map(|d| d.ack())).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -215,6 +229,7 @@ impl EventBus for NatsBus {
             messages,
             js: self.js.clone(),
             dlq_subject: format!("{}_dlq.{}", self.settings.subject_prefix, spec.durable),
+            held_back: None,
         }))
     }
 
@@ -235,24 +250,63 @@ struct NatsSubscription {
     messages: consumer::pull::Stream,
     js: jetstream::Context,
     dlq_subject: String,
+    /// What the stream said after the last batch was taken, told next time.
+    held_back: Option<Option<Result<jetstream::Message, anyhow::Error>>>,
+}
+
+impl NatsSubscription {
+    fn delivery(&self, message: jetstream::Message) -> Box<dyn Delivery> {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        Box::new(NatsDelivery {
+            message,
+            delivered,
+            js: self.js.clone(),
+            dlq_subject: self.dlq_subject.clone(),
+        })
+    }
+
+    async fn receive(&mut self) -> Option<Result<jetstream::Message, anyhow::Error>> {
+        if let Some(held) = self.held_back.take() {
+            return held;
+        }
+        self.messages
+            .next()
+            .await
+            .map(|r| r.map_err(|e| anyhow::Error::new(e).context("receiving events")))
+    }
 }
 
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>> {
-        match self.messages.next().await {
+        match self.receive().await {
             None => Ok(None),
-            Some(Err(e)) => Err(anyhow::Error::new(e).context("receiving events")),
-            Some(Ok(message)) => {
-                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                Ok(Some(Box::new(NatsDelivery {
-                    message,
-                    delivered,
-                    js: self.js.clone(),
-                    dlq_subject: self.dlq_subject.clone(),
-                })))
+            Some(Err(e)) => Err(e),
+            Some(Ok(message)) => Ok(Some(self.delivery(message))),
+        }
+    }
+
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<Box<dyn Delivery>>>> {
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = vec![first];
+        // The messages the client has pulled already; polling the stream's
+        // `next` once and dropping it loses nothing.
+        while batch.len() < max {
+            match self.messages.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(message))) => batch.push(self.delivery(message)),
+                Some(other) => {
+                    self.held_back =
+                        Some(other.map(|r| {
+                            r.map_err(|e| anyhow::Error::new(e).context("receiving events"))
+                        }));
+                    break;
+                }
             }
         }
+        Ok(Some(batch))
     }
 }
 

@@ -1,18 +1,21 @@
 //! Durable consumers that apply each event exactly once (SPEC §4 E2): the
 //! event id goes into the inbox in the same transaction as the effect, so a
 //! redelivered event changes nothing. A failing event is retried with backoff
-//! a bounded number of times, then moved to the dead-letter stream.
+//! a bounded number of times, then moved to the dead-letter stream. Events that
+//! are waiting when the consumer looks are applied in one transaction and
+//! acknowledged together; a batch that fails is applied again event by event.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
 use rentalbook_proto::events::v1::Envelope;
-use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{ConsumerSpec, Delivery, EventBus};
+use crate::bus::{ConsumerSpec, Delivery, EventBus, Subscription};
 use crate::db::{Db, WriteTx};
 use crate::schema::inbox;
 
@@ -25,6 +28,18 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Runs once the effect of a newly applied event has committed (to tell
     /// watchers, say). Not run for duplicates.
     async fn after_commit(&self, _event: &Envelope) {}
+}
+
+/// Events a consumer takes at once when they are waiting: applied in one
+/// transaction and acknowledged together.
+const MAX_BATCH: usize = 64;
+
+/// How an event was settled.
+enum Settled {
+    /// Applied (or a duplicate, or dead-lettered) and acknowledged.
+    Done,
+    /// Handed back to come again later; those behind it wait for it.
+    Later,
 }
 
 pub struct Consumer {
@@ -74,15 +89,11 @@ impl Consumer {
             };
             loop {
                 let next = tokio::select! {
-                    n = sub.next() => n,
+                    n = sub.next_batch(MAX_BATCH) => n,
                     _ = shutdown.cancelled() => return,
                 };
                 match next {
-                    Ok(Some(delivery)) => {
-                        if let Err(e) = self.process(delivery.as_ref()).await {
-                            tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not settle an event; it will come again");
-                        }
-                    }
+                    Ok(Some(batch)) => self.settle(sub.as_mut(), batch).await,
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "event stream interrupted");
@@ -96,7 +107,97 @@ impl Consumer {
         }
     }
 
-    async fn process(&self, delivery: &dyn Delivery) -> anyhow::Result<()> {
+    /// Applies a batch in one transaction; if that fails, event by event,
+    /// so that only a failing event is retried or dead-lettered. Events
+    /// behind one that will come again are handed back too, so none is
+    /// acknowledged before an earlier one.
+    async fn settle(&self, sub: &mut dyn Subscription, batch: Vec<Box<dyn Delivery>>) {
+        if batch.len() > 1 {
+            match self.apply_batch(&batch).await {
+                Ok(()) => {
+                    if let Err(e) = sub.ack_batch(&batch).await {
+                        tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not acknowledge a batch; its events will come again");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(consumer = %self.spec.durable, events = batch.len(), error = format!("{e:#}"), "a batch was not applied; applying its events one by one");
+                }
+            }
+        }
+        let mut rest = batch.iter();
+        for delivery in rest.by_ref() {
+            match self.process(delivery.as_ref()).await {
+                Ok(Settled::Done) => {}
+                Ok(Settled::Later) => break,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not settle an event; it will come again");
+                    break;
+                }
+            }
+        }
+        for delivery in rest {
+            if let Err(e) = delivery.nak(Duration::ZERO).await {
+                tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not hand an event back; it comes again after the ack wait");
+            }
+        }
+    }
+
+    /// Every event of the batch, applied once, in one transaction. Fails
+    /// (changing nothing) if any of them is not an event or is not applied.
+    async fn apply_batch(&self, batch: &[Box<dyn Delivery>]) -> anyhow::Result<()> {
+        let mut events = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match Envelope::decode(delivery.payload()) {
+                Ok(e) if !e.event_id.is_empty() && e.body.is_some() => {
+                    events.push((e, delivery.as_ref()))
+                }
+                _ => anyhow::bail!("not an event envelope"),
+            }
+        }
+        let mut tx = self.db.begin().await?;
+        let mut seen: HashSet<String> = inbox::Entity::find()
+            .filter(inbox::Column::EventId.is_in(events.iter().map(|(e, _)| e.event_id.clone())))
+            .all(&*tx)
+            .await?
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        // A batch may hold an event twice (a redelivery behind the first).
+        events.retain(|(e, _)| seen.insert(e.event_id.clone()));
+        let duplicates = (batch.len() - events.len()) as u64;
+        if !events.is_empty() {
+            let now = crate::time::now();
+            inbox::Entity::insert_many(events.iter().map(|(e, _)| inbox::ActiveModel {
+                event_id: Set(e.event_id.clone()),
+                consumer: Set(self.spec.durable.clone()),
+                processed_at: Set(now),
+            }))
+            .exec(&*tx)
+            .await?;
+            for (envelope, delivery) in &events {
+                let span = self.span(*delivery, envelope);
+                tracing::Instrument::instrument(self.handler.apply(&mut tx, envelope), span)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        for (envelope, _) in &events {
+            self.handler.after_commit(envelope).await;
+        }
+        let consumer = self.spec.durable.clone();
+        metrics::counter!("events_consumed_total", "consumer" => consumer.clone(), "outcome" => "applied").increment(events.len() as u64);
+        metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "duplicate").increment(duplicates);
+        Ok(())
+    }
+
+    fn span(&self, delivery: &dyn Delivery, envelope: &Envelope) -> tracing::Span {
+        let span = tracing::info_span!("event", subject = delivery.subject(), event_id = %envelope.event_id, consumer = %self.spec.durable);
+        crate::propagation::set_parent(&span, delivery.traceparent().as_deref());
+        span
+    }
+
+    async fn process(&self, delivery: &dyn Delivery) -> anyhow::Result<Settled> {
         let consumer = self.spec.durable.clone();
         let envelope = match Envelope::decode(delivery.payload()) {
             Ok(e) if !e.event_id.is_empty() && e.body.is_some() => e,
@@ -108,27 +209,30 @@ impl Consumer {
                 );
                 return delivery
                     .dead_letter("not a rentalbook event envelope")
-                    .await;
+                    .await
+                    .map(|()| Settled::Done);
             }
         };
-        let span = tracing::info_span!("event", subject = delivery.subject(), event_id = %envelope.event_id, consumer = %self.spec.durable);
-        crate::propagation::set_parent(&span, delivery.traceparent().as_deref());
+        let span = self.span(delivery, &envelope);
         match tracing::Instrument::instrument(self.apply_once(&envelope), span).await {
             Ok(outcome) => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => outcome).increment(1);
-                delivery.ack().await
+                delivery.ack().await.map(|()| Settled::Done)
             }
             Err(e) if delivery.delivered() >= self.spec.max_deliver => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
                 tracing::error!(event_id = %envelope.event_id, error = format!("{e:#}"), "event failed every delivery; moved to the dead-letter stream");
-                delivery.dead_letter(&format!("{e:#}")).await
+                delivery
+                    .dead_letter(&format!("{e:#}"))
+                    .await
+                    .map(|()| Settled::Done)
             }
             Err(e) => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "retry").increment(1);
                 let delay =
                     Duration::from_millis(100 * 2u64.pow(delivery.delivered().clamp(0, 7) as u32));
                 tracing::warn!(event_id = %envelope.event_id, error = format!("{e:#}"), retry_in = ?delay, "event not applied");
-                delivery.nak(delay).await
+                delivery.nak(delay).await.map(|()| Settled::Later)
             }
         }
     }

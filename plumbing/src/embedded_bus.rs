@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::Expr,
 };
 use sea_orm_migration::prelude::*;
 use tokio::sync::watch;
@@ -227,10 +228,12 @@ impl EventBus for EmbeddedBus {
     }
 }
 
-/// The event a consumer holds and how often it had it.
+/// The events a consumer holds (a batch, in order) and how often it had the
+/// first of them.
 #[derive(Default)]
 struct InFlight {
-    seq: i64,
+    first: i64,
+    last: i64,
     delivered: i64,
     /// Not before this instant (a nak's delay, or the ack wait).
     not_before: Option<Instant>,
@@ -247,6 +250,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Moves the position to `seq`: every event up to it is done.
     async fn acknowledge(&self, seq: i64) -> anyhow::Result<()> {
         let tx = self.db.begin().await?;
         consumers::Entity::update_many()
@@ -257,8 +261,13 @@ impl Shared {
             .await?;
         tx.commit().await?;
         let mut state = self.lock();
-        if state.seq == seq {
+        if seq >= state.last {
             *state = InFlight::default();
+        } else if seq >= state.first {
+            // The rest of the batch stays held; its first event has been
+            // delivered once.
+            state.first = seq + 1;
+            state.delivered = 1;
         }
         Ok(())
     }
@@ -274,6 +283,10 @@ struct EmbeddedSubscription {
 #[async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn next(&mut self) -> anyhow::Result<Option<Box<dyn Delivery>>> {
+        Ok(self.next_batch(1).await?.and_then(|b| b.into_iter().next()))
+    }
+
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<Box<dyn Delivery>>>> {
         loop {
             let wait_until = self.shared.lock().not_before;
             if let Some(t) = wait_until {
@@ -290,7 +303,8 @@ impl Subscription for EmbeddedSubscription {
             self.wake.mark_unchanged();
             let mut query = events::Entity::find()
                 .filter(events::Column::Seq.gt(position))
-                .order_by_asc(events::Column::Seq);
+                .order_by_asc(events::Column::Seq)
+                .limit(max.max(1) as u64);
             query = match self.filter.strip_suffix('>') {
                 _ if self.filter.is_empty() => query,
                 Some(prefix) => query.filter(
@@ -298,41 +312,58 @@ impl Subscription for EmbeddedSubscription {
                 ),
                 None => query.filter(events::Column::Subject.eq(&self.filter)),
             };
-            let next = query
-                .one(self.shared.db.conn())
+            let batch: Vec<events::Model> = query
+                .all(self.shared.db.conn())
                 .await?
-                .filter(|e| subject_matches(&self.filter, &e.subject));
-            match next {
-                Some(event) => {
-                    let delivered = {
-                        let mut state = self.shared.lock();
-                        let delivered = if state.seq == event.seq {
-                            state.delivered + 1
-                        } else {
-                            1
-                        };
-                        *state = InFlight {
-                            seq: event.seq,
+                .into_iter()
+                .filter(|e| subject_matches(&self.filter, &e.subject))
+                .collect();
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                // Nothing new: wait for a publish (or poll now and then).
+                tokio::select! {
+                    _ = self.wake.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let delivered = {
+                let mut state = self.shared.lock();
+                let delivered = if state.first == first.seq {
+                    state.delivered + 1
+                } else {
+                    1
+                };
+                *state = InFlight {
+                    first: first.seq,
+                    last: last.seq,
+                    delivered,
+                    // Unacknowledged, they come again after the ack wait.
+                    not_before: Some(Instant::now() + self.ack_wait),
+                };
+                delivered
+            };
+            let first_seq = first.seq;
+            return Ok(Some(
+                batch
+                    .into_iter()
+                    .map(|event| {
+                        let delivered = if event.seq == first_seq { delivered } else { 1 };
+                        Box::new(EmbeddedDelivery {
+                            shared: self.shared.clone(),
+                            event,
                             delivered,
-                            // Unacknowledged, it comes again after the ack wait.
-                            not_before: Some(Instant::now() + self.ack_wait),
-                        };
-                        delivered
-                    };
-                    return Ok(Some(Box::new(EmbeddedDelivery {
-                        shared: self.shared.clone(),
-                        event,
-                        delivered,
-                    })));
-                }
-                None => {
-                    // Skip past events nobody here wants, then wait for more.
-                    tokio::select! {
-                        _ = self.wake.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+                        }) as Box<dyn Delivery>
+                    })
+                    .collect(),
+            ));
+        }
+    }
+
+    async fn ack_batch(&mut self, batch: &[Box<dyn Delivery>]) -> anyhow::Result<()> {
+        // Positions are in order: acknowledging the last acknowledges all.
+        match batch.last() {
+            Some(last) => last.ack().await,
+            None => Ok(()),
         }
     }
 }
@@ -366,8 +397,10 @@ impl Delivery for EmbeddedDelivery {
     }
 
     async fn nak(&self, delay: Duration) -> anyhow::Result<()> {
+        // Events come in order: the first one held decides when they come
+        // again, and those behind it come with it.
         let mut state = self.shared.lock();
-        if state.seq == self.event.seq {
+        if state.first == self.event.seq {
             state.not_before = Some(Instant::now() + delay);
         }
         Ok(())
@@ -478,5 +511,55 @@ mod tests {
         bus.reset("books").await.unwrap();
         let mut books = bus.subscribe(&spec("books", "book.>")).await.unwrap();
         assert_eq!(books.next().await.unwrap().unwrap().payload(), b"e1");
+    }
+
+    #[tokio::test]
+    async fn batches_come_in_order_and_an_ack_of_the_last_settles_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bus.db").display());
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        let ids = ["e1", "e2", "e3", "e4", "e5"];
+        bus.publish(&ids.map(|id| out(id, "book.registered")))
+            .await
+            .unwrap();
+        let mut sub = bus.subscribe(&spec("books", "")).await.unwrap();
+
+        let batch = sub.next_batch(3).await.unwrap().unwrap();
+        let got: Vec<&[u8]> = batch.iter().map(|d| d.payload()).collect();
+        assert_eq!(got, [b"e1", b"e2", b"e3"]);
+        sub.ack_batch(&batch).await.unwrap();
+
+        // e4 is applied, e5 fails: only e5 comes again, after the nak's delay.
+        let batch = sub.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.len(), 2);
+        batch[0].ack().await.unwrap();
+        assert_eq!(batch[1].delivered(), 1);
+        batch[1].nak(Duration::from_millis(30)).await.unwrap();
+        let again = sub.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].payload(), b"e5");
+        assert_eq!(again[0].delivered(), 2);
+
+        // Once it is settled, what follows comes.
+        bus.publish(&[out("e6", "book.registered")]).await.unwrap();
+        again[0].ack().await.unwrap();
+        let batch = sub.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].payload(), b"e6");
+        batch[0].ack().await.unwrap();
+
+        // A nak of an event behind the first changes nothing; unacknowledged,
+        // the whole batch comes again after the ack wait.
+        bus.publish(&[out("e7", "book.registered"), out("e8", "book.registered")])
+            .await
+            .unwrap();
+        let batch = sub.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.len(), 2);
+        batch[1].nak(Duration::ZERO).await.unwrap();
+        drop(batch);
+        let again = sub.next_batch(10).await.unwrap().unwrap();
+        let got: Vec<&[u8]> = again.iter().map(|d| d.payload()).collect();
+        assert_eq!(got, [b"e7", b"e8"]);
+        assert_eq!(again[0].delivered(), 2);
     }
 }

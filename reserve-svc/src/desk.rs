@@ -16,8 +16,9 @@ use rentalbook_proto::events::v1::{
     ReservationPlaced, ReservationReady, ReturnRecorded, envelope::Body,
 };
 use rentalbook_proto::reserve::v1::{RecordReturnResponse, Reservation, ReservationStatus};
+use sea_orm::sea_query::{Expr, Func, IntoCondition};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use tonic::Status;
@@ -88,19 +89,74 @@ pub async fn queue_position<C: ConnectionTrait>(
     Ok(ahead as i32 + 1)
 }
 
-async fn count<C: ConnectionTrait>(
+/// `COALESCE(SUM(CASE WHEN cond THEN 1 ELSE 0 END), 0)`: how many rows meet
+/// `cond`, so that one query counts several things.
+fn count_where(cond: impl IntoCondition) -> Expr {
+    Func::coalesce([
+        Func::sum(Expr::case(cond, 1).finally(0)).into(),
+        Expr::val(0),
+    ])
+    .into()
+}
+
+/// The rows that hold a copy on loan: rented and not yet returned.
+fn on_loan() -> Condition {
+    Condition::all()
+        .add(reservations::Column::Status.eq(status::FULFILLED))
+        .add(reservations::Column::ReturnedAt.is_null())
+}
+
+fn open() -> Condition {
+    reservations::Column::Status
+        .is_in([status::WAITING, status::READY])
+        .into_condition()
+}
+
+/// A book's copies held for pickup, on loan and waited for, in one query.
+async fn stock_counts<C: ConnectionTrait>(
     conn: &C,
     book_id: &str,
-    state: &str,
-    outstanding_only: bool,
-) -> Result<i32, DbErr> {
-    let mut q = reservations::Entity::find()
+) -> Result<(i64, i64, i64), DbErr> {
+    let counts = reservations::Entity::find()
+        .select_only()
+        .expr_as(
+            count_where(reservations::Column::Status.eq(status::READY)),
+            "held",
+        )
+        .expr_as(count_where(on_loan()), "on_loan")
+        .expr_as(
+            count_where(reservations::Column::Status.eq(status::WAITING)),
+            "waiting",
+        )
         .filter(reservations::Column::BookId.eq(book_id))
-        .filter(reservations::Column::Status.eq(state));
-    if outstanding_only {
-        q = q.filter(reservations::Column::ReturnedAt.is_null());
-    }
-    Ok(q.count(conn).await? as i32)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(counts.unwrap_or_default())
+}
+
+/// A member's standing for a book (R1, R2), in one query.
+async fn standing<C: ConnectionTrait>(
+    conn: &C,
+    member: &str,
+    book_id: &str,
+) -> Result<MemberStanding, DbErr> {
+    let this_book = || reservations::Column::BookId.eq(book_id);
+    let (open_for_book, on_loan_here, open_total): (i64, i64, i64) = reservations::Entity::find()
+        .select_only()
+        .expr_as(count_where(open().add(this_book())), "open_for_book")
+        .expr_as(count_where(on_loan().add(this_book())), "on_loan")
+        .expr_as(count_where(open()), "open_total")
+        .filter(reservations::Column::MemberId.eq(member))
+        .into_tuple()
+        .one(conn)
+        .await?
+        .unwrap_or_default();
+    Ok(MemberStanding {
+        open_for_book: open_for_book > 0,
+        has_on_loan: on_loan_here > 0,
+        open_total: u32::try_from(open_total).unwrap_or(u32::MAX),
+    })
 }
 
 /// A book's row and copies, read under its lock.
@@ -118,11 +174,13 @@ impl Book {
         else {
             return Ok(None);
         };
+        let (held, on_loan, waiting) = stock_counts(&**tx, book_id).await?;
+        let as_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         let stock = Stock {
             total: row.total_copies,
-            held: count(&**tx, book_id, status::READY, false).await?,
-            on_loan: count(&**tx, book_id, status::FULFILLED, true).await?,
-            waiting: count(&**tx, book_id, status::WAITING, false).await?,
+            held: as_i32(held),
+            on_loan: as_i32(on_loan),
+            waiting: as_i32(waiting),
         };
         Ok(Some(Book { row, stock }))
     }
@@ -181,29 +239,7 @@ impl Desk {
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
 
-        let mine = reservations::Entity::find().filter(reservations::Column::MemberId.eq(member));
-        let open = [status::WAITING, status::READY];
-        let standing = MemberStanding {
-            open_for_book: mine
-                .clone()
-                .filter(reservations::Column::BookId.eq(&book_key))
-                .filter(reservations::Column::Status.is_in(open))
-                .count(&*tx)
-                .await?
-                > 0,
-            has_on_loan: mine
-                .clone()
-                .filter(reservations::Column::BookId.eq(&book_key))
-                .filter(reservations::Column::Status.eq(status::FULFILLED))
-                .filter(reservations::Column::ReturnedAt.is_null())
-                .count(&*tx)
-                .await?
-                > 0,
-            open_total: mine
-                .filter(reservations::Column::Status.is_in(open))
-                .count(&*tx)
-                .await? as u32,
-        };
+        let standing = standing(&*tx, member, &book_key).await?;
         let now = time::now();
         let placement = domain::place(book.stock, standing, &self.policy, now).map_err(refusal)?;
         let (state, deadline, position) = match placement {
