@@ -38,6 +38,8 @@ struct ProcMesh {
     stream: String,
     procs: Vec<Proc>,
     extra: Vec<(&'static str, Vec<String>)>,
+    /// Each process's log (warnings and errors), shown if the test fails.
+    logs: tempfile::TempDir,
 }
 
 impl ProcMesh {
@@ -56,6 +58,7 @@ impl ProcMesh {
             stream: rentalbook_testkit::unique_name("FAULT"),
             procs,
             extra,
+            logs: tempfile::tempdir().expect("a directory for the services' logs"),
         };
         for name in SERVICES {
             mesh.spawn(name);
@@ -103,7 +106,7 @@ impl ProcMesh {
             .env("LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file(name))
             .spawn()
             .expect("starting a service process");
         self.procs
@@ -216,10 +219,35 @@ impl ProcMesh {
     }
 }
 
+impl ProcMesh {
+    fn log_path(&self, name: &str) -> std::path::PathBuf {
+        self.logs.path().join(format!("{name}.log"))
+    }
+
+    /// Appends: a restarted process continues its predecessor's log.
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .expect("a service's log file")
+    }
+}
+
 impl Drop for ProcMesh {
     fn drop(&mut self) {
         for name in SERVICES {
             self.kill(name);
+        }
+        if std::thread::panicking() {
+            for name in SERVICES {
+                let log = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("--- {name}'s last log lines:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }

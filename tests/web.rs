@@ -46,8 +46,9 @@ fn prerequisites() {
     );
 }
 
-/// Waits until the edge serves the pages and says dev sign-in is on.
-async fn wait_for_pages(base: &str) {
+/// Waits until the edge serves the pages and says dev sign-in is on; fails
+/// with the process's log if it exits or does not come up.
+async fn wait_for_pages(base: &str, process: &mut std::process::Child, log: &Path) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -64,10 +65,14 @@ async fn wait_for_pages(base: &str) {
             );
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the edge did not come up at {base}"
-        );
+        let exited = process.try_wait().ok().flatten();
+        if exited.is_some() || started.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "the edge did not come up at {base} ({}); its log:\n{}",
+                exited.map_or("still running".into(), |s| s.to_string()),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -79,6 +84,7 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
     let port = || rentalbook_testkit::free_port().to_string();
     let edge_port = port();
     let banner_file = data.path().join("stdout.txt");
+    let log_file = data.path().join("stderr.txt");
     let mut process = Command::new(env!("CARGO_BIN_EXE_rentalbook"))
         .args(["--data-dir", data.path().to_str().unwrap()])
         .args(["--host", "127.0.0.1"])
@@ -97,12 +103,12 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         .env_remove("RENTAL_DATABASE_URL")
         .env_remove("VIEW_DATABASE_URL")
         .stdout(std::fs::File::create(&banner_file).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
         .spawn()
         .expect("starting rentalbook");
     let base = format!("http://127.0.0.1:{edge_port}");
     let started = Instant::now();
-    wait_for_pages(&base).await;
+    wait_for_pages(&base, &mut process, &log_file).await;
     println!(
         "rentalbook serves the pages at {base} after {:?}",
         started.elapsed()

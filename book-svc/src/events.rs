@@ -2,15 +2,21 @@
 //! only when newer than the last one (per-book book_seq), so redelivery and
 //! reordering never move a count backwards.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rentalbook_plumbing::consumer::EventHandler;
 use rentalbook_plumbing::db::WriteTx;
 use rentalbook_proto::events::v1::{Availability, Envelope, envelope::Body};
 use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
 
+use crate::cache::BookCache;
 use crate::store::books;
 
-pub struct StatusProjection;
+pub struct StatusProjection {
+    /// Told of every book whose counts change.
+    pub cache: Arc<BookCache>,
+}
 
 fn snapshot(body: &Body) -> Option<(&str, &Availability)> {
     let (book_id, availability) = match body {
@@ -50,5 +56,11 @@ impl EventHandler for StatusProjection {
         book.availability_seq = Set(a.book_seq);
         book.update(&**tx).await?;
         Ok(())
+    }
+
+    async fn after_commit(&self, event: &Envelope) {
+        if let Some((book_id, _)) = event.body.as_ref().and_then(snapshot) {
+            self.cache.forget(book_id);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! BookService over gRPC: parse the request, check the caller, run the change
 //! in one transaction with its event.
 
+use std::sync::Arc;
+
 use rentalbook_plumbing::auth::Caller;
 use rentalbook_plumbing::db::Db;
 use rentalbook_plumbing::error::ServiceResult;
@@ -19,6 +21,7 @@ use sea_orm::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::cache::BookCache;
 use crate::domain::{self, Copies, NewBook};
 use crate::store::books;
 
@@ -26,6 +29,7 @@ pub const PRODUCER: &str = "book-svc";
 
 pub struct Catalogue {
     pub db: Db,
+    pub cache: Arc<BookCache>,
 }
 
 fn to_proto(b: books::Model) -> Book {
@@ -150,15 +154,22 @@ impl Catalogue {
             key.remember(&tx, &answer).await?;
         }
         tx.commit().await?;
+        self.cache.forget(&answer.book_id);
         Ok(answer)
     }
 
     async fn get(&self, req: GetBookRequest) -> ServiceResult<Book> {
         let book_id = Id::parse_field("book_id", &req.book_id)?;
-        let book = books::Entity::find_by_id(book_id.to_string())
+        let key = book_id.to_string();
+        if let Some(book) = self.cache.get(&key) {
+            return Ok(to_proto(book));
+        }
+        let generation = self.cache.generation();
+        let book = books::Entity::find_by_id(key)
             .one(self.db.conn())
             .await?
             .ok_or_else(|| not_found(&book_id))?;
+        self.cache.put(generation, book.clone());
         Ok(to_proto(book))
     }
 

@@ -6,8 +6,10 @@
 //! - [`domain`]: what a valid book is, and its status from its copies.
 //! - [`store`]: tables and migrations.
 //! - [`grpc`]: the BookService handlers.
+//! - [`cache`]: books as GetBook last read them.
 //! - [`events`]: the status projection fed by reserve-svc's events.
 
+pub mod cache;
 pub mod domain;
 pub mod events;
 pub mod grpc;
@@ -15,6 +17,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use rentalbook_plumbing::auth::{Authenticator, Verifier};
@@ -53,9 +56,23 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// How long GetBook may answer from memory without reading the
+    /// database again (`0s`: always read it). Changes this process commits
+    /// show at once; this bounds how long other replicas' changes take.
+    #[arg(long, env = "BOOK_CACHE_TTL", default_value = "1s", value_parser = parse_ttl)]
+    pub book_cache_ttl: Duration,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 1s or 500ms: {e}"))
+}
+
+/// Books GetBook holds in memory at the most.
+const CACHED_BOOKS: usize = 10_000;
 
 /// A book-svc ready to serve on its bound port.
 pub struct App {
@@ -80,7 +97,11 @@ impl App {
         let verifier = Arc::new(Verifier::from_args(&config.common)?);
         let db = Db::connect(&config.database_url, 16).await?;
 
-        let catalogue = grpc::Catalogue { db: db.clone() };
+        let cache = Arc::new(cache::BookCache::new(config.book_cache_ttl, CACHED_BOOKS));
+        let catalogue = grpc::Catalogue {
+            db: db.clone(),
+            cache: cache.clone(),
+        };
         let routes = tonic::service::Routes::new(BookServiceServer::with_interceptor(
             catalogue,
             Authenticator::new(verifier),
@@ -96,7 +117,7 @@ impl App {
                 max_deliver: config.common.event_max_deliver,
                 ack_wait: config.common.event_ack_wait.get(),
             },
-            Arc::new(events::StatusProjection),
+            Arc::new(events::StatusProjection { cache }),
         );
         let tasks: Vec<Task> = vec![
             Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),

@@ -90,12 +90,31 @@ pub async fn fresh_postgres_url() -> String {
         .unwrap_or_else(|e| panic!("creating a fresh PostgreSQL database for a test: {e:#}"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768 and up),
+/// from which the kernel picks the local port of every outgoing connection,
+/// and below the 20000–31999 that `scripts/test` picks its servers from.
+const FREE_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// A TCP port on 127.0.0.1 that nothing listens on, for a server a test
+/// starts. It is taken from below the ephemeral range, so no connection
+/// anywhere on the machine can take it before the server binds it; and it
+/// is handed out once per process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let span = u64::from(FREE_PORTS.end - FREE_PORTS.start);
+    for _ in 0..1000 {
+        let offset = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        let port = FREE_PORTS.start + offset;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {FREE_PORTS:?} on 127.0.0.1")
 }
 
 /// Why a server did not start; `exited_early` when it exited by itself during
