@@ -66,6 +66,28 @@ impl Default for Options {
     }
 }
 
+/// Parses a service's flags (these plus the mesh's bus settings), builds it
+/// on `listener` with the mesh's event bus and runs it in this process.
+macro_rules! launch {
+    ($mesh:expr, $svc:ident, $name:literal, $args:expr, $listener:expr) => {{
+        let mut args: Vec<String> = $args;
+        args.extend(common_args(&$mesh.nats_url, &$mesh.stream, &$mesh.prefix));
+        let config = <$svc::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let bus = bus(&$mesh.nats_url, &$mesh.stream, &$mesh.prefix, $name).await;
+        let app = $svc::App::build_with(config, $listener, bus)
+            .await
+            .expect($name);
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }};
+}
+
 struct Running {
     addr: SocketAddr,
     stop: CancellationToken,
@@ -195,31 +217,18 @@ impl Mesh {
     }
 
     async fn spawn_book(&self, addr: SocketAddr) -> Running {
-        let mut args = vec![
+        let args = vec![
             "book-svc".to_owned(),
             "--database-url".into(),
             self.db_urls[0].clone(),
         ];
-        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
-        let config = <book_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let listener = TcpListener::bind(addr).await.expect("binding book-svc");
-        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "book-svc").await;
-        let app = book_svc::App::build_with(config, listener, bus)
-            .await
-            .expect("book-svc");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run(stop.clone()));
-        Running {
-            addr,
-            stop,
-            task: Some(task),
-        }
+        launch!(self, book_svc, "book-svc", args, listener)
     }
 
     async fn spawn_reserve(&self, addr: SocketAddr) -> Running {
         let o = &self.options;
-        let mut args = vec![
+        let args = vec![
             "reserve-svc".to_owned(),
             "--database-url".into(),
             self.db_urls[1].clone(),
@@ -230,26 +239,13 @@ impl Mesh {
             "--max-open-reservations".into(),
             o.max_open_reservations.to_string(),
         ];
-        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
-        let config = <reserve_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let listener = bind_again(addr).await;
-        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "reserve-svc").await;
-        let app = reserve_svc::App::build_with(config, listener, bus)
-            .await
-            .expect("reserve-svc");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run(stop.clone()));
-        Running {
-            addr,
-            stop,
-            task: Some(task),
-        }
+        launch!(self, reserve_svc, "reserve-svc", args, listener)
     }
 
     async fn spawn_rental(&self, addr: SocketAddr) -> Running {
         let o = &self.options;
-        let mut args = vec![
+        let args = vec![
             "rental-svc".to_owned(),
             "--database-url".into(),
             self.db_urls[2].clone(),
@@ -268,21 +264,8 @@ impl Mesh {
             "--rent-recovery-interval".into(),
             o.recovery_interval.into(),
         ];
-        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
-        let config = <rental_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let listener = TcpListener::bind(addr).await.expect("binding rental-svc");
-        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "rental-svc").await;
-        let app = rental_svc::App::build_with(config, listener, bus)
-            .await
-            .expect("rental-svc");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run(stop.clone()));
-        Running {
-            addr,
-            stop,
-            task: Some(task),
-        }
+        launch!(self, rental_svc, "rental-svc", args, listener)
     }
 
     async fn spawn_view(&self, addr: SocketAddr, consumer: &str, rebuild: bool) -> Running {
@@ -307,21 +290,8 @@ impl Mesh {
         if rebuild {
             args.push("--rebuild".into());
         }
-        args.extend(common_args(&self.nats_url, &self.stream, &self.prefix));
-        let config = <view_svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let listener = bind_again(addr).await;
-        let bus = bus(&self.nats_url, &self.stream, &self.prefix, "view-svc").await;
-        let app = view_svc::App::build_with(config, listener, bus)
-            .await
-            .expect("view-svc");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run(stop.clone()));
-        Running {
-            addr,
-            stop,
-            task: Some(task),
-        }
+        launch!(self, view_svc, "view-svc", args, listener)
     }
 
     /// Stops view-svc; the rest of the mesh goes on without it.
