@@ -39,7 +39,7 @@ enum Command {
     /// Runs one service as its own process, as its own binary would
     /// (`rentalbook service reserve-svc -- --help` lists its settings).
     Service {
-        /// book-svc, reserve-svc, rental-svc or view-svc.
+        /// book-svc, reserve-svc, rental-svc, view-svc or edge.
         name: String,
         /// The service's own flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -139,8 +139,9 @@ async fn one_service(name: &str, args: Vec<String>) -> anyhow::Result<()> {
             rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
             view_svc::App::build(config).await?.run(shutdown).await
         }
+        "edge" => edge::run_process(argv).await,
         other => anyhow::bail!(
-            "`{other}` is not a service (book-svc, reserve-svc, rental-svc, view-svc)"
+            "`{other}` is not a service (book-svc, reserve-svc, rental-svc, view-svc, edge)"
         ),
     }
 }

@@ -1,7 +1,8 @@
 //! How the harness talks to rentalbook: the [`Client`] trait, one method per
-//! call a virtual member or reader makes, and its gRPC implementation. A REST
-//! driver (through the edge, once it exists) implements the same trait and a
-//! [`Transport`] that hands out its clients; the workload does not change.
+//! call a virtual member or reader makes, and its gRPC implementation. The
+//! REST driver through the edge ([`crate::rest`]) implements the same trait
+//! and a [`Transport`] that hands out its clients; the workload does not
+//! change.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,7 +23,7 @@ use rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient;
 use rentalbook_proto::view::v1::{GetMyPageRequest, MyPage, WatchMyPageRequest};
 use tonic::transport::{Channel, Endpoint};
 
-/// A failed call: its gRPC code (a REST driver maps the HTTP answer to the
+/// A failed call: its gRPC code (the REST driver maps the HTTP answer to the
 /// code the edge translated it from) and message.
 #[derive(Clone, Debug)]
 pub struct CallError {
@@ -76,7 +77,7 @@ pub trait Client: Send + Sync {
 /// (a worker's index), so workers share connections the same way in every
 /// phase and in the echo baseline.
 pub trait Transport: Send + Sync {
-    /// `grpc`, or `rest` for a driver through the edge.
+    /// `grpc`, or `rest` for the driver through the edge.
     fn name(&self) -> &'static str;
     fn client(&self, slot: usize) -> Arc<dyn Client>;
 }
@@ -103,13 +104,15 @@ pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
     r
 }
 
-/// The four services' gRPC addresses.
+/// The four services' gRPC addresses and the edge's HTTP address.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Endpoints {
     pub book: SocketAddr,
     pub reserve: SocketAddr,
     pub rental: SocketAddr,
     pub view: SocketAddr,
+    /// REST/JSON through the edge.
+    pub edge: SocketAddr,
 }
 
 /// One connection to each service.

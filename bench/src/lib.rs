@@ -22,14 +22,19 @@
 //! * `insert-tx`: N + R workers committing one-row insert transactions on
 //!   the services' database server: the storage ceiling.
 //!
-//! The calls go through the [`client::Client`] trait; gRPC is the one
-//! transport today, a REST driver through the edge fits behind the same trait.
+//! The calls go through the [`client::Client`] trait, over gRPC straight to
+//! the services or over REST through the edge ([`rest`]: HTTP/1.1, proto3
+//! JSON, My Page as Server-Sent Events). The mixed, half-load, read and
+//! reserve phases run over each transport asked for, one after the other
+//! (`read`, then `read-rest`), so one run shows both side by side; the
+//! baselines are gRPC (echo) and storage (insert-tx).
 
 pub mod baseline;
 pub mod client;
 pub mod echo;
 pub mod procstat;
 pub mod report;
+pub mod rest;
 pub mod stats;
 pub mod target;
 pub mod workload;
@@ -49,9 +54,10 @@ pub use workload::ReadyWait;
 
 use client::{GrpcTransport, Transport};
 use report::{
-    ErrorCount, Harness, LagFigures, PhaseReport, ProcessPhase, ProcessTotals, Ratios, RpcFigures,
-    TargetCheck, TargetInfo,
+    Comparison, ErrorCount, Harness, LagFigures, PhaseReport, ProcessPhase, ProcessTotals, Ratios,
+    RestFigures, RpcFigures, TargetCheck, TargetInfo,
 };
+use rest::RestTransport;
 use stats::{Latency, Recorder};
 use workload::Ctx;
 
@@ -90,6 +96,41 @@ impl Phase {
     pub fn parse(s: &str) -> Option<Phase> {
         Phase::ALL.into_iter().find(|p| p.name() == s)
     }
+
+    /// Whether the phase calls the product, and so runs over every transport
+    /// of the run; echo and insert-tx are baselines of their own.
+    pub fn over_transports(self) -> bool {
+        !matches!(self, Phase::Echo | Phase::InsertTx)
+    }
+}
+
+/// How the harness calls the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TransportKind {
+    /// gRPC straight to the services.
+    Grpc,
+    /// REST/JSON through the edge.
+    Rest,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 2] = [TransportKind::Grpc, TransportKind::Rest];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Grpc => "grpc",
+            TransportKind::Rest => "rest",
+        }
+    }
+
+    /// The report's name of `phase` over this transport: `read` over gRPC,
+    /// `read-rest` over REST.
+    pub fn phase_name(self, phase: Phase) -> String {
+        match self {
+            TransportKind::Grpc => phase.name().to_owned(),
+            TransportKind::Rest => format!("{}-rest", phase.name()),
+        }
+    }
 }
 
 /// Where the echo server of the gRPC baseline runs.
@@ -127,6 +168,9 @@ pub struct Options {
     pub connections: usize,
     pub ready_wait: ReadyWait,
     pub phases: Vec<Phase>,
+    /// The transports the mixed, half-load, read and reserve phases run
+    /// over, each in turn.
+    pub transports: Vec<TransportKind>,
     pub echo: EchoMode,
     pub seed: u64,
     /// All-in-one: stop it after the phases and start it again on the same
@@ -153,6 +197,7 @@ impl Options {
             connections: 4,
             ready_wait: ReadyWait::Watch,
             phases: Phase::ALL.to_vec(),
+            transports: TransportKind::ALL.to_vec(),
             echo: EchoMode::InProcess,
             seed: 1,
             restart: true,
@@ -253,7 +298,8 @@ impl Watched {
 }
 
 struct PhaseSpec {
-    name: &'static str,
+    name: String,
+    transport: &'static str,
     what: String,
     concurrency: usize,
     length: Duration,
@@ -312,7 +358,8 @@ async fn measure(
         })
         .collect();
     PhaseReport {
-        name: spec.name.to_owned(),
+        name: spec.name,
+        transport: spec.transport.to_owned(),
         what: spec.what,
         concurrency: spec.concurrency,
         seconds,
@@ -406,6 +453,14 @@ fn git_describe() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The phases of one transport: the context its workers share and what its
+/// mixed phase reached (for its half-load phase).
+struct Lane {
+    kind: TransportKind,
+    ctx: Arc<Ctx>,
+    full_rates: Option<(f64, f64)>,
+}
+
 /// Runs the benchmark and returns its report.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -413,6 +468,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let concurrency = opts.concurrency();
     let has = |p: Phase| opts.phases.contains(&p);
+    let mut kinds = opts.transports.clone();
+    kinds.sort();
+    kinds.dedup();
+    anyhow::ensure!(!kinds.is_empty(), "no transport to run the phases over");
+    let rest_phases =
+        kinds.contains(&TransportKind::Rest) && opts.phases.iter().any(|p| p.over_transports());
 
     say(&opts, format!("starting the {} target", opts.target.name()));
     let mut target = target::Target::start(opts.target.clone(), &run_id).await?;
@@ -427,7 +488,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             ),
         );
     }
-    let transport: Arc<dyn Transport> =
+    anyhow::ensure!(
+        !rest_phases || target.has_edge,
+        "REST goes through the edge, and this target runs without it (give the edge binary)"
+    );
+    let grpc: Arc<dyn Transport> =
         Arc::new(GrpcTransport::new(&target.endpoints, opts.connections));
     let librarian = workload::token(
         &target.secret,
@@ -435,7 +500,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         Role::Librarian,
     );
     let books = workload::register_books(
-        &transport.client(0),
+        &grpc.client(0),
         &librarian,
         &target.secret,
         &run_id,
@@ -444,16 +509,29 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     )
     .await
     .context("setting up the catalogue")?;
-    let ctx = Arc::new(Ctx {
-        transport: transport.clone(),
-        secret: target.secret.clone(),
-        run_id: run_id.clone(),
-        books: books.clone(),
-        librarian,
-        member_journeys: opts.member_journeys,
-        ready_wait: opts.ready_wait,
-        generations: (0..opts.members).map(|_| AtomicU32::new(0)).collect(),
-    });
+    let generations = Arc::new((0..opts.members).map(|_| AtomicU32::new(0)).collect());
+    let mut lanes = Vec::new();
+    for &kind in &kinds {
+        let transport: Arc<dyn Transport> = match kind {
+            TransportKind::Grpc => grpc.clone(),
+            TransportKind::Rest => Arc::new(RestTransport::new(target.endpoints.edge)?),
+        };
+        let ctx = Arc::new(Ctx {
+            transport,
+            secret: target.secret.clone(),
+            run_id: run_id.clone(),
+            books: books.clone(),
+            librarian: librarian.clone(),
+            member_journeys: opts.member_journeys,
+            ready_wait: opts.ready_wait,
+            generations: Arc::clone(&generations),
+        });
+        lanes.push(Lane {
+            kind,
+            ctx,
+            full_rates: None,
+        });
+    }
     let watched = Watched::of(&target);
     let mut phases: Vec<PhaseReport> = Vec::new();
     let mixed_what = if opts.read_rate > 0.0 {
@@ -468,124 +546,149 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         )
     };
 
-    if (has(Phase::Mixed) || has(Phase::HalfLoad)) && !opts.warmup.is_zero() {
-        say(&opts, format!("warming up for {:?}", opts.warmup));
-        let spec = PhaseSpec {
-            name: "warm-up",
-            what: String::new(),
-            concurrency,
-            length: opts.warmup,
-            paced: None,
-        };
-        measure(spec, &watched, |until| {
-            mixed_workers(&ctx, &opts, until, None, 0)
-        })
-        .await;
+    if has(Phase::Mixed) || has(Phase::HalfLoad) {
+        for lane in &mut lanes {
+            let transport = lane.kind.name();
+            if !opts.warmup.is_zero() {
+                say(
+                    &opts,
+                    format!("warming up over {transport} for {:?}", opts.warmup),
+                );
+                let spec = PhaseSpec {
+                    name: "warm-up".into(),
+                    transport,
+                    what: String::new(),
+                    concurrency,
+                    length: opts.warmup,
+                    paced: None,
+                };
+                measure(spec, &watched, |until| {
+                    mixed_workers(&lane.ctx, &opts, until, None, 0)
+                })
+                .await;
+            }
+            if !has(Phase::Mixed) {
+                continue;
+            }
+            let name = lane.kind.phase_name(Phase::Mixed);
+            say(&opts, format!("{name} phase, {:?}", opts.duration));
+            let spec = PhaseSpec {
+                name,
+                transport,
+                what: mixed_what.clone(),
+                concurrency,
+                length: opts.duration,
+                paced: None,
+            };
+            let p = measure(spec, &watched, |until| {
+                mixed_workers(&lane.ctx, &opts, until, None, 1)
+            })
+            .await;
+            let reads = ["GetBook", "GetMyPage"]
+                .iter()
+                .filter_map(|r| p.rpc(r))
+                .map(|r| r.per_second)
+                .sum::<f64>();
+            lane.full_rates = Some((p.journeys_per_second, reads));
+            phases.push(p);
+            target.check_alive()?;
+        }
     }
 
-    let mut full_rates = None;
-    if has(Phase::Mixed) {
-        say(&opts, format!("mixed phase, {:?}", opts.duration));
-        let spec = PhaseSpec {
-            name: Phase::Mixed.name(),
-            what: mixed_what.clone(),
-            concurrency,
-            length: opts.duration,
-            paced: None,
-        };
-        let p = measure(spec, &watched, |until| {
-            mixed_workers(&ctx, &opts, until, None, 1)
-        })
-        .await;
-        let reads = ["GetBook", "GetMyPage"]
-            .iter()
-            .filter_map(|r| p.rpc(r))
-            .map(|r| r.per_second)
-            .sum::<f64>();
-        full_rates = Some((p.journeys_per_second, reads));
-        phases.push(p);
-        target.check_alive()?;
-    }
-
-    if has(Phase::HalfLoad)
-        && let Some((j, r)) = full_rates
-    {
-        let half = (j / 2.0, r / 2.0);
-        say(
-            &opts,
-            format!(
-                "half-load phase: {:.1} journeys/s, {:.1} reads/s",
-                half.0, half.1
-            ),
-        );
-        let spec = PhaseSpec {
-            name: Phase::HalfLoad.name(),
-            what: format!(
-                "the mixed load paced to half: {:.1} journeys/s, {:.1} reads/s",
-                half.0, half.1
-            ),
-            concurrency,
-            length: opts.phase_duration.max(Duration::from_secs(1)),
-            paced: Some(half.0),
-        };
-        let p = measure(spec, &watched, |until| {
-            mixed_workers(&ctx, &opts, until, Some(half), 2)
-        })
-        .await;
-        phases.push(p);
-        target.check_alive()?;
+    if has(Phase::HalfLoad) {
+        for lane in &lanes {
+            let Some((j, r)) = lane.full_rates else {
+                continue;
+            };
+            let half = (j / 2.0, r / 2.0);
+            let name = lane.kind.phase_name(Phase::HalfLoad);
+            say(
+                &opts,
+                format!(
+                    "{name} phase: {:.1} journeys/s, {:.1} reads/s",
+                    half.0, half.1
+                ),
+            );
+            let spec = PhaseSpec {
+                name,
+                transport: lane.kind.name(),
+                what: format!(
+                    "the mixed load paced to half: {:.1} journeys/s, {:.1} reads/s",
+                    half.0, half.1
+                ),
+                concurrency,
+                length: opts.phase_duration.max(Duration::from_secs(1)),
+                paced: Some(half.0),
+            };
+            let p = measure(spec, &watched, |until| {
+                mixed_workers(&lane.ctx, &opts, until, Some(half), 2)
+            })
+            .await;
+            phases.push(p);
+            target.check_alive()?;
+        }
     }
 
     if has(Phase::Read) {
-        say(&opts, "read phase (GetBook)");
-        let spec = PhaseSpec {
-            name: Phase::Read.name(),
-            what: format!("{concurrency} workers: GetBook back to back"),
-            concurrency,
-            length: opts.phase_duration,
-            paced: None,
-        };
-        let p = measure(spec, &watched, |until| {
-            (0..concurrency)
-                .map(|i| {
-                    tokio::spawn(workload::book_reader(
-                        ctx.clone(),
-                        i,
-                        until,
-                        opts.seed ^ (3 << 32) ^ i as u64,
-                    ))
-                })
-                .collect()
-        })
-        .await;
-        phases.push(p);
-        target.check_alive()?;
+        for lane in &lanes {
+            let name = lane.kind.phase_name(Phase::Read);
+            say(&opts, format!("{name} phase (GetBook)"));
+            let spec = PhaseSpec {
+                name,
+                transport: lane.kind.name(),
+                what: format!("{concurrency} workers: GetBook back to back"),
+                concurrency,
+                length: opts.phase_duration,
+                paced: None,
+            };
+            let p = measure(spec, &watched, |until| {
+                (0..concurrency)
+                    .map(|i| {
+                        tokio::spawn(workload::book_reader(
+                            lane.ctx.clone(),
+                            i,
+                            until,
+                            opts.seed ^ (3 << 32) ^ i as u64,
+                        ))
+                    })
+                    .collect()
+            })
+            .await;
+            phases.push(p);
+            target.check_alive()?;
+        }
     }
 
     if has(Phase::Reserve) {
-        say(&opts, "reserve phase (Reserve + CancelReservation)");
-        let spec = PhaseSpec {
-            name: Phase::Reserve.name(),
-            what: format!("{concurrency} members: Reserve then CancelReservation, back to back"),
-            concurrency,
-            length: opts.phase_duration,
-            paced: None,
-        };
-        let p = measure(spec, &watched, |until| {
-            (0..concurrency)
-                .map(|i| {
-                    tokio::spawn(workload::reserver(
-                        ctx.clone(),
-                        i,
-                        until,
-                        opts.seed ^ (4 << 32) ^ i as u64,
-                    ))
-                })
-                .collect()
-        })
-        .await;
-        phases.push(p);
-        target.check_alive()?;
+        for lane in &lanes {
+            let name = lane.kind.phase_name(Phase::Reserve);
+            say(&opts, format!("{name} phase (Reserve + CancelReservation)"));
+            let spec = PhaseSpec {
+                name,
+                transport: lane.kind.name(),
+                what: format!(
+                    "{concurrency} members: Reserve then CancelReservation, back to back"
+                ),
+                concurrency,
+                length: opts.phase_duration,
+                paced: None,
+            };
+            let p = measure(spec, &watched, |until| {
+                (0..concurrency)
+                    .map(|i| {
+                        tokio::spawn(workload::reserver(
+                            lane.ctx.clone(),
+                            i,
+                            until,
+                            opts.seed ^ (4 << 32) ^ i as u64,
+                        ))
+                    })
+                    .collect()
+            })
+            .await;
+            phases.push(p);
+            target.check_alive()?;
+        }
     }
 
     let echo_desc = match &opts.echo {
@@ -613,7 +716,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         );
         let book = books[0].clone();
         let spec = PhaseSpec {
-            name: Phase::Echo.name(),
+            name: Phase::Echo.name().into(),
+            transport: TransportKind::Grpc.name(),
             what: format!("{concurrency} workers: bare tonic unary echo, back to back"),
             concurrency,
             length: opts.phase_duration,
@@ -648,7 +752,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             .await
             .context("preparing the storage baseline")?;
         let spec = PhaseSpec {
-            name: Phase::InsertTx.name(),
+            name: Phase::InsertTx.name().into(),
+            transport: "storage",
             what: format!(
                 "{concurrency} workers: one-row INSERT transactions on the services' database server"
             ),
@@ -710,6 +815,40 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         read_vs_echo: ratio(rate("read", "GetBook"), rate("echo", "Echo")),
         reserve_vs_insert_tx: ratio(rate("reserve", "Reserve"), rate("insert-tx", baseline::RPC)),
         desk_writes_vs_insert_tx: ratio(desk_writes, rate("insert-tx", baseline::RPC)),
+        rest_read_vs_grpc_read: ratio(rate("read-rest", "GetBook"), rate("read", "GetBook")),
+        rest_read_vs_echo: ratio(rate("read-rest", "GetBook"), rate("echo", "Echo")),
+        rest_journeys_vs_grpc_journeys: ratio(
+            find("mixed-rest").map(|p| p.journeys_per_second),
+            find("mixed").map(|p| p.journeys_per_second),
+        ),
+        rest_reserve_vs_grpc_reserve: ratio(
+            rate("reserve-rest", "Reserve"),
+            rate("reserve", "Reserve"),
+        ),
+    };
+    let rest = if rest_phases {
+        let edge = if matches!(opts.target, TargetSpec::AllInOne { .. }) {
+            "the edge inside the all-in-one process"
+        } else {
+            "the edge process in front of the four services"
+        };
+        RestFigures {
+            note: format!(
+                "HTTP/1.1 with keep-alive to {edge} at {}, the bearer token in Authorization, \
+                 proto3 JSON both ways (answers decoded into the generated messages by the harness), \
+                 My Page watched as Server-Sent Events. Each REST phase ran right after its gRPC twin \
+                 with the same workers, books and rules; half-load is paced to half of its own \
+                 transport's mixed rates.",
+                target.endpoints.edge
+            ),
+            comparisons: rest_comparisons(&phases),
+        }
+    } else {
+        RestFigures {
+            note: "not measured in this run (--transport grpc, or no phase that calls the product)"
+                .into(),
+            comparisons: Vec::new(),
+        }
     };
 
     let mut targets = Vec::new();
@@ -782,7 +921,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     targets.push(TargetCheck {
         target: "start to serving".into(),
-        goal: "< 1 s (spawn → every health check SERVING)".into(),
+        goal: "< 1 s (spawn → every health check SERVING, the edge's /healthz answering)".into(),
         measured: starts
             .iter()
             .map(|(n, t)| format!("{n} {t:.0} ms"))
@@ -796,7 +935,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         git: git_describe(),
         started_at,
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        transport: transport.name().into(),
+        transport: kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" + "),
         members: opts.members,
         readers: opts.readers,
         read_rate: opts.read_rate,
@@ -827,8 +970,122 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         phases,
         ratios,
         targets,
-        rest: "not measured: the REST edge does not exist yet. A REST driver implements \
-               rentalbook_bench::client::Client and Transport; the workload, phases and report stay as they are."
-            .into(),
+        rest,
     })
+}
+
+/// The REST phases against their gRPC twins, measure by measure.
+fn rest_comparisons(phases: &[PhaseReport]) -> Vec<Comparison> {
+    let find = |name: &str| phases.iter().find(|p| p.name == name);
+    let twins = |phase: Phase| {
+        (
+            find(&TransportKind::Grpc.phase_name(phase)),
+            find(&TransportKind::Rest.phase_name(phase)),
+        )
+    };
+    let echo = find(Phase::Echo.name())
+        .and_then(|p| p.rpc("Echo"))
+        .map(|r| r.per_second);
+    let mut rows = Vec::new();
+    let mut row = |measure: String,
+                   unit: &str,
+                   of: &dyn Fn(&PhaseReport) -> Option<f64>,
+                   pair: (Option<&PhaseReport>, Option<&PhaseReport>)| {
+        let grpc = pair.0.and_then(of);
+        let rest = pair.1.and_then(of);
+        if rest.is_some() {
+            rows.push(Comparison {
+                measure,
+                unit: unit.into(),
+                grpc,
+                rest,
+                rest_vs_grpc: match (rest, grpc) {
+                    (Some(r), Some(g)) if g > 0.0 => Some(r / g),
+                    _ => None,
+                },
+            });
+        }
+    };
+    let rate = |rpc: &'static str| move |p: &PhaseReport| p.rpc(rpc).map(|r| r.per_second);
+    let p50 = |rpc: &'static str| {
+        move |p: &PhaseReport| p.rpc(rpc).filter(|r| r.calls > 0).map(|r| r.latency.p50_ms)
+    };
+    let p99 = |rpc: &'static str| {
+        move |p: &PhaseReport| p.rpc(rpc).filter(|r| r.calls > 0).map(|r| r.latency.p99_ms)
+    };
+
+    let mixed = twins(Phase::Mixed);
+    row(
+        "mixed: journeys".into(),
+        "/s",
+        &|p| (p.journeys > 0).then_some(p.journeys_per_second),
+        mixed,
+    );
+    row(
+        "mixed: whole journey p50".into(),
+        "ms",
+        &|p| (p.journey_time.count > 0).then_some(p.journey_time.p50_ms),
+        mixed,
+    );
+    for rpc in ["Reserve", "Rent", "ReturnRental", "GetBook", "GetMyPage"] {
+        row(format!("mixed: {rpc} p50"), "ms", &p50(rpc), mixed);
+    }
+    row(
+        "mixed: event-to-view lag p50".into(),
+        "ms",
+        &|p| (p.lag_all.count > 0).then_some(p.lag_all.p50_ms),
+        mixed,
+    );
+    let half = twins(Phase::HalfLoad);
+    row(
+        "half-load: event-to-view lag p50".into(),
+        "ms",
+        &|p| (p.lag_all.count > 0).then_some(p.lag_all.p50_ms),
+        half,
+    );
+    row(
+        "half-load: event-to-view lag p99".into(),
+        "ms",
+        &|p| (p.lag_all.count > 0).then_some(p.lag_all.p99_ms),
+        half,
+    );
+    let read = twins(Phase::Read);
+    row("read: GetBook".into(), "/s", &rate("GetBook"), read);
+    row("read: GetBook p50".into(), "ms", &p50("GetBook"), read);
+    row("read: GetBook p99".into(), "ms", &p99("GetBook"), read);
+    row(
+        "read: GetBook/s over the echo's calls/s".into(),
+        "×",
+        &|p| match (rate("GetBook")(p), echo) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        },
+        read,
+    );
+    row(
+        "read: server CPU per GetBook".into(),
+        "µs",
+        &|p| {
+            let calls = p.rpc("GetBook").map_or(0, |r| r.calls);
+            (calls > 0 && !p.processes.is_empty()).then(|| {
+                p.processes.iter().map(|x| x.cpu_seconds).sum::<f64>() * 1e6 / calls as f64
+            })
+        },
+        read,
+    );
+    row(
+        "read: harness CPU".into(),
+        "cores",
+        &|p| Some(p.client_cores),
+        read,
+    );
+    let reserve = twins(Phase::Reserve);
+    row("reserve: Reserve".into(), "/s", &rate("Reserve"), reserve);
+    row(
+        "reserve: Reserve p50".into(),
+        "ms",
+        &p50("Reserve"),
+        reserve,
+    );
+    rows
 }

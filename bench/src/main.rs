@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use rentalbook_bench::{EchoMode, Options, Phase, ReadyWait, TargetSpec};
+use rentalbook_bench::{EchoMode, Options, Phase, ReadyWait, TargetSpec, TransportKind};
 use rentalbook_plumbing::config::PolicyDuration;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -16,6 +16,16 @@ enum TargetKind {
     AllInOne,
     /// Each service its own process on PostgreSQL and NATS JetStream.
     Mesh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transports {
+    /// gRPC straight to the services.
+    Grpc,
+    /// REST/JSON through the edge (HTTP/1.1, My Page as Server-Sent Events).
+    Rest,
+    /// Each phase over gRPC, then over REST (`read`, then `read-rest`).
+    Both,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -37,7 +47,7 @@ enum Echo {
     name = "rentalbook-bench",
     version,
     about = "Benchmarks rentalbook: journeys/s, latency per call, event-to-view lag, memory and CPU, against a bare tonic echo and raw insert transactions measured in the same run",
-    after_help = "Phases, in order: mixed (journeys + reads, --duration), half-load (the mixed load paced to half), read (GetBook back to back), reserve (Reserve + CancelReservation back to back), echo (bare tonic echo), insert-tx (one-row insert transactions on the same database). Every phase but mixed lasts --phase-duration; the ceiling phases run members + readers workers."
+    after_help = "Phases, in order: mixed (journeys + reads, --duration), half-load (the mixed load paced to half), read (GetBook back to back), reserve (Reserve + CancelReservation back to back), echo (bare tonic echo), insert-tx (one-row insert transactions on the same database). Every phase but mixed lasts --phase-duration; the ceiling phases run members + readers workers. The first four run over each --transport in turn; over REST their names end in -rest (mixed-rest, read-rest, ...)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +60,10 @@ struct Cli {
     /// The `rentalbook` binary; by default the one beside this binary, else target/release/rentalbook.
     #[arg(long)]
     rentalbook_bin: Option<PathBuf>,
+
+    /// What the product's phases (mixed, half-load, read, reserve) run over.
+    #[arg(long, value_enum, default_value = "both")]
+    transport: Transports,
 
     /// Mesh: a PostgreSQL server (`postgres://user@host:port`) on which each service gets a new
     /// database of its own; by default a private server is started for the run.
@@ -97,7 +111,8 @@ struct Cli {
     #[arg(long)]
     member_journeys: Option<u32>,
 
-    /// gRPC connections to each service and to the echo server (default 4; 2 with --smoke).
+    /// gRPC connections to each service and to the echo server (default 4; 2 with --smoke);
+    /// REST opens an HTTP/1.1 connection for each request in flight.
     #[arg(long)]
     connections: Option<usize>,
 
@@ -168,10 +183,16 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         "{} does not exist: build it with `cargo build --release -p rentalbook`, or give --rentalbook-bin",
         bin.display()
     );
+    let transports = match cli.transport {
+        Transports::Grpc => vec![TransportKind::Grpc],
+        Transports::Rest => vec![TransportKind::Rest],
+        Transports::Both => TransportKind::ALL.to_vec(),
+    };
     let spec = match cli.target {
         TargetKind::AllInOne => TargetSpec::AllInOne { bin },
         TargetKind::Mesh => TargetSpec::Mesh {
             bin,
+            edge: cli.transport != Transports::Grpc,
             database_url_base: cli.database_url_base.clone(),
             nats_url: cli.nats_url.clone(),
         },
@@ -221,6 +242,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
         phases.dedup();
         o.phases = phases;
     }
+    o.transports = transports;
     o.echo = match cli.echo {
         Echo::Child => EchoMode::Child(std::env::current_exe().context("this binary's path")?),
         Echo::InProcess => EchoMode::InProcess,

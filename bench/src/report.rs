@@ -18,8 +18,28 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     pub ratios: Ratios,
     pub targets: Vec<TargetCheck>,
-    /// Figures of the REST transport, once the edge exists.
-    pub rest: String,
+    /// REST through the edge against gRPC.
+    pub rest: RestFigures,
+}
+
+/// How REST was measured, and its phases against their gRPC twins.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestFigures {
+    /// How REST was called, or why it was not measured.
+    pub note: String,
+    pub comparisons: Vec<Comparison>,
+}
+
+/// One measure over gRPC and over REST.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub measure: String,
+    /// `/s`, `ms`, `µs`, `cores` or `×` (a ratio).
+    pub unit: String,
+    pub grpc: Option<f64>,
+    pub rest: Option<f64>,
+    /// REST over gRPC.
+    pub rest_vs_grpc: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +48,8 @@ pub struct Harness {
     pub git: String,
     pub started_at: String,
     pub command_line: String,
+    /// The transports the product's phases ran over: `grpc`, `rest` or
+    /// `grpc + rest`.
     pub transport: String,
     pub members: usize,
     pub readers: usize,
@@ -102,7 +124,11 @@ pub struct ProcessPhase {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PhaseReport {
+    /// The phase, with `-rest` when it ran over REST.
     pub name: String,
+    /// `grpc` (straight to the services, or to the echo), `rest` (through
+    /// the edge) or `storage` (the insert-transaction baseline).
+    pub transport: String,
     pub what: String,
     pub concurrency: usize,
     pub seconds: f64,
@@ -145,6 +171,14 @@ pub struct Ratios {
     /// Write transactions the desk committed per second in the reserve phase
     /// (Reserve + CancelReservation) over insert transactions/s.
     pub desk_writes_vs_insert_tx: Option<f64>,
+    /// GetBook/s over REST (read-rest) over GetBook/s over gRPC (read).
+    pub rest_read_vs_grpc_read: Option<f64>,
+    /// GetBook/s over REST over echo calls/s.
+    pub rest_read_vs_echo: Option<f64>,
+    /// Journeys/s over REST (mixed-rest) over journeys/s over gRPC (mixed).
+    pub rest_journeys_vs_grpc_journeys: Option<f64>,
+    /// Reserve/s over REST (reserve-rest) over Reserve/s over gRPC (reserve).
+    pub rest_reserve_vs_grpc_reserve: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,9 +264,9 @@ impl Report {
         let _ = writeln!(o, "### Phases\n");
         let _ = writeln!(
             o,
-            "| phase | what | clients | s | journeys/s | calls/s | errors | lag p50 / p99 ms | server CPU (cores) | harness CPU (cores) | machine busy |"
+            "| phase | transport | what | clients | s | journeys/s | calls/s | errors | lag p50 / p99 ms | server CPU (cores) | harness CPU (cores) | machine busy |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for p in &self.phases {
             let cores: f64 = p.processes.iter().map(|x| x.cores).sum();
             let lag = if p.lag_all.count > 0 {
@@ -242,8 +276,9 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {} |",
                 p.name,
+                p.transport,
                 p.what,
                 p.concurrency,
                 p.seconds,
@@ -404,7 +439,29 @@ impl Report {
                 }
             );
         }
-        let _ = writeln!(o, "\nREST through the edge: {}", self.rest);
+        let _ = writeln!(o, "\n### REST through the edge against gRPC\n");
+        let _ = writeln!(o, "REST: {}\n", self.rest.note);
+        if !self.rest.comparisons.is_empty() {
+            let _ = writeln!(o, "| measure | unit | gRPC | REST | REST / gRPC |");
+            let _ = writeln!(o, "|---|---|---|---|---|");
+            let value = |v: Option<f64>, unit: &str| match v {
+                None => "–".to_owned(),
+                Some(v) if unit == "ms" => ms(v),
+                Some(v) if unit == "/s" || unit == "µs" => f1(v),
+                Some(v) => format!("{v:.2}"),
+            };
+            for c in &self.rest.comparisons {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} |",
+                    c.measure,
+                    c.unit,
+                    value(c.grpc, &c.unit),
+                    value(c.rest, &c.unit),
+                    c.rest_vs_grpc.map_or("–".into(), |r| format!("{r:.2}")),
+                );
+            }
+        }
         o
     }
 }

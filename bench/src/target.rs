@@ -1,8 +1,9 @@
 //! Starts what is measured: the all-in-one `rentalbook` process on free ports
-//! with a temporary data directory, or the mesh, each service a process of
-//! its own (`rentalbook service <name> -- ...`) on PostgreSQL and NATS
-//! JetStream (given, or private ones started from the installed binaries).
-//! Measures each process's start to serving and its idle memory.
+//! (the REST edge included) with a temporary data directory, or the mesh,
+//! each service a process of its own (`rentalbook service <name> -- ...`) on
+//! PostgreSQL and NATS JetStream (given, or private ones started from the
+//! installed binaries), with the `edge` binary in front of them. Measures
+//! each process's start to serving and its idle memory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ pub enum TargetSpec {
     /// over NATS JetStream. `None` starts a private server for the run.
     Mesh {
         bin: PathBuf,
+        /// Whether to start the REST edge in front of the services
+        /// (`rentalbook service edge`); without it the mesh is gRPC only.
+        edge: bool,
         database_url_base: Option<String>,
         nats_url: Option<String>,
     },
@@ -72,6 +76,8 @@ pub struct Target {
     /// or in the same directory (all-in-one) as the services'.
     pub baseline_db_url: String,
     pub startups: Vec<Startup>,
+    /// Whether the REST edge runs (always in the all-in-one).
+    pub has_edge: bool,
     /// Private servers the harness started (mesh): name and pid, whose CPU
     /// (with their children's: PostgreSQL's backends) the phases count.
     pub servers: Vec<(String, u32)>,
@@ -102,7 +108,79 @@ const SCRUBBED_ENV: &[&str] = &[
     "RENTALBOOK_DATA_DIR",
     "RENTALBOOK_JWKS_FILE",
     "RENTALBOOK_SERVICE_SECRET",
+    "RENTALBOOK_HOST",
+    "RENTAL_PORT",
+    "RESERVE_PORT",
+    "BOOK_PORT",
+    "VIEW_PORT",
+    "EDGE_PORT",
+    "BOOK_SVC_URL",
+    "RENTAL_SVC_URL",
+    "VIEW_SVC_URL",
+    "CORS_ALLOWED_ORIGINS",
+    "MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT",
+    "EDGE_DEV_SIGN_IN",
 ];
+
+/// How the harness learns that a process serves an address.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// The gRPC health service answers SERVING.
+    Grpc(SocketAddr),
+    /// `GET /healthz` answers 200 (the edge).
+    Http(SocketAddr),
+}
+
+impl Probe {
+    fn addr(self) -> SocketAddr {
+        match self {
+            Probe::Grpc(a) | Probe::Http(a) => a,
+        }
+    }
+
+    /// One attempt: whether the address serves now.
+    async fn serving(self) -> bool {
+        match self {
+            Probe::Grpc(addr) => {
+                let attempt = async {
+                    let channel = endpoint(addr)
+                        .connect_timeout(Duration::from_millis(500))
+                        .connect()
+                        .await
+                        .ok()?;
+                    let status = HealthClient::new(channel)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .status;
+                    (status == ServingStatus::Serving as i32).then_some(())
+                };
+                tokio::time::timeout(Duration::from_secs(2), attempt)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }
+            Probe::Http(addr) => {
+                let Ok(http) = reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                else {
+                    return false;
+                };
+                http.get(format!("http://{addr}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        }
+    }
+}
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -129,12 +207,13 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Asks the health service of `addr` until it says SERVING.
+/// Probes `probe` until the address serves.
 async fn wait_serving(
-    addr: SocketAddr,
+    probe: Probe,
     child: &mut tokio::process::Child,
     log: &Path,
 ) -> anyhow::Result<()> {
+    let addr = probe.addr();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -143,32 +222,11 @@ async fn wait_serving(
                 log_tail(log)
             );
         }
-        let attempt = async {
-            let channel = endpoint(addr)
-                .connect_timeout(Duration::from_millis(500))
-                .connect()
-                .await
-                .ok()?;
-            let status = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status;
-            (status == ServingStatus::Serving as i32).then_some(())
-        };
-        if tokio::time::timeout(Duration::from_secs(2), attempt)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        if probe.serving().await {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{addr} not SERVING after 60 s:\n{}", log_tail(log));
+            bail!("{addr} not serving after 60 s:\n{}", log_tail(log));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -189,18 +247,18 @@ fn command(bin: &Path, secret: &str, log: &Path) -> anyhow::Result<tokio::proces
     Ok(cmd)
 }
 
-/// Spawns a process and waits until every address answers SERVING.
+/// Spawns a process and waits until every address serves.
 async fn launch(
     name: &str,
     mut cmd: tokio::process::Command,
-    addrs: Vec<SocketAddr>,
+    probes: Vec<Probe>,
     log: PathBuf,
 ) -> anyhow::Result<Proc> {
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
     let pid = child.id().context("the child's pid")?;
-    for a in addrs {
-        wait_serving(a, &mut child, &log).await?;
+    for p in probes {
+        wait_serving(p, &mut child, &log).await?;
     }
     Ok(Proc {
         name: name.to_owned(),
@@ -228,6 +286,7 @@ impl Target {
             reserve: addr(free_port()),
             rental: addr(free_port()),
             view: addr(free_port()),
+            edge: addr(free_port()),
         };
         let mut target = match &spec {
             TargetSpec::AllInOne { bin } => {
@@ -248,6 +307,7 @@ impl Target {
                     endpoints,
                     procs: vec![proc],
                     secret,
+                    has_edge: true,
                     startups: Vec::new(),
                     servers: Vec::new(),
                     dir,
@@ -257,6 +317,7 @@ impl Target {
             }
             TargetSpec::Mesh {
                 bin,
+                edge,
                 database_url_base,
                 nats_url,
             } => {
@@ -311,7 +372,19 @@ impl Target {
                             &format!("http://{}", endpoints.reserve),
                         ]);
                     }
-                    launches.push(launch(name, cmd, vec![a], log));
+                    launches.push(launch(name, cmd, vec![Probe::Grpc(a)], log));
+                }
+                if *edge {
+                    let log = dir.path().join("edge.log");
+                    let mut cmd = command(bin, &secret, &log)?;
+                    let url = |a: SocketAddr| format!("http://{a}");
+                    cmd.args(["service", "edge", "--"])
+                        .args(["--listen-addr", &endpoints.edge.to_string()])
+                        .args(["--book-svc-url", &url(endpoints.book)])
+                        .args(["--reserve-svc-url", &url(endpoints.reserve)])
+                        .args(["--rental-svc-url", &url(endpoints.rental)])
+                        .args(["--view-svc-url", &url(endpoints.view)]);
+                    launches.push(launch("edge", cmd, vec![Probe::Http(endpoints.edge)], log));
                 }
                 let procs = futures::future::try_join_all(launches).await?;
                 let pg_note = if pg.is_some() {
@@ -345,6 +418,7 @@ impl Target {
                     endpoints,
                     procs,
                     secret,
+                    has_edge: *edge,
                     startups: Vec::new(),
                     dir,
                     _nats: nats,
@@ -372,14 +446,14 @@ impl Target {
             .args(["--rental-port", &e.rental.port().to_string()])
             .args(["--reserve-port", &e.reserve.port().to_string()])
             .args(["--book-port", &e.book.port().to_string()])
-            .args(["--view-port", &e.view.port().to_string()]);
-        launch(
-            "rentalbook (all-in-one)",
-            cmd,
-            vec![e.rental, e.reserve, e.book, e.view],
-            log,
-        )
-        .await
+            .args(["--view-port", &e.view.port().to_string()])
+            .args(["--edge-port", &e.edge.port().to_string()]);
+        let probes = [e.rental, e.reserve, e.book, e.view]
+            .into_iter()
+            .map(Probe::Grpc)
+            .chain([Probe::Http(e.edge)])
+            .collect();
+        launch("rentalbook (all-in-one)", cmd, probes, log).await
     }
 
     /// Waits a second after serving and reads each process's resident memory.

@@ -40,8 +40,9 @@ pub struct Ctx {
     pub member_journeys: u32,
     pub ready_wait: ReadyWait,
     /// The identity generation of each virtual member, for readers to name
-    /// a member's current page.
-    pub generations: Vec<AtomicU32>,
+    /// a member's current page; shared by the contexts of every transport,
+    /// so that no phase takes up an identity an earlier one used.
+    pub generations: Arc<Vec<AtomicU32>>,
 }
 
 pub fn token(secret: &str, who: &str, role: Role) -> String {

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use http::{HeaderName, HeaderValue, Method};
 use prost_reflect::DescriptorPool;
@@ -218,6 +219,25 @@ fn cors_layer(origins: &str) -> anyhow::Result<Option<CorsLayer>> {
 }
 
 /// An edge ready to serve on its bound port.
+/// The edge as a process of its own: flags and environment from `argv`,
+/// logging, then serve until SIGTERM or Ctrl-C. With dev sign-in on, the
+/// tokens it mints are signed with `RENTALBOOK_JWT_SECRET`, from the
+/// environment only.
+pub async fn run_process(argv: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let mut config = Config::parse_from(argv);
+    rentalbook_plumbing::telemetry::init_logging(&config.log_format);
+    if config.dev_sign_in {
+        config.dev_sign_in_secret = std::env::var("RENTALBOOK_JWT_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(DevSignInSecret::new);
+    }
+    App::build(config)
+        .await?
+        .run(rentalbook_plumbing::serve::shutdown_on_signal())
+        .await
+}
+
 pub struct App {
     listener: TcpListener,
     router: Router,
@@ -268,7 +288,14 @@ impl App {
                 streams_stop.cancel();
             }
         };
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        // No Nagle delay: a response written in pieces (headers, then the
+        // body; an event of a stream) must not wait for the client's ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(signal);
         tracing::info!(service = NAME, %addr, "serving REST");
         let mut server = tokio::spawn(server.into_future());
         let result = tokio::select! {
