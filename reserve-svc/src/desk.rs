@@ -112,6 +112,10 @@ fn open() -> Condition {
         .into_condition()
 }
 
+/// The states a count may look at: the index on (book_id, status) then
+/// skips a book's cancelled and expired history.
+const LIVE: [&str; 3] = [status::WAITING, status::READY, status::FULFILLED];
+
 /// A book's copies held for pickup, on loan and waited for, in one query.
 async fn stock_counts<C: ConnectionTrait>(
     conn: &C,
@@ -129,6 +133,7 @@ async fn stock_counts<C: ConnectionTrait>(
             "waiting",
         )
         .filter(reservations::Column::BookId.eq(book_id))
+        .filter(reservations::Column::Status.is_in(LIVE))
         .into_tuple()
         .one(conn)
         .await?;
@@ -148,6 +153,7 @@ async fn standing<C: ConnectionTrait>(
         .expr_as(count_where(on_loan().add(this_book())), "on_loan")
         .expr_as(count_where(open()), "open_total")
         .filter(reservations::Column::MemberId.eq(member))
+        .filter(reservations::Column::Status.is_in(LIVE))
         .into_tuple()
         .one(conn)
         .await?
