@@ -1417,3 +1417,87 @@ async fn health_answers_serving_without_a_token() {
         ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services_of_each_port_in_both_versions() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let mesh = Mesh::start().await;
+    let infrastructure = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    for (addr, own) in [
+        (mesh.book_addr(), "rentalbook.book.v1.BookService"),
+        (
+            mesh.reserve_addr(),
+            "rentalbook.reserve.v1.ReservationService",
+        ),
+        (mesh.rental_addr(), "rentalbook.rental.v1.RentalService"),
+    ] {
+        let expected: HashSet<String> = infrastructure
+            .iter()
+            .chain([&own])
+            .map(|s| s.to_string())
+            .collect();
+        let channel = support::channel(addr).await;
+
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let ask = |request| v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut answers = client
+            .server_reflection_info(futures::stream::iter([
+                ask(v1::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                )),
+                ask(
+                    v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                        own.to_owned(),
+                    ),
+                ),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let listed = match answers.message().await.unwrap().unwrap().message_response {
+            Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<HashSet<_>>(),
+            other => panic!("{own}: not a list of services: {other:?}"),
+        };
+        assert_eq!(listed, expected, "v1 on the port of {own}");
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(f)) => {
+                assert!(!f.file_descriptor_proto.is_empty(), "{own}: its file")
+            }
+            other => panic!("{own}: no file for the service: {other:?}"),
+        }
+
+        // grpcurl 1.8 asks v1alpha.
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let mut answers = client
+            .server_reflection_info(futures::stream::iter([v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+                ),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let listed = match answers.message().await.unwrap().unwrap().message_response {
+            Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                l.service
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect::<HashSet<_>>()
+            }
+            other => panic!("{own}: not a list of services: {other:?}"),
+        };
+        assert_eq!(listed, expected, "v1alpha on the port of {own}");
+    }
+}
