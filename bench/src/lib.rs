@@ -629,46 +629,32 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
     }
 
-    if has(Phase::Read) {
-        for lane in &lanes {
-            let name = lane.kind.phase_name(Phase::Read);
-            say(&opts, format!("{name} phase (GetBook)"));
-            let spec = PhaseSpec {
-                name,
-                transport: lane.kind.name(),
-                what: format!("{concurrency} workers: GetBook back to back"),
-                concurrency,
-                length: opts.phase_duration,
-                paced: None,
-            };
-            let p = measure(spec, &watched, |until| {
-                (0..concurrency)
-                    .map(|i| {
-                        tokio::spawn(workload::book_reader(
-                            lane.ctx.clone(),
-                            i,
-                            until,
-                            opts.seed ^ (3 << 32) ^ i as u64,
-                        ))
-                    })
-                    .collect()
-            })
-            .await;
-            phases.push(p);
-            target.check_alive()?;
+    // The ceilings of the product: reads, then writes, back to back.
+    let ceilings = [
+        (
+            Phase::Read,
+            "GetBook",
+            format!("{concurrency} workers: GetBook back to back"),
+            3u64,
+        ),
+        (
+            Phase::Reserve,
+            "Reserve + CancelReservation",
+            format!("{concurrency} members: Reserve then CancelReservation, back to back"),
+            4,
+        ),
+    ];
+    for (phase, calls, what, seed_tag) in ceilings {
+        if !has(phase) {
+            continue;
         }
-    }
-
-    if has(Phase::Reserve) {
         for lane in &lanes {
-            let name = lane.kind.phase_name(Phase::Reserve);
-            say(&opts, format!("{name} phase (Reserve + CancelReservation)"));
+            let name = lane.kind.phase_name(phase);
+            say(&opts, format!("{name} phase ({calls})"));
             let spec = PhaseSpec {
                 name,
                 transport: lane.kind.name(),
-                what: format!(
-                    "{concurrency} members: Reserve then CancelReservation, back to back"
-                ),
+                what: what.clone(),
                 concurrency,
                 length: opts.phase_duration,
                 paced: None,
@@ -676,12 +662,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let p = measure(spec, &watched, |until| {
                 (0..concurrency)
                     .map(|i| {
-                        tokio::spawn(workload::reserver(
-                            lane.ctx.clone(),
-                            i,
-                            until,
-                            opts.seed ^ (4 << 32) ^ i as u64,
-                        ))
+                        let ctx = lane.ctx.clone();
+                        let seed = opts.seed ^ (seed_tag << 32) ^ i as u64;
+                        if phase == Phase::Read {
+                            tokio::spawn(workload::book_reader(ctx, i, until, seed))
+                        } else {
+                            tokio::spawn(workload::reserver(ctx, i, until, seed))
+                        }
                     })
                     .collect()
             })

@@ -510,6 +510,28 @@ pub async fn reader(
     (rec, Instant::now())
 }
 
+/// What a worker of a ceiling phase starts with: its client, an empty
+/// recorder, its random numbers and the token of a member of its own
+/// (`kind` tells readers and writers apart).
+fn ceiling_worker(
+    ctx: &Ctx,
+    index: usize,
+    kind: char,
+    seed: u64,
+) -> (Arc<dyn Client>, Recorder, Rng, String) {
+    let me = token(
+        &ctx.secret,
+        &format!("bench-{}-{kind}{index}", ctx.run_id),
+        Role::Member,
+    );
+    (
+        ctx.transport.client(index),
+        Recorder::default(),
+        Rng::new(seed),
+        me,
+    )
+}
+
 /// GetBook back to back: the read ceiling of the product.
 pub async fn book_reader(
     ctx: Arc<Ctx>,
@@ -517,14 +539,7 @@ pub async fn book_reader(
     until: Instant,
     seed: u64,
 ) -> (Recorder, Instant) {
-    let client = ctx.transport.client(index);
-    let mut rec = Recorder::default();
-    let mut rng = Rng::new(seed);
-    let me = token(
-        &ctx.secret,
-        &format!("bench-{}-r{index}", ctx.run_id),
-        Role::Member,
-    );
+    let (client, mut rec, mut rng, me) = ceiling_worker(&ctx, index, 'r', seed);
     while Instant::now() < until {
         let book = &ctx.books[rng.below(ctx.books.len())];
         let _ = timed(&mut rec, "GetBook", client.get_book(&me, book)).await;
@@ -541,14 +556,7 @@ pub async fn reserver(
     until: Instant,
     seed: u64,
 ) -> (Recorder, Instant) {
-    let client = ctx.transport.client(index);
-    let mut rec = Recorder::default();
-    let mut rng = Rng::new(seed);
-    let me = token(
-        &ctx.secret,
-        &format!("bench-{}-w{index}", ctx.run_id),
-        Role::Member,
-    );
+    let (client, mut rec, mut rng, me) = ceiling_worker(&ctx, index, 'w', seed);
     while Instant::now() < until {
         let book = &ctx.books[rng.below(ctx.books.len())];
         let (r, _) = timed(&mut rec, "Reserve", client.reserve(&me, book)).await;
