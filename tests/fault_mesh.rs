@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
@@ -38,7 +38,8 @@ struct ProcMesh {
     stream: String,
     procs: Vec<Proc>,
     extra: Vec<(&'static str, Vec<String>)>,
-    /// Each process's log (warnings and errors), shown if the test fails.
+    /// Each process's output (its log lines at `warn` and above, and an
+    /// error it exits with), shown if the test fails.
     logs: tempfile::TempDir,
 }
 
@@ -104,8 +105,8 @@ impl ProcMesh {
         }
         let child = cmd
             .env("LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stdout(self.log_file(name))
             .stderr(self.log_file(name))
             .spawn()
             .expect("starting a service process");
@@ -242,7 +243,7 @@ impl Drop for ProcMesh {
         if std::thread::panicking() {
             for name in SERVICES {
                 let log = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("--- {name}'s last log lines:");
                 for line in tail.iter().rev() {
                     eprintln!("{line}");

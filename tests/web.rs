@@ -68,8 +68,9 @@ async fn wait_for_pages(base: &str, process: &mut std::process::Child, log: &Pat
         let exited = process.try_wait().ok().flatten();
         if exited.is_some() || started.elapsed() > Duration::from_secs(30) {
             panic!(
-                "the edge did not come up at {base} ({}); its log:\n{}",
+                "the edge did not come up at {base} ({}); its output:\n{}\n{}",
                 exited.map_or("still running".into(), |s| s.to_string()),
+                std::fs::read_to_string(log.with_file_name("stdout.txt")).unwrap_or_default(),
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }

@@ -56,21 +56,26 @@ pub fn init_metrics(listen: Option<SocketAddr>) -> anyhow::Result<()> {
     if PROMETHEUS.get().is_some() {
         return Ok(());
     }
-    let mut builder = PrometheusBuilder::new().set_buckets_for_metric(
+    let builder = PrometheusBuilder::new().set_buckets_for_metric(
         Matcher::Suffix("_seconds".to_owned()),
         &[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ],
     )?;
-    if let Some(addr) = listen {
-        builder = builder.with_http_listener(addr);
-    }
-    let (recorder, exporter) = builder.build()?;
+    // Without an address, only the recorder: the exporter's `build` would
+    // bind its default listener (0.0.0.0:9000) even when nothing serves it.
+    let (recorder, exporter) = match listen {
+        Some(addr) => {
+            let (recorder, exporter) = builder.with_http_listener(addr).build()?;
+            (recorder, Some(exporter))
+        }
+        None => (builder.build_recorder(), None),
+    };
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() || PROMETHEUS.set(handle).is_err() {
         return Ok(());
     }
-    if listen.is_some() {
+    if let Some(exporter) = exporter {
         tokio::spawn(async move {
             if let Err(e) = exporter.await {
                 tracing::error!(error = ?e, "the metrics endpoint stopped");
@@ -83,4 +88,19 @@ pub fn init_metrics(listen: Option<SocketAddr>) -> anyhow::Result<()> {
 /// The rendered metrics of this process, for an HTTP handler of one's own.
 pub fn render_metrics() -> String {
     PROMETHEUS.get().map(|h| h.render()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_without_an_address_bind_no_port() {
+        // The exporter's default port, taken (by this test, or by whatever
+        // else on the machine already holds it).
+        let _taken = std::net::TcpListener::bind(("0.0.0.0", 9000));
+        init_metrics(None).expect("a recorder without a listener");
+        metrics::counter!("test_total").increment(1);
+        assert!(render_metrics().contains("test_total"));
+    }
 }
