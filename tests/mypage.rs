@@ -327,6 +327,52 @@ async fn watchers_get_every_change_live() {
     }
 }
 
+#[tokio::test]
+async fn watchers_on_every_replica_get_every_change() {
+    let mesh = Mesh::start().await;
+    let (second, stop_second) = mesh.start_second_view_instance().await;
+    let book = mesh.register_book("Watched twice", 1).await;
+    mesh.reserve(&member("alice"), &book.book_id).await.unwrap();
+    let b = mesh.reserve(&member("bob"), &book.book_id).await.unwrap();
+
+    // Bob watches on both replicas; they share one durable consumer, so each
+    // event is applied by one of them and the other must hear of it.
+    let mut watches = Vec::new();
+    for addr in [mesh.view_addr(), second] {
+        let mut views =
+            rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient::new(
+                support::channel(addr).await,
+            );
+        let mut watch = views
+            .watch_my_page(req(&member("bob"), WatchMyPageRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut page = next(&mut watch).await;
+        while journey(&page, &b.reservation_id).is_none() {
+            page = next(&mut watch).await;
+        }
+        watches.push((addr, watch, page));
+    }
+
+    let loan = rent(&mesh, "alice", &book.book_id).await;
+    give_back(&mesh, "alice", &loan.rental_id).await;
+    for (addr, watch, page) in &mut watches {
+        while !stage_is(page, &b.reservation_id, JourneyStage::Ready) {
+            *page = next(watch).await;
+        }
+        println!("bob's page turned READY on the replica at {addr}");
+    }
+    rent(&mesh, "bob", &book.book_id).await;
+    for (addr, watch, page) in &mut watches {
+        while !stage_is(page, &b.reservation_id, JourneyStage::Rented) {
+            *page = next(watch).await;
+        }
+        println!("bob's page turned RENTED on the replica at {addr}");
+    }
+    stop_second.cancel();
+}
+
 /// The next page of a watch stream, within 10 s.
 async fn next(w: &mut tonic::Streaming<MyPage>) -> MyPage {
     tokio::time::timeout(Duration::from_secs(10), w.message())

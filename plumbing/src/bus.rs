@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer, context::PublishAckFuture, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 
@@ -50,6 +51,27 @@ pub trait EventBus: Send + Sync + 'static {
     /// Forgets a durable consumer's position, so the next subscription starts
     /// again from the first event (a read model's rebuild).
     async fn reset(&self, durable: &str) -> anyhow::Result<()>;
+
+    /// Whether [`EventBus::notify`] reaches other processes: false where one
+    /// process is all there is (the embedded bus).
+    fn fans_out(&self) -> bool {
+        false
+    }
+
+    /// Tells every process listening on `topic` ([`EventBus::notices`]) a
+    /// short payload: best effort, not stored, never redelivered. For
+    /// wake-ups across replicas, never for facts.
+    async fn notify(&self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
+        let _ = (topic, payload);
+        Ok(())
+    }
+
+    /// The notices of `topic` from now on; `None` when the bus does not fan
+    /// out.
+    async fn notices(&self, topic: &str) -> anyhow::Result<Option<BoxStream<'static, Bytes>>> {
+        let _ = topic;
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -134,6 +156,11 @@ impl NatsBus {
 
     fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.settings.stream)
+    }
+
+    /// Core NATS, outside the streams' subjects: notices are not kept.
+    fn notice_subject(&self, topic: &str) -> String {
+        format!("{}_notice.{topic}", self.settings.subject_prefix)
     }
 
     async fn ensure_streams(&self) -> anyhow::Result<()> {
@@ -231,6 +258,28 @@ impl EventBus for NatsBus {
             dlq_subject: format!("{}_dlq.{}", self.settings.subject_prefix, spec.durable),
             held_back: None,
         }))
+    }
+
+    fn fans_out(&self) -> bool {
+        true
+    }
+
+    async fn notify(&self, topic: &str, payload: Bytes) -> anyhow::Result<()> {
+        self.js
+            .client()
+            .publish(self.notice_subject(topic), payload)
+            .await
+            .context("publishing a notice")
+    }
+
+    async fn notices(&self, topic: &str) -> anyhow::Result<Option<BoxStream<'static, Bytes>>> {
+        let subscriber = self
+            .js
+            .client()
+            .subscribe(self.notice_subject(topic))
+            .await
+            .context("listening for notices")?;
+        Ok(Some(subscriber.map(|m| m.payload).boxed()))
     }
 
     async fn reset(&self, durable: &str) -> anyhow::Result<()> {

@@ -329,6 +329,17 @@ impl Mesh {
         (running.addr, running.stop.clone())
     }
 
+    /// Another instance of view-svc on the same database and durable
+    /// consumer: what a second replica in a deployment is.
+    pub async fn start_second_view_instance(&self) -> (SocketAddr, CancellationToken) {
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = self
+            .spawn_view_on(any_port, &self.db_urls[3], "view-svc", false)
+            .await;
+        wait_serving(running.addr).await;
+        (running.addr, running.stop.clone())
+    }
+
     pub fn view_addr(&self) -> SocketAddr {
         self.view.addr
     }

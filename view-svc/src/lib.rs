@@ -8,10 +8,12 @@
 //! - [`projection`]: events into the read model, then watchers told.
 //! - [`pages`]: a member's page from the read model.
 //! - [`watch`]: who watches which page.
+//! - [`fanout`]: replicas telling each other whose page changed.
 //! - [`store`]: tables and migrations.
 //! - [`grpc`]: GetMyPage and the WatchMyPage stream.
 
 pub mod domain;
+pub mod fanout;
 pub mod grpc;
 pub mod pages;
 pub mod projection;
@@ -33,6 +35,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const NAME: &str = "view-svc";
+
+/// Changes waiting to be told to the other replicas; beyond it they are
+/// dropped (a wake-up, never a fact).
+const FANOUT_BUFFER: usize = 4096;
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -91,7 +97,15 @@ impl App {
         rentalbook_plumbing::telemetry::init_metrics(config.metrics_addr.0)?;
         let verifier = Arc::new(Verifier::from_args(&config.common)?);
         let db = Db::connect(&config.database_url, 16).await?;
-        let watchers = Arc::new(watch::Watchers::new(db.clone()));
+        // With several replicas, a watcher may be on another replica than
+        // the one that applies an event: they tell each other.
+        let replica = rentalbook_plumbing::ids::Id::new().to_string();
+        let (fanout_tx, fanout_rx) = tokio::sync::mpsc::channel(FANOUT_BUFFER);
+        let mut watchers = watch::Watchers::new(db.clone());
+        if bus.fans_out() {
+            watchers = watchers.with_fanout(fanout_tx);
+        }
+        let watchers = Arc::new(watchers);
         let shutdown_streams = CancellationToken::new();
         let routes = tonic::service::Routes::new(MyPageServiceServer::with_interceptor(
             grpc::MyPages {
@@ -110,11 +124,15 @@ impl App {
                 max_deliver: config.common.event_max_deliver,
                 ack_wait: config.common.event_ack_wait.get(),
             },
-            Arc::new(projection::Projection { watchers }),
+            Arc::new(projection::Projection {
+                watchers: watchers.clone(),
+            }),
         );
+        let fans_out = bus.fans_out();
+        let (publish_bus, listen_bus) = (bus.clone(), bus.clone());
         let rebuild = config.rebuild;
         let model = db.clone();
-        let tasks: Vec<Task> = vec![Box::new(move |stop: CancellationToken| {
+        let mut tasks: Vec<Task> = vec![Box::new(move |stop: CancellationToken| {
             Box::pin(async move {
                 if rebuild {
                     tracing::info!(consumer = %durable, "rebuilding My Page from the start of the stream");
@@ -130,6 +148,15 @@ impl App {
                 consumer.run(stop).await
             })
         })];
+        if fans_out {
+            let me = replica.clone();
+            tasks.push(Box::new(move |stop: CancellationToken| {
+                Box::pin(fanout::publish(publish_bus, me, fanout_rx, stop))
+            }));
+            tasks.push(Box::new(move |stop: CancellationToken| {
+                Box::pin(fanout::listen(listen_bus, replica, watchers, stop))
+            }));
+        }
         Ok(Self {
             launch: Launch {
                 name: NAME,
