@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{Method, StatusCode, header};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
 use rentalbook_proto::book::v1::Book;
 use rentalbook_proto::rental::v1::Rental;
@@ -124,17 +125,17 @@ fn transport_error(e: &reqwest::Error) -> CallError {
     }
 }
 
-/// A path segment with everything but unreserved characters escaped.
+/// What a path segment escapes: everything but RFC 3986's unreserved
+/// characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path segment, escaped.
 fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// One Server-Sent Event.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message;
 use rentalbook_proto::events::v1::Envelope;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{ConsumerSpec, Delivery, EventBus, Subscription};
@@ -67,23 +67,23 @@ impl Consumer {
     /// Consumes until `shutdown`, reopening the subscription whenever the bus
     /// goes away.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::time::Backoff::new(Duration::from_millis(100));
         while !shutdown.is_cancelled() {
             let mut sub = match tokio::select! {
                 s = self.bus.subscribe(&self.spec) => s,
                 _ = shutdown.cancelled() => break,
             } {
                 Ok(sub) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     sub
                 }
                 Err(e) => {
-                    tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), retry_in = ?backoff, "cannot subscribe");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), retry_in = ?delay, "cannot subscribe");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -148,13 +148,21 @@ impl Consumer {
     async fn apply_batch(&self, batch: &[Box<dyn Delivery>]) -> anyhow::Result<()> {
         let mut events = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match Envelope::decode(delivery.payload()) {
-                Ok(e) if !e.event_id.is_empty() && e.body.is_some() => {
-                    events.push((e, delivery.as_ref()))
-                }
-                _ => anyhow::bail!("not an event envelope"),
-            }
+            let envelope = envelope_of(delivery.as_ref())
+                .ok_or_else(|| anyhow::anyhow!("not an event envelope"))?;
+            events.push((envelope, delivery.as_ref()));
         }
+        let (applied, duplicates) = self.apply_all(&events).await?;
+        let consumer = self.spec.durable.clone();
+        metrics::counter!("events_consumed_total", "consumer" => consumer.clone(), "outcome" => "applied").increment(applied);
+        metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "duplicate").increment(duplicates);
+        Ok(())
+    }
+
+    /// Applies the events not in the inbox yet, each once, in one
+    /// transaction with their inbox rows, then runs `after_commit` for them.
+    /// Returns how many were applied and how many were duplicates.
+    async fn apply_all(&self, events: &[(Envelope, &dyn Delivery)]) -> anyhow::Result<(u64, u64)> {
         let mut tx = self.db.begin().await?;
         let mut seen: HashSet<String> = inbox::Entity::find()
             .filter(inbox::Column::EventId.is_in(events.iter().map(|(e, _)| e.event_id.clone())))
@@ -164,31 +172,32 @@ impl Consumer {
             .map(|row| row.event_id)
             .collect();
         // A batch may hold an event twice (a redelivery behind the first).
-        events.retain(|(e, _)| seen.insert(e.event_id.clone()));
-        let duplicates = (batch.len() - events.len()) as u64;
-        if !events.is_empty() {
-            let now = crate::time::now();
-            inbox::Entity::insert_many(events.iter().map(|(e, _)| inbox::ActiveModel {
-                event_id: Set(e.event_id.clone()),
-                consumer: Set(self.spec.durable.clone()),
-                processed_at: Set(now),
-            }))
-            .exec(&*tx)
-            .await?;
-            for (envelope, delivery) in &events {
-                let span = self.span(*delivery, envelope);
-                tracing::Instrument::instrument(self.handler.apply(&mut tx, envelope), span)
-                    .await?;
-            }
+        let fresh: Vec<&(Envelope, &dyn Delivery)> = events
+            .iter()
+            .filter(|(e, _)| seen.insert(e.event_id.clone()))
+            .collect();
+        let duplicates = (events.len() - fresh.len()) as u64;
+        if fresh.is_empty() {
+            tx.rollback().await?;
+            return Ok((0, duplicates));
+        }
+        let now = crate::time::now();
+        inbox::Entity::insert_many(fresh.iter().map(|(e, _)| inbox::ActiveModel {
+            event_id: Set(e.event_id.clone()),
+            consumer: Set(self.spec.durable.clone()),
+            processed_at: Set(now),
+        }))
+        .exec(&*tx)
+        .await?;
+        for (envelope, delivery) in &fresh {
+            let span = self.span(*delivery, envelope);
+            tracing::Instrument::instrument(self.handler.apply(&mut tx, envelope), span).await?;
         }
         tx.commit().await?;
-        for (envelope, _) in &events {
+        for (envelope, _) in &fresh {
             self.handler.after_commit(envelope).await;
         }
-        let consumer = self.spec.durable.clone();
-        metrics::counter!("events_consumed_total", "consumer" => consumer.clone(), "outcome" => "applied").increment(events.len() as u64);
-        metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "duplicate").increment(duplicates);
-        Ok(())
+        Ok((fresh.len() as u64, duplicates))
     }
 
     fn span(&self, delivery: &dyn Delivery, envelope: &Envelope) -> tracing::Span {
@@ -199,29 +208,27 @@ impl Consumer {
 
     async fn process(&self, delivery: &dyn Delivery) -> anyhow::Result<Settled> {
         let consumer = self.spec.durable.clone();
-        let envelope = match Envelope::decode(delivery.payload()) {
-            Ok(e) if !e.event_id.is_empty() && e.body.is_some() => e,
-            _ => {
-                metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
-                tracing::error!(
-                    subject = delivery.subject(),
-                    "not an event envelope; moved to the dead-letter stream"
-                );
-                return delivery
-                    .dead_letter("not a rentalbook event envelope")
-                    .await
-                    .map(|()| Settled::Done);
-            }
+        let Some(envelope) = envelope_of(delivery) else {
+            metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
+            tracing::error!(
+                subject = delivery.subject(),
+                "not an event envelope; moved to the dead-letter stream"
+            );
+            return delivery
+                .dead_letter("not a rentalbook event envelope")
+                .await
+                .map(|()| Settled::Done);
         };
-        let span = self.span(delivery, &envelope);
-        match tracing::Instrument::instrument(self.apply_once(&envelope), span).await {
-            Ok(outcome) => {
+        let event_id = envelope.event_id.clone();
+        match self.apply_all(&[(envelope, delivery)]).await {
+            Ok((applied, _)) => {
+                let outcome = if applied > 0 { "applied" } else { "duplicate" };
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => outcome).increment(1);
                 delivery.ack().await.map(|()| Settled::Done)
             }
             Err(e) if delivery.delivered() >= self.spec.max_deliver => {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
-                tracing::error!(event_id = %envelope.event_id, error = format!("{e:#}"), "event failed every delivery; moved to the dead-letter stream");
+                tracing::error!(event_id = %event_id, error = format!("{e:#}"), "event failed every delivery; moved to the dead-letter stream");
                 delivery
                     .dead_letter(&format!("{e:#}"))
                     .await
@@ -231,32 +238,16 @@ impl Consumer {
                 metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "retry").increment(1);
                 let delay =
                     Duration::from_millis(100 * 2u64.pow(delivery.delivered().clamp(0, 7) as u32));
-                tracing::warn!(event_id = %envelope.event_id, error = format!("{e:#}"), retry_in = ?delay, "event not applied");
+                tracing::warn!(event_id = %event_id, error = format!("{e:#}"), retry_in = ?delay, "event not applied");
                 delivery.nak(delay).await.map(|()| Settled::Later)
             }
         }
     }
+}
 
-    async fn apply_once(&self, envelope: &Envelope) -> anyhow::Result<&'static str> {
-        let mut tx = self.db.begin().await?;
-        let seen = inbox::Entity::find_by_id(envelope.event_id.clone())
-            .one(&*tx)
-            .await?
-            .is_some();
-        if seen {
-            tx.rollback().await?;
-            return Ok("duplicate");
-        }
-        inbox::ActiveModel {
-            event_id: Set(envelope.event_id.clone()),
-            consumer: Set(self.spec.durable.clone()),
-            processed_at: Set(crate::time::now()),
-        }
-        .insert(&*tx)
-        .await?;
-        self.handler.apply(&mut tx, envelope).await?;
-        tx.commit().await?;
-        self.handler.after_commit(envelope).await;
-        Ok("applied")
-    }
+/// The delivery's event; `None` when it is not a rentalbook event envelope.
+fn envelope_of(delivery: &dyn Delivery) -> Option<Envelope> {
+    Envelope::decode(delivery.payload())
+        .ok()
+        .filter(|e| !e.event_id.is_empty() && e.body.is_some())
 }

@@ -72,12 +72,12 @@ impl Relay {
     /// Runs until `shutdown`, then makes one last attempt to flush.
     pub async fn run(self, shutdown: CancellationToken) {
         let signal = self.db.outbox_signal();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::time::Backoff::new(Duration::from_millis(100));
         loop {
             match self.publish_batch().await {
                 Ok(n) if n as u64 == self.batch_size => continue,
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     tokio::select! {
                         _ = signal.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -85,12 +85,12 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(service = self.service, error = format!("{e:#}"), retry_in = ?backoff, "outbox relay cannot publish");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service = self.service, error = format!("{e:#}"), retry_in = ?delay, "outbox relay cannot publish");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -118,21 +118,20 @@ pub async fn run<M: MigratorTrait>(
     tracing::info!(service = name, %addr, "serving gRPC");
 
     // Migrations first; until they have run the service says NOT_SERVING.
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = crate::time::Backoff::new(Duration::from_millis(200));
     loop {
         match M::up(db.conn(), None).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(service = name, error = %e, "migrations could not run yet");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = shutdown.cancelled() => {
                         server_stop.cancel();
                         let _ = server.await;
                         return Ok(());
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -47,6 +47,34 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time
     })
 }
 
+/// The wait between attempts at something that fails while a dependency is
+/// away: from `first`, doubling after each failure up to 5 s, and back to
+/// `first` after a success.
+pub struct Backoff {
+    first: std::time::Duration,
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn new(first: std::time::Duration) -> Self {
+        Self { first, next: first }
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long.
+    pub fn next_delay(&mut self) -> std::time::Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        delay
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +98,15 @@ mod tests {
     fn timestamps_round_trip() {
         let t = now();
         assert_eq!(from_proto(&to_proto(t)), Some(t));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds_and_resets() {
+        use std::time::Duration;
+        let mut b = Backoff::new(Duration::from_millis(100));
+        let waits: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 }

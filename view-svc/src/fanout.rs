@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rentalbook_plumbing::bus::EventBus;
+use rentalbook_plumbing::time::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +63,7 @@ pub async fn listen(
     watchers: Arc<Watchers>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100));
     loop {
         let notices = tokio::select! {
             n = bus.notices(TOPIC) => n,
@@ -70,17 +71,17 @@ pub async fn listen(
         };
         let mut notices = match notices {
             Ok(Some(n)) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 n
             }
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "cannot listen for the other replicas' changes");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "cannot listen for the other replicas' changes");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

@@ -100,10 +100,12 @@ impl App {
         // With several replicas, a watcher may be on another replica than
         // the one that applies an event: they tell each other.
         let replica = rentalbook_plumbing::ids::Id::new().to_string();
-        let (fanout_tx, fanout_rx) = tokio::sync::mpsc::channel(FANOUT_BUFFER);
         let mut watchers = watch::Watchers::new(db.clone());
+        let mut fanout_rx = None;
         if bus.fans_out() {
-            watchers = watchers.with_fanout(fanout_tx);
+            let (tx, rx) = tokio::sync::mpsc::channel(FANOUT_BUFFER);
+            watchers = watchers.with_fanout(tx);
+            fanout_rx = Some(rx);
         }
         let watchers = Arc::new(watchers);
         let shutdown_streams = CancellationToken::new();
@@ -128,7 +130,6 @@ impl App {
                 watchers: watchers.clone(),
             }),
         );
-        let fans_out = bus.fans_out();
         let (publish_bus, listen_bus) = (bus.clone(), bus.clone());
         let rebuild = config.rebuild;
         let model = db.clone();
@@ -148,7 +149,7 @@ impl App {
                 consumer.run(stop).await
             })
         })];
-        if fans_out {
+        if let Some(fanout_rx) = fanout_rx {
             let me = replica.clone();
             tasks.push(Box::new(move |stop: CancellationToken| {
                 Box::pin(fanout::publish(publish_bus, me, fanout_rx, stop))
