@@ -3,6 +3,7 @@
 
 mod all_in_one;
 mod check;
+mod dead_letters;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,9 @@ enum Command {
     /// Compares the services' truth with the projections and lists every difference
     /// (exit status 1 when there are any).
     Check(check::CheckArgs),
+    /// Lists the events consumers gave up on, or replays them
+    /// (`rentalbook dead-letters list`, `rentalbook dead-letters replay --all`).
+    DeadLetters(dead_letters::DeadLetterArgs),
     /// Runs one service as its own process, as its own binary would
     /// (`rentalbook service reserve-svc -- --help` lists its settings).
     Service {
@@ -79,6 +83,16 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             if runtime.block_on(check::run(args))? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Some(Command::DeadLetters(args)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if runtime.block_on(dead_letters::run(args))? {
                 Ok(())
             } else {
                 std::process::exit(1)

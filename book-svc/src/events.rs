@@ -58,6 +58,16 @@ impl EventHandler for StatusProjection {
         Ok(())
     }
 
+    fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
+        event
+            .body
+            .as_ref()
+            .and_then(snapshot)
+            .map(|(book_id, _)| ("book", book_id.to_owned()))
+            .into_iter()
+            .collect()
+    }
+
     async fn after_commit(&self, event: &Envelope) {
         if let Some((book_id, _)) = event.body.as_ref().and_then(snapshot) {
             self.cache.forget(book_id);

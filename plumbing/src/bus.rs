@@ -32,10 +32,28 @@ pub struct ConsumerSpec {
     pub durable: String,
     /// Subject filter below the prefix, such as `book.>`; empty for everything.
     pub filter: String,
-    /// Deliveries before the event goes to the dead-letter stream.
+    /// Tries of a poison event before it goes to the dead-letter stream.
+    /// Only the consumer counts them: the bus itself redelivers without
+    /// limit, so an event is never dropped because its consumer was in
+    /// trouble.
     pub max_deliver: i64,
-    /// Time to acknowledge before the event is delivered again.
+    /// Time to acknowledge (or report progress) before the event is
+    /// delivered again.
     pub ack_wait: Duration,
+}
+
+/// An event a consumer could not apply, kept aside with the reason.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// Names it for [`EventBus::replay_dead_letter`].
+    pub id: u64,
+    /// The durable consumer that gave up on it.
+    pub consumer: String,
+    /// The subject it was published on, below the stream's prefix.
+    pub subject: String,
+    pub reason: String,
+    pub payload: Bytes,
+    pub stored_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[async_trait]
@@ -51,6 +69,15 @@ pub trait EventBus: Send + Sync + 'static {
     /// Forgets a durable consumer's position, so the next subscription starts
     /// again from the first event (a read model's rebuild).
     async fn reset(&self, durable: &str) -> anyhow::Result<()>;
+
+    /// The dead letters kept so far, oldest first.
+    async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
+
+    /// Publishes a dead letter's event again on its subject (every consumer
+    /// of it sees it; those that applied it already drop it by their inbox)
+    /// and removes it from the dead letters. False when there is no such
+    /// dead letter.
+    async fn replay_dead_letter(&self, id: u64) -> anyhow::Result<bool>;
 
     /// Whether [`EventBus::notify`] reaches other processes: false where one
     /// process is all there is (the embedded bus).
@@ -106,6 +133,11 @@ pub trait Delivery: Send + Sync {
     async fn ack(&self) -> anyhow::Result<()>;
     /// Asks for redelivery after `delay`.
     async fn nak(&self, delay: Duration) -> anyhow::Result<()>;
+    /// Says the event is still being worked on, so the ack wait starts
+    /// again and it is not handed to another consumer meanwhile.
+    async fn in_progress(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Moves the event to the dead-letter stream with the reason, then
     /// acknowledges it: kept, never silently dropped, never redelivered.
     async fn dead_letter(&self, reason: &str) -> anyhow::Result<()>;
@@ -156,6 +188,42 @@ impl NatsBus {
 
     fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.settings.stream)
+    }
+
+    /// A message of the dead-letter stream, as a dead letter.
+    fn dead_letter_of(
+        &self,
+        seq: u64,
+        message: jetstream::message::StreamMessage,
+    ) -> Option<DeadLetter> {
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        let dlq_prefix = format!("{}_dlq.", self.settings.subject_prefix);
+        let prefix = format!("{}.", self.settings.subject_prefix);
+        let original = header("Rentalbook-Original-Subject");
+        Some(DeadLetter {
+            id: seq,
+            consumer: message
+                .subject
+                .as_str()
+                .strip_prefix(&dlq_prefix)
+                .unwrap_or(message.subject.as_str())
+                .to_owned(),
+            subject: original
+                .strip_prefix(&prefix)
+                .unwrap_or(&original)
+                .to_owned(),
+            reason: header("Rentalbook-Dead-Letter-Reason"),
+            payload: message.payload,
+            stored_at: chrono::DateTime::parse_from_rfc3339(&header("Rentalbook-Dead-Lettered-At"))
+                .ok()
+                .map(|t| t.to_utc()),
+        })
     }
 
     /// Core NATS, outside the streams' subjects: notices are not kept.
@@ -235,20 +303,22 @@ impl EventBus for NatsBus {
             format!("{}.{}", self.settings.subject_prefix, spec.filter)
         };
         let stream = self.js.get_stream(&self.settings.stream).await?;
+        // Created, or brought to these settings when it exists already, so
+        // a consumer made by an older version changes with the code.
         let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &spec.durable,
-                consumer::pull::Config {
-                    durable_name: Some(spec.durable.clone()),
-                    filter_subject,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: spec.ack_wait,
-                    max_deliver: spec.max_deliver + 1,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    max_ack_pending: 1024,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                // Unlimited: past a limit the server stops redelivering an
+                // event without a word. The consumer counts poison tries
+                // itself and dead-letters; nothing else may drop an event.
+                max_deliver: -1,
+                deliver_policy: consumer::DeliverPolicy::All,
+                max_ack_pending: 1024,
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("creating the consumer {}", spec.durable))?;
         let messages = consumer.messages().await?;
@@ -280,6 +350,60 @@ impl EventBus for NatsBus {
             .await
             .context("listening for notices")?;
         Ok(Some(subscriber.map(|m| m.payload).boxed()))
+    }
+
+    async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        self.ensure_streams().await?;
+        let mut stream = self.js.get_stream(self.dlq_stream()).await?;
+        let state = stream.info().await?.state.clone();
+        let mut letters = Vec::new();
+        if state.messages == 0 {
+            return Ok(letters);
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            match stream.get_raw_message(seq).await {
+                Ok(raw) => {
+                    if let Some(letter) = self.dead_letter_of(seq, raw) {
+                        letters.push(letter);
+                    }
+                }
+                // A replayed one leaves a gap.
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e).context("reading a dead letter"),
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn replay_dead_letter(&self, id: u64) -> anyhow::Result<bool> {
+        self.ensure_streams().await?;
+        let stream = self.js.get_stream(self.dlq_stream()).await?;
+        let raw = match stream.get_raw_message(id).await {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e).context("reading the dead letter"),
+        };
+        let Some(letter) = self.dead_letter_of(id, raw) else {
+            return Ok(false);
+        };
+        let subject = format!("{}.{}", self.settings.subject_prefix, letter.subject);
+        // Its own message id: the original's may still be inside the
+        // stream's de-duplication window.
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(letter.payload)
+            .message_id(format!("replay-{}-{id}", self.dlq_stream()));
+        self.js
+            .send_publish(subject, msg)
+            .await?
+            .await
+            .context("publishing the event again")?;
+        stream
+            .delete_message(id)
+            .await
+            .context("removing the replayed dead letter")?;
+        Ok(true)
     }
 
     async fn reset(&self, durable: &str) -> anyhow::Result<()> {
@@ -399,6 +523,13 @@ impl Delivery for NatsDelivery {
             .map_err(anyhow::Error::from_boxed)
     }
 
+    async fn in_progress(&self) -> anyhow::Result<()> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(anyhow::Error::from_boxed)
+    }
+
     async fn dead_letter(&self, reason: &str) -> anyhow::Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Rentalbook-Original-Subject", self.subject());
@@ -408,9 +539,17 @@ impl Delivery for NatsDelivery {
             .take(500)
             .collect();
         headers.insert("Rentalbook-Dead-Letter-Reason", reason.as_str());
+        headers.insert(
+            "Rentalbook-Dead-Lettered-At",
+            crate::time::now().to_rfc3339().as_str(),
+        );
+        // One dead letter per stream message and consumer, however often
+        // this is tried.
+        let seq = self.message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let msg = jetstream::message::PublishMessage::build()
             .headers(headers)
-            .payload(self.message.payload.clone());
+            .payload(self.message.payload.clone())
+            .message_id(format!("{}#{seq}", self.dlq_subject));
         self.js
             .send_publish(self.dlq_subject.clone(), msg)
             .await?

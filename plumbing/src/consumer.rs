@@ -1,13 +1,27 @@
 //! Durable consumers that apply each event exactly once (SPEC §4 E2): the
 //! event id goes into the inbox in the same transaction as the effect, so a
-//! redelivered event changes nothing. A failing event is retried with backoff
-//! a bounded number of times, then moved to the dead-letter stream. Events that
-//! are waiting when the consumer looks are applied in one transaction and
-//! acknowledged together; a batch that fails is applied again event by event.
+//! redelivered event changes nothing.
+//!
+//! Two kinds of failure are told apart, because they call for opposite
+//! answers:
+//! - A *poison* event (not an event envelope, or a handler says with
+//!   [`Poison`] that the event itself is unacceptable) is tried again a few
+//!   times (`max_deliver` in all), then moved to the dead-letter store.
+//! - Anything else is the consumer's own trouble (its database is away, the
+//!   pool timed out, a deadlock aborted the transaction): the event is kept
+//!   and tried again with capped backoff for as long as the trouble lasts,
+//!   the service reports NOT_SERVING meanwhile ([`Db::set_stalled`]), and
+//!   no event is ever dead-lettered because of it.
+//!
+//! Either way the consumer stays on the event: nothing behind it is applied
+//! before it (order, SPEC §4 E3), and the bus is told the event is still in
+//! progress so it is not handed to someone else. Events that are waiting
+//! when the consumer looks are applied in one transaction and acknowledged
+//! together; a batch that fails is applied again event by event.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prost::Message;
@@ -18,28 +32,60 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{ConsumerSpec, Delivery, EventBus, Subscription};
 use crate::db::{Db, WriteTx};
 use crate::schema::inbox;
+use crate::time::Backoff;
 
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Applies one event inside the transaction that records it as processed.
-    /// An error rolls both back and the event is delivered again.
+    /// An error rolls both back and the event is tried again; return a
+    /// [`Poison`] error only when the event itself can never be applied.
     async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()>;
+
+    /// The locks (scope, key) that applying `event` takes with
+    /// [`WriteTx::lock`]. A batch takes those of all its events first, in one
+    /// order, so that two consumers' batches never wait for each other in a
+    /// circle; the handler's own calls then find them held.
+    fn locks(&self, _event: &Envelope) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 
     /// Runs once the effect of a newly applied event has committed (to tell
     /// watchers, say). Not run for duplicates.
     async fn after_commit(&self, _event: &Envelope) {}
 }
 
+/// A handler's verdict that an event is permanently unacceptable (it fails
+/// validation, or names something that cannot exist): after `max_deliver`
+/// tries it goes to the dead-letter store. Every other error is taken for a
+/// passing failure of the consumer's own infrastructure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Poison(pub String);
+
+impl Poison {
+    /// The error a handler returns for a poison event.
+    pub fn error(reason: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Poison(reason.into()))
+    }
+}
+
+/// Whether an error says the event itself is at fault.
+pub fn is_poison(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<Poison>())
+}
+
 /// Events a consumer takes at once when they are waiting: applied in one
 /// transaction and acknowledged together.
 const MAX_BATCH: usize = 64;
 
-/// How an event was settled.
-enum Settled {
-    /// Applied (or a duplicate, or dead-lettered) and acknowledged.
-    Done,
-    /// Handed back to come again later; those behind it wait for it.
-    Later,
+/// The first wait before an event is tried again; it doubles up to 5 s.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Whether the consumer goes on with the next event.
+enum Flow {
+    Next,
+    /// Shutting down: the event was left for a later delivery.
+    Stopped,
 }
 
 pub struct Consumer {
@@ -67,7 +113,7 @@ impl Consumer {
     /// Consumes until `shutdown`, reopening the subscription whenever the bus
     /// goes away.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = crate::time::Backoff::new(Duration::from_millis(100));
+        let mut backoff = Backoff::new(FIRST_RETRY);
         while !shutdown.is_cancelled() {
             let mut sub = match tokio::select! {
                 s = self.bus.subscribe(&self.spec) => s,
@@ -93,7 +139,11 @@ impl Consumer {
                     _ = shutdown.cancelled() => return,
                 };
                 match next {
-                    Ok(Some(batch)) => self.settle(sub.as_mut(), batch).await,
+                    Ok(Some(batch)) => {
+                        if let Flow::Stopped = self.settle(sub.as_mut(), batch, &shutdown).await {
+                            return;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "event stream interrupted");
@@ -108,39 +158,37 @@ impl Consumer {
     }
 
     /// Applies a batch in one transaction; if that fails, event by event,
-    /// so that only a failing event is retried or dead-lettered. Events
-    /// behind one that will come again are handed back too, so none is
-    /// acknowledged before an earlier one.
-    async fn settle(&self, sub: &mut dyn Subscription, batch: Vec<Box<dyn Delivery>>) {
+    /// each until it is applied or dead-lettered, in order.
+    async fn settle(
+        &self,
+        sub: &mut dyn Subscription,
+        batch: Vec<Box<dyn Delivery>>,
+        shutdown: &CancellationToken,
+    ) -> Flow {
         if batch.len() > 1 {
             match self.apply_batch(&batch).await {
                 Ok(()) => {
                     if let Err(e) = sub.ack_batch(&batch).await {
                         tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not acknowledge a batch; its events will come again");
                     }
-                    return;
+                    return Flow::Next;
                 }
                 Err(e) => {
                     tracing::debug!(consumer = %self.spec.durable, events = batch.len(), error = format!("{e:#}"), "a batch was not applied; applying its events one by one");
                 }
             }
         }
-        let mut rest = batch.iter();
-        for delivery in rest.by_ref() {
-            match self.process(delivery.as_ref()).await {
-                Ok(Settled::Done) => {}
-                Ok(Settled::Later) => break,
-                Err(e) => {
-                    tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not settle an event; it will come again");
-                    break;
+        for (i, delivery) in batch.iter().enumerate() {
+            if let Flow::Stopped = self.settle_one(delivery.as_ref(), shutdown).await {
+                // Hand the rest back at once, so another replica (or the
+                // next start) takes them without waiting out the ack wait.
+                for rest in &batch[i..] {
+                    let _ = rest.nak(Duration::ZERO).await;
                 }
+                return Flow::Stopped;
             }
         }
-        for delivery in rest {
-            if let Err(e) = delivery.nak(Duration::ZERO).await {
-                tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not hand an event back; it comes again after the ack wait");
-            }
-        }
+        Flow::Next
     }
 
     /// Every event of the batch, applied once, in one transaction. Fails
@@ -153,9 +201,8 @@ impl Consumer {
             events.push((envelope, delivery.as_ref()));
         }
         let (applied, duplicates) = self.apply_all(&events).await?;
-        let consumer = self.spec.durable.clone();
-        metrics::counter!("events_consumed_total", "consumer" => consumer.clone(), "outcome" => "applied").increment(applied);
-        metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "duplicate").increment(duplicates);
+        self.count("applied", applied);
+        self.count("duplicate", duplicates);
         Ok(())
     }
 
@@ -180,6 +227,15 @@ impl Consumer {
         if fresh.is_empty() {
             tx.rollback().await?;
             return Ok((0, duplicates));
+        }
+        let mut locks: Vec<(&'static str, String)> = fresh
+            .iter()
+            .flat_map(|(e, _)| self.handler.locks(e))
+            .collect();
+        locks.sort();
+        locks.dedup();
+        for (scope, key) in &locks {
+            tx.lock(scope, key).await?;
         }
         let now = crate::time::now();
         inbox::Entity::insert_many(fresh.iter().map(|(e, _)| inbox::ActiveModel {
@@ -206,40 +262,116 @@ impl Consumer {
         span
     }
 
-    async fn process(&self, delivery: &dyn Delivery) -> anyhow::Result<Settled> {
-        let consumer = self.spec.durable.clone();
+    fn count(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            metrics::counter!("events_consumed_total", "consumer" => self.spec.durable.clone(), "outcome" => outcome).increment(n);
+        }
+    }
+
+    /// Stays on one event until it is applied (or found a duplicate) or,
+    /// being poison, dead-lettered.
+    async fn settle_one(&self, delivery: &dyn Delivery, shutdown: &CancellationToken) -> Flow {
         let Some(envelope) = envelope_of(delivery) else {
-            metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
             tracing::error!(
+                consumer = %self.spec.durable,
                 subject = delivery.subject(),
-                "not an event envelope; moved to the dead-letter stream"
+                "not an event envelope; moving it to the dead letters"
             );
-            return delivery
-                .dead_letter("not a rentalbook event envelope")
-                .await
-                .map(|()| Settled::Done);
+            return self
+                .dead_letter(delivery, "not a rentalbook event envelope", shutdown)
+                .await;
         };
-        let event_id = envelope.event_id.clone();
-        match self.apply_all(&[(envelope, delivery)]).await {
-            Ok((applied, _)) => {
-                let outcome = if applied > 0 { "applied" } else { "duplicate" };
-                metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => outcome).increment(1);
-                delivery.ack().await.map(|()| Settled::Done)
+        let mut backoff = Backoff::new(FIRST_RETRY);
+        let mut poison_tries = 0;
+        let mut stalled = false;
+        let flow = loop {
+            let error = match self.apply_all(&[(envelope.clone(), delivery)]).await {
+                Ok((applied, duplicates)) => {
+                    self.count("applied", applied);
+                    self.count("duplicate", duplicates);
+                    if let Err(e) = delivery.ack().await {
+                        // Applied: when it comes again the inbox drops it.
+                        tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not acknowledge an applied event");
+                    }
+                    break Flow::Next;
+                }
+                Err(e) => e,
+            };
+            if is_poison(&error) {
+                poison_tries += 1;
+                if poison_tries >= self.spec.max_deliver {
+                    tracing::error!(consumer = %self.spec.durable, event_id = %envelope.event_id, error = format!("{error:#}"), tries = poison_tries, "event refused every time; moving it to the dead letters");
+                    break self
+                        .dead_letter(delivery, &format!("{error:#}"), shutdown)
+                        .await;
+                }
+                self.count("retry", 1);
+                tracing::warn!(consumer = %self.spec.durable, event_id = %envelope.event_id, error = format!("{error:#}"), tries = poison_tries, "event refused; trying it again");
+            } else {
+                self.count("stalled", 1);
+                if !stalled {
+                    stalled = true;
+                    self.db.set_stalled(&self.spec.durable, true);
+                    tracing::warn!(consumer = %self.spec.durable, event_id = %envelope.event_id, error = format!("{error:#}"), "cannot apply events; keeping the event and trying again until the trouble passes");
+                }
             }
-            Err(e) if delivery.delivered() >= self.spec.max_deliver => {
-                metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_letter").increment(1);
-                tracing::error!(event_id = %event_id, error = format!("{e:#}"), "event failed every delivery; moved to the dead-letter stream");
-                delivery
-                    .dead_letter(&format!("{e:#}"))
-                    .await
-                    .map(|()| Settled::Done)
+            if let Flow::Stopped = self.hold(delivery, backoff.next_delay(), shutdown).await {
+                break Flow::Stopped;
             }
-            Err(e) => {
-                metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "retry").increment(1);
-                let delay =
-                    Duration::from_millis(100 * 2u64.pow(delivery.delivered().clamp(0, 7) as u32));
-                tracing::warn!(event_id = %event_id, error = format!("{e:#}"), retry_in = ?delay, "event not applied");
-                delivery.nak(delay).await.map(|()| Settled::Later)
+        };
+        if stalled {
+            self.db.set_stalled(&self.spec.durable, false);
+            tracing::info!(consumer = %self.spec.durable, "applying events again");
+        }
+        flow
+    }
+
+    /// Moves a poison event to the dead letters, trying again while the bus
+    /// cannot take it: a poison event is kept, never dropped.
+    async fn dead_letter(
+        &self,
+        delivery: &dyn Delivery,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Flow {
+        let mut backoff = Backoff::new(FIRST_RETRY);
+        loop {
+            match delivery.dead_letter(reason).await {
+                Ok(()) => {
+                    self.count("dead_letter", 1);
+                    return Flow::Next;
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not store a dead letter; trying again");
+                }
+            }
+            if let Flow::Stopped = self.hold(delivery, backoff.next_delay(), shutdown).await {
+                return Flow::Stopped;
+            }
+        }
+    }
+
+    /// Waits `delay` before the next try, telling the bus now and then that
+    /// the event is still being worked on, so it is not redelivered.
+    async fn hold(
+        &self,
+        delivery: &dyn Delivery,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Flow {
+        let until = Instant::now() + delay;
+        let beat = (self.spec.ack_wait / 3).max(Duration::from_millis(50));
+        loop {
+            if let Err(e) = delivery.in_progress().await {
+                tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not extend the ack wait");
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Flow::Next;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(beat)) => {}
+                _ = shutdown.cancelled() => return Flow::Stopped,
             }
         }
     }
@@ -250,4 +382,20 @@ fn envelope_of(delivery: &dyn Delivery) -> Option<Envelope> {
     Envelope::decode(delivery.payload())
         .ok()
         .filter(|e| !e.event_id.is_empty() && e.body.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_poison_verdict_is_poison() {
+        assert!(is_poison(&Poison::error("no such rental")));
+        assert!(is_poison(
+            &Poison::error("no such rental").context("applying BookReturned")
+        ));
+        assert!(!is_poison(&anyhow::anyhow!("connection refused")));
+        let db_error: anyhow::Error = sea_orm::DbErr::Custom("deadlock detected".into()).into();
+        assert!(!is_poison(&db_error));
+    }
 }

@@ -4,18 +4,55 @@
 //! write permit and starts with BEGIN IMMEDIATE, so concurrent requests queue
 //! instead of failing with SQLITE_BUSY; on PostgreSQL rows are serialised per
 //! key with transaction-scoped advisory locks ([`WriteTx::lock`]).
+//!
+//! Waiting for the database is bounded: [`Db::begin`] gives up by the
+//! deadline of the request being served (set by the server with
+//! [`with_deadline`]), and refuses at once while the health check finds the
+//! database unreachable, so a hung database costs callers no more than their
+//! own deadline.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+tokio::task_local! {
+    /// When the request being served must have its answer.
+    static DEADLINE: Instant;
+}
+
+/// Runs `fut` (a request's handling) with its deadline, which then bounds
+/// every wait for a database transaction inside it.
+pub async fn with_deadline<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
+    match deadline {
+        Some(deadline) => DEADLINE.scope(deadline, fut).await,
+        None => fut.await,
+    }
+}
+
+/// The most a request keeps of its remaining time to send its answer after
+/// giving up on the database, so that the answer arrives before the caller's
+/// deadline cancels the call.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+
+/// When a wait for the database must give up: a little before the deadline
+/// of the request being served, if there is one.
+fn give_up_at() -> Option<Instant> {
+    let deadline = DEADLINE.try_with(|d| *d).ok()?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    Some(deadline - (left / 5).min(ANSWER_MARGIN))
+}
 
 /// Each SQLite connection's page cache, in KiB (as a negative `cache_size`).
 /// SQLite's default is about 2 MiB per connection; with a pool of 8 per
@@ -32,6 +69,12 @@ pub struct Db {
     writer: Option<Arc<Semaphore>>,
     /// Woken after a commit that staged events, so the relay publishes at once.
     outbox_signal: Arc<Notify>,
+    /// Parts of the service (event consumers) that cannot use the database
+    /// right now; the service is NOT_SERVING while any is here.
+    stalled: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// False while the health check's ping fails: transactions are refused
+    /// at once instead of waiting for a database that does not answer.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Db {
@@ -67,6 +110,8 @@ impl Db {
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
             conn,
             outbox_signal: Arc::new(Notify::new()),
+            stalled: Arc::default(),
+            reachable: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -82,31 +127,55 @@ impl Db {
         self.outbox_signal.clone()
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction. Refused at once while the database is
+    /// known to be unreachable; inside a request, the wait for a connection
+    /// (and SQLite's writer permit) ends before the request's deadline.
     pub async fn begin(&self) -> Result<WriteTx, DbErr> {
-        let permit = match &self.writer {
-            Some(writer) => Some(
-                writer
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| DbErr::Custom("database closed".into()))?,
-            ),
-            None => None,
+        if !self.reachable() {
+            return Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed));
+        }
+        let start = async {
+            let permit = match &self.writer {
+                Some(writer) => Some(
+                    writer
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| DbErr::Custom("database closed".into()))?,
+                ),
+                None => None,
+            };
+            let tx = self
+                .conn
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..Default::default()
+                })
+                .await?;
+            Ok::<_, DbErr>((tx, permit))
         };
-        let tx = self
-            .conn
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
+        let (tx, permit) = match give_up_at() {
+            Some(at) => tokio::time::timeout_at(at, start)
+                .await
+                .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??,
+            None => start.await?,
+        };
         Ok(WriteTx {
             tx,
             _permit: permit,
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
         })
+    }
+
+    /// Whether the database answered the health check's last ping.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records the health check's finding.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// A lock only one holder at a time may have across replicas, without
@@ -120,6 +189,23 @@ impl Db {
         Ok(try_advisory_lock(&tx, scope)
             .await?
             .then_some(Exclusive { _tx: Some(tx) }))
+    }
+
+    /// Tells the health service that `who` cannot apply its work to the
+    /// database (a consumer retrying through an outage), or can again.
+    pub fn set_stalled(&self, who: &str, stalled: bool) {
+        let mut set = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        if stalled {
+            set.insert(who.to_owned());
+        } else {
+            set.remove(who);
+        }
+    }
+
+    /// The parts of the service that reported they cannot use the database.
+    pub fn stalled(&self) -> Vec<String> {
+        let set = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter().cloned().collect()
     }
 
     /// Whether the database answers, for the health service.

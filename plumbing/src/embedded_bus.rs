@@ -21,7 +21,7 @@ use sea_orm::{
 use sea_orm_migration::prelude::*;
 use tokio::sync::watch;
 
-use crate::bus::{ConsumerSpec, Delivery, EventBus, Outgoing, Subscription};
+use crate::bus::{ConsumerSpec, DeadLetter, Delivery, EventBus, Outgoing, Subscription};
 use crate::db::Db;
 use crate::schema::create_entity_table;
 
@@ -159,9 +159,12 @@ impl EmbeddedBus {
         }))
     }
 
-    /// Dead letters so far, for operators and tests.
-    pub async fn dead_letters(&self) -> anyhow::Result<Vec<dead_letters::Model>> {
-        Ok(dead_letters::Entity::find().all(self.db.conn()).await?)
+    /// Dead letters so far, as stored, for tests.
+    pub async fn dead_letter_rows(&self) -> anyhow::Result<Vec<dead_letters::Model>> {
+        Ok(dead_letters::Entity::find()
+            .order_by_asc(dead_letters::Column::Id)
+            .all(self.db.conn())
+            .await?)
     }
 }
 
@@ -216,6 +219,54 @@ impl EventBus for EmbeddedBus {
             ack_wait: spec.ack_wait,
             wake: self.latest.subscribe(),
         }))
+    }
+
+    async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        Ok(self
+            .dead_letter_rows()
+            .await?
+            .into_iter()
+            .map(|row| DeadLetter {
+                id: row.id as u64,
+                consumer: row.durable,
+                subject: row.subject,
+                reason: row.reason,
+                payload: row.payload.into(),
+                stored_at: Some(row.stored_at),
+            })
+            .collect())
+    }
+
+    async fn replay_dead_letter(&self, id: u64) -> anyhow::Result<bool> {
+        let Ok(id) = <i64 as TryFrom<u64>>::try_from(id) else {
+            return Ok(false);
+        };
+        let tx = self.db.begin().await?;
+        let Some(letter) = dead_letters::Entity::find_by_id(id).one(&*tx).await? else {
+            return Ok(false);
+        };
+        // A new entry of the log, after everything there; its own publish
+        // id, since the original's is taken by the original entry.
+        events::Entity::insert(events::ActiveModel {
+            event_id: Set(format!("replay-{id}")),
+            subject: Set(letter.subject.clone()),
+            payload: Set(letter.payload.clone()),
+            traceparent: Set(None),
+            stored_at: Set(crate::time::now()),
+            ..Default::default()
+        })
+        .on_conflict_do_nothing_on([events::Column::EventId])
+        .exec_without_returning(&*tx)
+        .await?;
+        dead_letters::Entity::delete_by_id(id).exec(&*tx).await?;
+        let last = events::Entity::find()
+            .order_by_desc(events::Column::Seq)
+            .one(&*tx)
+            .await?
+            .map_or(0, |e| e.seq);
+        tx.commit().await?;
+        self.latest.send_replace(last);
+        Ok(true)
     }
 
     async fn reset(&self, durable: &str) -> anyhow::Result<()> {
@@ -494,7 +545,19 @@ mod tests {
         assert_eq!(again.payload(), b"e3");
         assert_eq!(again.delivered(), 2);
         again.dead_letter("poison").await.unwrap();
-        assert_eq!(bus.dead_letters().await.unwrap().len(), 1);
+        let letters = bus.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].consumer.as_str(), letters[0].reason.as_str()),
+            ("books", "poison")
+        );
+        // Replayed, it comes to the consumer once more, and only once.
+        assert!(bus.replay_dead_letter(letters[0].id).await.unwrap());
+        assert!(!bus.replay_dead_letter(letters[0].id).await.unwrap());
+        assert!(bus.dead_letters().await.unwrap().is_empty());
+        let replayed = books.next().await.unwrap().unwrap();
+        assert_eq!(replayed.payload(), b"e3");
+        replayed.ack().await.unwrap();
 
         // A waiting consumer wakes on publish.
         let waiter =

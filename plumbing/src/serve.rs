@@ -142,8 +142,9 @@ pub async fn run<M: MigratorTrait>(
     for task in tasks {
         running.spawn(task(tasks_stop.clone()));
     }
-    // SERVING only while the own database answers; NATS is not consulted (the
-    // outbox buffers events while it is away).
+    // SERVING only while the own database answers and every consumer can
+    // apply its events to it; NATS is not consulted (the outbox buffers
+    // events while it is away).
     {
         let db = db.clone();
         let health = health.clone();
@@ -155,10 +156,17 @@ pub async fn run<M: MigratorTrait>(
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = stop.cancelled() => return,
                 }
-                let up = db.ping().await;
+                let reachable = db.ping().await;
+                let stalled = db.stalled();
+                let up = reachable && stalled.is_empty();
                 if up != serving {
                     serving = up;
-                    tracing::warn!(service = name, database_reachable = up, "health changed");
+                    tracing::warn!(
+                        service = name,
+                        database_reachable = reachable,
+                        ?stalled,
+                        "health changed"
+                    );
                     health
                         .set(if up {
                             ServingStatus::Serving

@@ -2,7 +2,7 @@
 //! returns whose synchronous RecordReturn failed (R8's fallback).
 
 use async_trait::async_trait;
-use rentalbook_plumbing::consumer::EventHandler;
+use rentalbook_plumbing::consumer::{EventHandler, Poison};
 use rentalbook_plumbing::db::WriteTx;
 use rentalbook_plumbing::error::ServiceError;
 use rentalbook_plumbing::ids::Id;
@@ -25,6 +25,14 @@ impl EventHandler for Catalogue {
         }
         Ok(())
     }
+
+    fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
+        match &event.body {
+            Some(Body::BookRegistered(e)) => vec![("book", e.book_id.clone())],
+            Some(Body::CopiesAdded(e)) => vec![("book", e.book_id.clone())],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// BookReturned: records the return unless the RPC already did.
@@ -37,7 +45,10 @@ impl EventHandler for Returns {
             return Ok(());
         };
         let Some(rental_id) = Id::parse(&e.rental_id) else {
-            anyhow::bail!("BookReturned with a malformed rental_id `{}`", e.rental_id);
+            return Err(Poison::error(format!(
+                "BookReturned with a malformed rental_id `{}`",
+                e.rental_id
+            )));
         };
         match self.0.record_return_in(tx, rental_id).await {
             Ok(_) => Ok(()),
@@ -45,9 +56,17 @@ impl EventHandler for Returns {
                 tracing::warn!(rental_id = %rental_id, "returned rental has no fulfilled reservation; nothing to record");
                 Ok(())
             }
-            Err(ServiceError::Status(s)) => Err(anyhow::anyhow!("{}", s.message())),
+            // The desk's rules refuse this return: trying again cannot help.
+            Err(ServiceError::Status(s)) => Err(Poison::error(s.message().to_owned())),
             Err(ServiceError::Db(e)) => Err(e.into()),
             Err(ServiceError::Other(e)) => Err(e),
+        }
+    }
+
+    fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
+        match &event.body {
+            Some(Body::BookReturned(e)) => vec![("book", e.book_id.clone())],
+            _ => Vec::new(),
         }
     }
 }
