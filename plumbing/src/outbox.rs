@@ -51,7 +51,8 @@ pub async fn stage(
 
 /// Publishes staged events. One relay works at a time per database (an
 /// advisory lock on PostgreSQL, the single process on SQLite), so events leave
-/// in commit order.
+/// in commit order; a replica's relay woken by its own commit waits for
+/// another's to finish instead of sleeping until its next poll.
 pub struct Relay {
     db: Db,
     bus: Arc<dyn EventBus>,
@@ -115,12 +116,12 @@ impl Relay {
     /// Publishes up to one batch; returns how many events left.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
         if self.db.backend() == DbBackend::Postgres {
-            // The transaction only holds the relay lock: writers are not blocked.
+            // The transaction only holds the relay lock: writers are not
+            // blocked. While another replica's relay holds it, wait for it
+            // rather than give up: that relay may have read the outbox before
+            // this replica's commit, and this replica's signal is spent.
             let tx = self.db.begin().await?;
-            if !tx.try_lock("outbox-relay").await? {
-                tx.rollback().await?;
-                return Ok(0);
-            }
+            tx.lock("outbox", "relay").await?;
             let n = self.publish_from(&*tx).await?;
             tx.commit().await?;
             Ok(n)

@@ -47,6 +47,8 @@ pub struct Options {
     pub breaker_failures: u32,
     pub breaker_open_for: &'static str,
     pub recovery_interval: &'static str,
+    /// Tries of a poison event before it is dead-lettered.
+    pub event_max_deliver: u32,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             breaker_failures: 3,
             breaker_open_for: "1s",
             recovery_interval: "200ms",
+            event_max_deliver: 8,
         }
     }
 }
@@ -72,6 +75,10 @@ macro_rules! launch {
     ($mesh:expr, $svc:ident, $name:literal, $args:expr, $listener:expr) => {{
         let mut args: Vec<String> = $args;
         args.extend(common_args(&$mesh.nats_url, &$mesh.stream, &$mesh.prefix));
+        args.extend([
+            "--event-max-deliver".to_owned(),
+            $mesh.options.event_max_deliver.to_string(),
+        ]);
         let config = <$svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let bus = bus(&$mesh.nats_url, &$mesh.stream, &$mesh.prefix, $name).await;
         let app = $svc::App::build_with(config, $listener, bus)
@@ -413,6 +420,11 @@ impl Mesh {
         &self.db_urls[1]
     }
 
+    /// The four services' databases: book, reserve, rental, view.
+    pub fn db_urls(&self) -> &[String; 4] {
+        &self.db_urls
+    }
+
     pub async fn books(&self) -> BookServiceClient<Channel> {
         BookServiceClient::new(channel(self.book.addr).await)
     }
@@ -601,5 +613,13 @@ impl Mesh {
         let stop = CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
         (addr, stop)
+    }
+}
+
+impl Mesh {
+    /// view-svc's database, which every instance of view-svc on the mesh's
+    /// durable consumer shares.
+    pub fn view_db_url(&self) -> &str {
+        &self.db_urls[3]
     }
 }
