@@ -327,3 +327,47 @@ async fn batches_of_two_consumers_never_deadlock() {
     stop_first.cancel();
     stop_second.cancel();
 }
+
+/// A durable consumer made by an earlier version, with a server-side
+/// delivery limit past which NATS would stop redelivering without a word,
+/// is brought to the current settings when the consumer starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_nats_consumer_gets_the_current_settings() {
+    let stream = rentalbook_testkit::unique_name("CU");
+    let prefix = stream.to_lowercase();
+    let nats_url = rentalbook_testkit::nats_url().await;
+    let bus = NatsBus::connect(NatsSettings {
+        url: nats_url.clone(),
+        subject_prefix: prefix.clone(),
+        stream: stream.clone(),
+        max_age: None,
+        replicas: 1,
+        client_name: "consumer-test".into(),
+    })
+    .await
+    .unwrap();
+    bus.publish(&[event("e1", "b1")]).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let nats_stream = js.get_stream(&stream).await.unwrap();
+    nats_stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("older".into()),
+            filter_subject: format!("{prefix}.book.>"),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let _subscription = bus.subscribe(&spec("older", 3)).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        nats_stream.get_consumer("older").await.unwrap();
+    let config = &consumer.info().await.unwrap().config;
+    assert_eq!(
+        config.max_deliver, -1,
+        "the server never gives up on an event"
+    );
+    assert_eq!(config.ack_wait, Duration::from_millis(600));
+}
