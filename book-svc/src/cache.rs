@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that tests move time instead of sleeping through it.
+use tokio::time::Instant;
 
 use crate::store::books;
 
@@ -123,8 +126,8 @@ mod tests {
         assert!(cache.get("b1").is_none(), "dropped by the change");
     }
 
-    #[test]
-    fn entries_age_out_and_the_size_is_bounded() {
+    #[tokio::test(start_paused = true)]
+    async fn entries_age_out_and_the_size_is_bounded() {
         let cache = BookCache::new(Duration::from_millis(20), 2);
         for id in ["b1", "b2", "b3"] {
             cache.put(cache.generation(), book(id, 1));
@@ -135,8 +138,10 @@ mod tests {
             .count();
         assert!((1..=2).contains(&held), "{held} books held");
         assert!(cache.get("b3").is_some(), "the newest is held");
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(cache.get("b3").is_none());
+        tokio::time::advance(Duration::from_millis(19)).await;
+        assert!(cache.get("b3").is_some(), "younger than the time to live");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(cache.get("b3").is_none(), "aged out");
 
         let off = BookCache::new(Duration::ZERO, 10);
         off.put(off.generation(), book("b1", 1));
