@@ -22,6 +22,7 @@ use rentalbook_proto::reserve::v1::{
     CancelReservationRequest, FulfillReservationRequest, GetReservationRequest,
     ListReservationsRequest, RecordReturnRequest, Reservation, ReservationStatus, ReserveRequest,
 };
+use rentalbook_proto::view::v1::{GetMyPageRequest, WatchMyPageRequest};
 use support::{Mesh, librarian, member, req, token};
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -29,6 +30,22 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// A well-formed id that names nothing.
 const UNKNOWN_ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
+
+/// A token signed with the mesh's secret whose `exp` passed an hour ago,
+/// well beyond any clock-skew leeway.
+fn expired_token(sub: &str, role: &str) -> String {
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "role": role, "exp": an_hour_ago}),
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// A request with the given `authorization` header, or none.
 fn with_auth<T>(authorization: Option<&str>, msg: T) -> Request<T> {
@@ -269,11 +286,18 @@ async fn every_service_refuses_calls_without_a_valid_bearer_token() {
     )
     .unwrap();
     let good = token("alice", Role::Member);
-    // An expired token (exp in 1970) would need HMAC-SHA256 signing here, and
-    // no HMAC crate is a dev-dependency of this package; plumbing's unit test
-    // `auth::tests::expired_tokens_fail` covers expiry.
+    let expired = |sub: &str, role: &str| format!("Bearer {}", expired_token(sub, role));
     let headers: Vec<(&str, Option<String>)> = vec![
         ("no authorization header", None),
+        ("an expired member token", Some(expired("alice", "member"))),
+        (
+            "an expired librarian token",
+            Some(expired("librarian-1", "librarian")),
+        ),
+        (
+            "an expired service token",
+            Some(expired("rental-svc", "service")),
+        ),
         (
             "a member token signed with another secret",
             Some(format!("Bearer {forged_member}")),
@@ -296,6 +320,7 @@ async fn every_service_refuses_calls_without_a_valid_bearer_token() {
     let mut books = mesh.books().await;
     let mut desk = mesh.reservations().await;
     let mut loans = mesh.rentals().await;
+    let mut pages = mesh.views().await;
     for (case, header) in &headers {
         let h = header.as_deref();
         let case = |rpc: &str| format!("{case}: {rpc}");
@@ -387,6 +412,20 @@ async fn every_service_refuses_calls_without_a_valid_bearer_token() {
             &case("RentalService/ListRentals"),
             loans
                 .list_rentals(with_auth(h, ListRentalsRequest::default()))
+                .await,
+            Code::Unauthenticated,
+        );
+        refused(
+            &case("MyPageService/GetMyPage"),
+            pages
+                .get_my_page(with_auth(h, GetMyPageRequest::default()))
+                .await,
+            Code::Unauthenticated,
+        );
+        refused(
+            &case("MyPageService/WatchMyPage"),
+            pages
+                .watch_my_page(with_auth(h, WatchMyPageRequest::default()))
                 .await,
             Code::Unauthenticated,
         );
