@@ -42,6 +42,16 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
 }
 
+/// An event as the bus keeps it.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// Its place in the stream, from 1.
+    pub seq: u64,
+    /// Below the stream's prefix, such as `reservation.placed`.
+    pub subject: String,
+    pub payload: Bytes,
+}
+
 /// An event a consumer could not apply, kept aside with the reason.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
@@ -69,6 +79,14 @@ pub trait EventBus: Send + Sync + 'static {
     /// Forgets a durable consumer's position, so the next subscription starts
     /// again from the first event (a read model's rebuild).
     async fn reset(&self, durable: &str) -> anyhow::Result<()>;
+
+    /// How many events the durable consumer has not acknowledged yet
+    /// (waiting or in flight); `None` when there is no such consumer.
+    async fn pending(&self, durable: &str) -> anyhow::Result<Option<u64>>;
+
+    /// Up to `max` stored events after sequence `after`, in order: the
+    /// stream as a replay reads it, for operator tools and tests.
+    async fn history(&self, after: u64, max: usize) -> anyhow::Result<Vec<Stored>>;
 
     /// The dead letters kept so far, oldest first.
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
@@ -350,6 +368,43 @@ impl EventBus for NatsBus {
             .await
             .context("listening for notices")?;
         Ok(Some(subscriber.map(|m| m.payload).boxed()))
+    }
+
+    async fn pending(&self, durable: &str) -> anyhow::Result<Option<u64>> {
+        self.ensure_streams().await?;
+        let stream = self.js.get_stream(&self.settings.stream).await?;
+        Ok(stream
+            .consumer_info(durable)
+            .await
+            .ok()
+            .map(|info| info.num_pending + info.num_ack_pending as u64))
+    }
+
+    async fn history(&self, after: u64, max: usize) -> anyhow::Result<Vec<Stored>> {
+        self.ensure_streams().await?;
+        let mut stream = self.js.get_stream(&self.settings.stream).await?;
+        let state = stream.info().await?.state.clone();
+        let prefix = format!("{}.", self.settings.subject_prefix);
+        let mut events = Vec::new();
+        let mut seq = (after + 1).max(state.first_sequence);
+        while seq <= state.last_sequence && events.len() < max {
+            match stream.get_raw_message(seq).await {
+                Ok(message) => events.push(Stored {
+                    seq,
+                    subject: message
+                        .subject
+                        .as_str()
+                        .strip_prefix(&prefix)
+                        .unwrap_or(message.subject.as_str())
+                        .to_owned(),
+                    payload: message.payload,
+                }),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e).context("reading the stream"),
+            }
+            seq += 1;
+        }
+        Ok(events)
     }
 
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {

@@ -21,7 +21,7 @@ use sea_orm::{
 use sea_orm_migration::prelude::*;
 use tokio::sync::watch;
 
-use crate::bus::{ConsumerSpec, DeadLetter, Delivery, EventBus, Outgoing, Subscription};
+use crate::bus::{ConsumerSpec, DeadLetter, Delivery, EventBus, Outgoing, Stored, Subscription};
 use crate::db::Db;
 use crate::schema::create_entity_table;
 
@@ -57,6 +57,8 @@ pub mod consumers {
         pub durable: String,
         /// Last acknowledged sequence.
         pub position: i64,
+        /// The subjects it reads (see [`super::subject_matches`]).
+        pub filter: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -119,11 +121,43 @@ impl MigrationTrait for BusTraceparent {
     }
 }
 
+struct ConsumerFilter;
+
+impl MigrationName for ConsumerFilter {
+    fn name(&self) -> &str {
+        "m0003_bus_consumers_filter"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ConsumerFilter {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::schema::add_text_column_if_missing(manager, "bus_consumers", "filter").await
+    }
+}
+
 struct BusMigrator;
 
 impl MigratorTrait for BusMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateBusTables), Box::new(BusTraceparent)]
+        vec![
+            Box::new(CreateBusTables),
+            Box::new(BusTraceparent),
+            Box::new(ConsumerFilter),
+        ]
+    }
+}
+
+/// The events after `position` on the subjects of `filter`, in order.
+fn after_position(position: i64, filter: &str) -> sea_orm::Select<events::Entity> {
+    let query = events::Entity::find()
+        .filter(events::Column::Seq.gt(position))
+        .order_by_asc(events::Column::Seq);
+    match filter.strip_suffix('>') {
+        _ if filter.is_empty() => query,
+        Some(prefix) => query
+            .filter(Expr::col(events::Column::Subject).like(crate::db::like_starting_with(prefix))),
+        None => query.filter(events::Column::Subject.eq(filter)),
     }
 }
 
@@ -204,8 +238,13 @@ impl EventBus for EmbeddedBus {
         consumers::Entity::insert(consumers::ActiveModel {
             durable: Set(spec.durable.clone()),
             position: Set(0),
+            filter: Set(Some(spec.filter.clone())),
         })
-        .on_conflict_do_nothing_on([consumers::Column::Durable])
+        .on_conflict(
+            OnConflict::column(consumers::Column::Durable)
+                .update_column(consumers::Column::Filter)
+                .to_owned(),
+        )
         .exec(&*tx)
         .await?;
         tx.commit().await?;
@@ -219,6 +258,45 @@ impl EventBus for EmbeddedBus {
             ack_wait: spec.ack_wait,
             wake: self.latest.subscribe(),
         }))
+    }
+
+    async fn pending(&self, durable: &str) -> anyhow::Result<Option<u64>> {
+        let Some(consumer) = consumers::Entity::find_by_id(durable.to_owned())
+            .one(self.db.conn())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let filter = consumer.filter.unwrap_or_default();
+        let subjects: Vec<String> = after_position(consumer.position, &filter)
+            .select_only()
+            .column(events::Column::Subject)
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        Ok(Some(
+            subjects
+                .iter()
+                .filter(|s| subject_matches(&filter, s))
+                .count() as u64,
+        ))
+    }
+
+    async fn history(&self, after: u64, max: usize) -> anyhow::Result<Vec<Stored>> {
+        Ok(after_position(
+            <i64 as TryFrom<u64>>::try_from(after).unwrap_or(i64::MAX),
+            "",
+        )
+        .limit(max as u64)
+        .all(self.db.conn())
+        .await?
+        .into_iter()
+        .map(|e| Stored {
+            seq: e.seq as u64,
+            subject: e.subject,
+            payload: e.payload.into(),
+        })
+        .collect())
     }
 
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
@@ -352,18 +430,8 @@ impl Subscription for EmbeddedSubscription {
                 return Ok(None);
             };
             self.wake.mark_unchanged();
-            let mut query = events::Entity::find()
-                .filter(events::Column::Seq.gt(position))
-                .order_by_asc(events::Column::Seq)
-                .limit(max.max(1) as u64);
-            query = match self.filter.strip_suffix('>') {
-                _ if self.filter.is_empty() => query,
-                Some(prefix) => query.filter(
-                    Expr::col(events::Column::Subject).like(crate::db::like_starting_with(prefix)),
-                ),
-                None => query.filter(events::Column::Subject.eq(&self.filter)),
-            };
-            let batch: Vec<events::Model> = query
+            let batch: Vec<events::Model> = after_position(position, &self.filter)
+                .limit(max.max(1) as u64)
                 .all(self.shared.db.conn())
                 .await?
                 .into_iter()

@@ -196,6 +196,21 @@ async fn an_outage_of_its_own_holds_the_events_and_dead_letters_nothing(backend:
         0,
         "nothing behind e1 is tried before it"
     );
+    assert_eq!(
+        s.bus.pending("outage").await.unwrap(),
+        Some(3),
+        "{backend:?}"
+    );
+    assert_eq!(s.bus.pending("nobody").await.unwrap(), None);
+    let history = s.bus.history(0, 10).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| e.subject.as_str())
+            .collect::<Vec<_>>(),
+        ["book.registered"; 3]
+    );
+    assert_eq!(s.bus.history(history[1].seq, 10).await.unwrap().len(), 1);
     assert!(
         s.bus.dead_letters().await.unwrap().is_empty(),
         "{backend:?}"
@@ -207,6 +222,15 @@ async fn an_outage_of_its_own_holds_the_events_and_dead_letters_nothing(backend:
     })
     .await;
     assert_eq!(handler.applied(), ["e1", "e2", "e3"], "in order, once each");
+    let mut pending = None;
+    for _ in 0..50 {
+        pending = s.bus.pending("outage").await.unwrap();
+        if pending == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending, Some(0), "{backend:?}: every event acknowledged");
     assert!(s.db.stalled().is_empty(), "{backend:?}: serving again");
     assert!(
         s.bus.dead_letters().await.unwrap().is_empty(),
