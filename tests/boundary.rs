@@ -23,7 +23,7 @@ use rentalbook_proto::reserve::v1::{
     ListReservationsRequest, RecordReturnRequest, Reservation, ReservationStatus, ReserveRequest,
 };
 use rentalbook_proto::view::v1::{GetMyPageRequest, WatchMyPageRequest};
-use support::{Mesh, librarian, member, req, token};
+use support::{Mesh, Options, Store, librarian, member, req, token};
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -256,9 +256,13 @@ async fn rent(mesh: &Mesh, token: &str, book_id: &str, request_id: &str) -> Rent
 
 // ------------------------------------------------------------------ identity
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_service_refuses_calls_without_a_valid_bearer_token() {
-    let mesh = Mesh::start().await;
+both_backends!(every_service_refuses_calls_without_a_valid_bearer_token);
+async fn every_service_refuses_calls_without_a_valid_bearer_token(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let book = mesh.register_book("Auth", 1).await;
     let before = all_books(&mesh).await;
 
@@ -450,9 +454,13 @@ async fn every_service_refuses_calls_without_a_valid_bearer_token() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_and_ownership_are_enforced_and_refusals_change_nothing() {
-    let mesh = Mesh::start().await;
+both_backends!(roles_and_ownership_are_enforced_and_refusals_change_nothing);
+async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let (alice, bob, lib) = (member("alice"), member("bob"), librarian());
     let book = mesh.register_book("Perms", 1).await;
     let mut books = mesh.books().await;
@@ -662,9 +670,13 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing() {
 
 // ---------------------------------------------------------------- validation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_field_is_validated_with_a_message_naming_it() {
-    let mesh = Mesh::start().await;
+both_backends!(every_field_is_validated_with_a_message_naming_it);
+async fn every_field_is_validated_with_a_message_naming_it(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let (alice, lib) = (member("alice"), librarian());
     let book = mesh.register_book("Valid", 1).await;
     let mut books = mesh.books().await;
@@ -961,9 +973,13 @@ async fn every_field_is_validated_with_a_message_naming_it() {
     assert!(rentals_of(&mesh, "alice").await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn business_refusals_use_precise_codes_and_change_nothing() {
-    let mesh = Mesh::start().await;
+both_backends!(business_refusals_use_precise_codes_and_change_nothing);
+async fn business_refusals_use_precise_codes_and_change_nothing(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let (alice, lib) = (member("alice"), librarian());
     let mut books = mesh.books().await;
     let mut desk = mesh.reservations().await;
@@ -1112,9 +1128,13 @@ async fn business_refusals_use_precise_codes_and_change_nothing() {
 
 // ------------------------------------------------------------------- listing
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_books_matches_title_author_and_isbn_and_pages_through_every_book_once() {
-    let mesh = Mesh::start().await;
+both_backends!(list_books_matches_title_author_and_isbn_and_pages_through_every_book_once);
+async fn list_books_matches_title_author_and_isbn_and_pages_through_every_book_once(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let lib = librarian();
     let mut books = mesh.books().await;
     let catalogue = [
@@ -1189,9 +1209,13 @@ async fn list_books_matches_title_author_and_isbn_and_pages_through_every_book_o
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_books_query_treats_like_wildcards_as_plain_characters() {
-    let mesh = Mesh::start().await;
+both_backends!(list_books_query_treats_like_wildcards_as_plain_characters);
+async fn list_books_query_treats_like_wildcards_as_plain_characters(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let lib = librarian();
     let mut books = mesh.books().await;
     for title in ["100% Rust", "Snake_case Style", "Dune"] {
@@ -1222,9 +1246,13 @@ async fn list_books_query_treats_like_wildcards_as_plain_characters() {
 
 // -------------------------------------------------------------- idempotency
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_make_retries_safe_per_caller_and_method() {
-    let mesh = Mesh::start().await;
+both_backends!(request_ids_make_retries_safe_per_caller_and_method);
+async fn request_ids_make_retries_safe_per_caller_and_method(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let (alice, bob, lib) = (member("alice"), member("bob"), librarian());
     let mut books = mesh.books().await;
 
@@ -1366,9 +1394,15 @@ async fn request_ids_make_retries_safe_per_caller_and_method() {
     assert_eq!(rentals_of(&mesh, "alice").await, vec![back1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_id_reused_for_another_rental_is_refused_even_if_that_one_is_returned() {
-    let mesh = Mesh::start().await;
+both_backends!(a_request_id_reused_for_another_rental_is_refused_even_if_that_one_is_returned);
+async fn a_request_id_reused_for_another_rental_is_refused_even_if_that_one_is_returned(
+    store: Store,
+) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let alice = member("alice");
     let mut loans = mesh.rentals().await;
     let give_back = |rental_id: &str, request_id: &str| ReturnRentalRequest {
@@ -1408,9 +1442,13 @@ async fn a_request_id_reused_for_another_rental_is_refused_even_if_that_one_is_r
 
 // --------------------------------------------------------- health and probes
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_answers_serving_without_a_token() {
-    let mesh = Mesh::start().await;
+both_backends!(health_answers_serving_without_a_token);
+async fn health_answers_serving_without_a_token(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     for (addr, name) in [
         (mesh.book_addr(), "rentalbook.book.v1.BookService"),
         (

@@ -112,19 +112,15 @@ impl PipeMember for &str {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r5_fifty_members_race_for_one_copy_on_postgres() {
-    fifty_members_race_for_the_last_copy(Store::Postgres).await;
-}
+both_backends!(fifty_members_race_for_the_last_copy);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r5_fifty_members_race_for_one_copy_on_sqlite() {
-    fifty_members_race_for_the_last_copy(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_concurrent_rents_of_one_ready_reservation_make_one_loan() {
-    let mesh = Mesh::start().await;
+both_backends!(twenty_concurrent_rents_of_one_ready_reservation_make_one_loan);
+async fn twenty_concurrent_rents_of_one_ready_reservation_make_one_loan(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let book = mesh.register_book("Twenty", 3).await;
     let alice = member("alice");
     mesh.reserve(&alice, &book.book_id).await.unwrap();

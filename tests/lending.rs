@@ -12,7 +12,7 @@ use rentalbook_proto::rental::v1::{
 use rentalbook_proto::reserve::v1::{
     CancelReservationRequest, GetReservationRequest, ListReservationsRequest, ReservationStatus,
 };
-use support::{Mesh, Options, eventually, librarian, member, req};
+use support::{Mesh, Options, Store, eventually, librarian, member, req};
 use tonic::Code;
 
 async fn rent(mesh: &Mesh, token: &str, book_id: &str) -> Result<Rental, tonic::Status> {
@@ -61,9 +61,13 @@ async fn reservation(
         .into_inner()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books() {
-    let mesh = Mesh::start().await;
+both_backends!(r1_ready_at_once_then_waiting_in_order_and_unknown_books);
+async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let book = mesh.register_book("R1", 1).await;
 
     let a = mesh.reserve(&member("alice"), &book.book_id).await.unwrap();
@@ -117,9 +121,10 @@ async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books() {
     assert_eq!((status.free_copies, status.held_copies), (0, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit() {
+both_backends!(r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit);
+async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit(store: Store) {
     let mesh = Mesh::start_with(Options {
+        store,
         max_open_reservations: 2,
         ..Options::default()
     })
@@ -149,9 +154,13 @@ async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit
     assert!(on_loan.message().contains("loan"), "{}", on_loan.message());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r3_a_freed_copy_goes_to_the_head_of_the_queue() {
-    let mesh = Mesh::start().await;
+both_backends!(r3_a_freed_copy_goes_to_the_head_of_the_queue);
+async fn r3_a_freed_copy_goes_to_the_head_of_the_queue(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let book = mesh.register_book("R3", 1).await;
     let (alice, bob, carol) = (member("alice"), member("bob"), member("carol"));
     let a = mesh.reserve(&alice, &book.book_id).await.unwrap();
@@ -226,9 +235,10 @@ async fn r3_a_freed_copy_goes_to_the_head_of_the_queue() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy() {
+both_backends!(r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy);
+async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy(store: Store) {
     let mesh = Mesh::start_with(Options {
+        store,
         pickup_window: "1s",
         sweep_interval: "100ms",
         ..Options::default()
@@ -259,9 +269,10 @@ async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy() {
     assert_eq!(late.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit() {
+both_backends!(r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit);
+async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit(store: Store) {
     let mesh = Mesh::start_with(Options {
+        store,
         max_active_rentals: 1,
         loan_period: "14d",
         ..Options::default()
@@ -310,9 +321,13 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit() {
     assert!(limit.message().contains('1'), "{}", limit.message());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian() {
-    let mesh = Mesh::start().await;
+both_backends!(r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian);
+async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let book = mesh.register_book("R8", 1).await;
     let (alice, bob) = (member("alice"), member("bob"));
     mesh.reserve(&alice, &book.book_id).await.unwrap();
@@ -372,9 +387,13 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian() 
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_is_per_member_and_paged() {
-    let mesh = Mesh::start().await;
+both_backends!(listing_is_per_member_and_paged);
+async fn listing_is_per_member_and_paged(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let alice = member("alice");
     for i in 0..3 {
         let book = mesh.register_book(&format!("List {i}"), 1).await;

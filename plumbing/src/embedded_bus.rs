@@ -287,7 +287,7 @@ impl EventBus for EmbeddedBus {
             <i64 as TryFrom<u64>>::try_from(after).unwrap_or(i64::MAX),
             "",
         )
-        .limit(max as u64)
+        .limit(max.min(i64::MAX as usize) as u64)
         .all(self.db.conn())
         .await?
         .into_iter()

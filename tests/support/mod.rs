@@ -8,10 +8,12 @@ pub mod workload;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rentalbook_plumbing::auth::{Role, mint};
-use rentalbook_plumbing::bus::{NatsBus, NatsSettings};
+use rentalbook_plumbing::bus::{EventBus, NatsBus, NatsSettings};
+use rentalbook_plumbing::embedded_bus::EmbeddedBus;
 use rentalbook_plumbing::ids::MemberId;
 use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
 use rentalbook_proto::book::v1::{Book, RegisterBookRequest};
@@ -27,11 +29,33 @@ use tonic::{Code, Request, Status};
 
 pub const SECRET: &str = "test-secret-0123456789";
 
-/// Which database the services use.
+/// Where the services keep their data and pass their events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
+    /// PostgreSQL databases and NATS JetStream: the mesh.
     Postgres,
+    /// SQLite files and the embedded bus: the all-in-one.
     Sqlite,
+}
+
+/// Runs a test body once on each backend, as two tests:
+/// `both_backends!(name)` makes `name::postgres_and_nats` and
+/// `name::sqlite_and_embedded_bus`, each calling `name(Store)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_and_nats() {
+                super::$name($crate::support::Store::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_and_embedded_bus() {
+                super::$name($crate::support::Store::Sqlite).await;
+            }
+        }
+    };
 }
 
 /// Policy and timing knobs of a test's mesh.
@@ -80,7 +104,7 @@ macro_rules! launch {
             $mesh.options.event_max_deliver.to_string(),
         ]);
         let config = <$svc::Config as clap::Parser>::try_parse_from(args).unwrap();
-        let bus = bus(&$mesh.nats_url, &$mesh.stream, &$mesh.prefix, $name).await;
+        let bus = $mesh.bus_for($name).await;
         let app = $svc::App::build_with(config, $listener, bus)
             .await
             .expect($name);
@@ -118,6 +142,8 @@ pub struct Mesh {
     pub prefix: String,
     db_urls: [String; 4],
     _sqlite_dir: Option<tempfile::TempDir>,
+    /// The one bus every service shares on SQLite.
+    embedded: Option<Arc<EmbeddedBus>>,
     book: Running,
     reserve: Running,
     rental: Running,
@@ -144,7 +170,7 @@ fn common_args(nats_url: &str, stream: &str, prefix: &str) -> Vec<String> {
     .collect()
 }
 
-async fn bus(nats_url: &str, stream: &str, prefix: &str, name: &str) -> std::sync::Arc<NatsBus> {
+async fn bus(nats_url: &str, stream: &str, prefix: &str, name: &str) -> Arc<dyn EventBus> {
     NatsBus::connect(NatsSettings {
         url: nats_url.to_owned(),
         stream: stream.to_owned(),
@@ -166,6 +192,7 @@ impl Mesh {
         let nats_url = rentalbook_testkit::nats_url().await;
         let stream = rentalbook_testkit::unique_name("RB");
         let prefix = stream.to_lowercase();
+        let mut embedded = None;
         let (db_urls, sqlite_dir) = match options.store {
             Store::Postgres => (
                 [
@@ -178,6 +205,14 @@ impl Mesh {
             ),
             Store::Sqlite => {
                 let dir = tempfile::tempdir().expect("a temp dir");
+                embedded = Some(
+                    EmbeddedBus::open(&format!(
+                        "sqlite://{}",
+                        dir.path().join("events.db").display()
+                    ))
+                    .await
+                    .expect("opening the embedded bus"),
+                );
                 let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
                 (
                     [
@@ -202,6 +237,7 @@ impl Mesh {
             prefix,
             db_urls,
             _sqlite_dir: sqlite_dir,
+            embedded,
             book: placeholder(),
             reserve: placeholder(),
             rental: placeholder(),
@@ -355,33 +391,67 @@ impl Mesh {
         MyPageServiceClient::new(channel(self.view.addr).await)
     }
 
+    /// The bus a service of this mesh gets: its own NATS connection, or
+    /// the shared embedded bus.
+    async fn bus_for(&self, name: &str) -> Arc<dyn EventBus> {
+        match &self.embedded {
+            Some(bus) => bus.clone(),
+            None => bus(&self.nats_url, &self.stream, &self.prefix, name).await,
+        }
+    }
+
+    /// The mesh's event bus, as a test sees it (to publish, read the
+    /// stream, or look at consumers and dead letters).
+    pub async fn event_bus(&self) -> Arc<dyn EventBus> {
+        self.bus_for("test").await
+    }
+
+    /// The last sequence of the stream.
+    async fn last_seq(bus: &dyn EventBus) -> u64 {
+        let mut last = 0;
+        loop {
+            let events = bus.history(last, 1000).await.expect("reading the stream");
+            match events.last() {
+                Some(e) => last = e.seq,
+                None => return last,
+            }
+        }
+    }
+
+    /// Waits until the stream has stopped growing and every one of
+    /// `consumers` has applied everything in it; returns the last sequence.
+    pub async fn quiet(&self, consumers: &[&str]) -> u64 {
+        let bus = self.event_bus().await;
+        let started = Instant::now();
+        let mut last_seen = None;
+        let mut calm = 0;
+        loop {
+            let last = Self::last_seq(bus.as_ref()).await;
+            let mut drained = true;
+            for consumer in consumers {
+                drained &= bus.pending(consumer).await.ok().flatten() == Some(0);
+            }
+            if drained && last_seen == Some(last) {
+                calm += 1;
+                if calm >= 3 {
+                    return last;
+                }
+            } else {
+                calm = 0;
+            }
+            last_seen = Some(last);
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {consumers:?} to apply every event"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the stream has stopped growing and the durable consumer
     /// has applied everything in it.
     pub async fn settled(&self, consumer: &str) {
-        let client = async_nats::connect(&self.nats_url).await.expect("NATS");
-        let js = async_nats::jetstream::new(client);
-        let started = Instant::now();
-        let mut last_seen = None;
-        loop {
-            let mut stream = js.get_stream(&self.stream).await.expect("the stream");
-            let last_seq = stream
-                .info()
-                .await
-                .expect("stream info")
-                .state
-                .last_sequence;
-            let info = stream.consumer_info(consumer).await.expect("consumer info");
-            let drained = info.num_pending == 0 && info.num_ack_pending == 0;
-            if drained && last_seen == Some(last_seq) {
-                return;
-            }
-            last_seen = Some(last_seq);
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "timed out waiting for {consumer} to apply every event"
-            );
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
+        self.quiet(&[consumer]).await;
     }
 
     /// Stops reserve-svc (graceful shutdown); its port is refused meanwhile.
