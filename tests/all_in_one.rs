@@ -142,17 +142,19 @@ async fn sigkill_in_the_middle_of_a_workload_loses_nothing_and_applies_nothing_t
     // The workload goes on against the restarted process for a while.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let acked = work.stop().await;
+    let lost = workload::lost(&acked, reserve, rental).await;
     println!(
-        "workload: {} requests; {} reservations, {} rentals, {} returns acknowledged; SIGKILL after {} reservations; failures by code {:?}",
+        "workload: {} requests; {} reservations, {} rentals, {} returns acknowledged; SIGKILL after {} reservations; failures by code {:?}; lost = {}",
         acked.requests,
         acked.reservations.len(),
         acked.rentals.len(),
         acked.returns.len(),
         killed_at,
-        acked.failures
+        acked.failures,
+        lost.len()
     );
     assert!(killed_at > 0, "the kill came in the middle of the workload");
-    workload::assert_nothing_lost(&acked, reserve, rental).await;
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:#?}");
 
     // The projections converge on the truth: nothing applied twice or missed,
     // and every rental agrees with its reservation (R7).
@@ -202,11 +204,6 @@ async fn sigkill_in_the_middle_of_a_workload_loses_nothing_and_applies_nothing_t
             listed.len(),
             "{m}: one journey per reservation"
         );
-        for j in &page.journeys {
-            let mut kinds: Vec<i32> = j.steps.iter().map(|s| s.kind).collect();
-            kinds.dedup();
-            assert_eq!(kinds.len(), j.steps.len(), "no step twice");
-        }
     }
     process.kill().ok();
     process.wait().ok();
