@@ -4,17 +4,27 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rentalbook_proto::events::v1::{Availability, Envelope, ReservationPlaced, envelope::Body};
+use rentalbook_plumbing::consumer::EventHandler;
+use rentalbook_plumbing::db::Db;
+use rentalbook_plumbing::time;
+use rentalbook_proto::events::v1::{
+    Availability, BookRented, BookReturned, Envelope, ReservationCancelled, ReservationPlaced,
+    ReservationReady, envelope::Body,
+};
 use rentalbook_proto::rental::v1::{RentRequest, Rental, ReturnConfirmation, ReturnRentalRequest};
 use rentalbook_proto::reserve::v1::{CancelReservationRequest, ReservationStatus};
 use rentalbook_proto::view::v1::{
     GetMyPageRequest, Journey, JourneyStage, MyPage, StepKind, WatchMyPageRequest,
 };
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use support::{Mesh, Options, eventually, librarian, member, req};
 use tonic::Code;
+use view_svc::projection::Projection;
+use view_svc::watch::Watchers;
 
 async fn page_of(mesh: &Mesh, token: &str, member_id: &str) -> Result<MyPage, tonic::Status> {
     mesh.views()
@@ -531,6 +541,34 @@ async fn publish(mesh: &Mesh, subject: &str, envelope: &Envelope) {
     .unwrap();
 }
 
+/// A reservation-svc event as a replay or a redelivery brings it.
+fn desk_event(occurred_at: Option<prost_types::Timestamp>, body: Body) -> Envelope {
+    Envelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        occurred_at,
+        producer: "reserve-svc".into(),
+        body: Some(body),
+    }
+}
+
+/// A member's WAITING placement for a book.
+fn waiting(reservation_id: &str, book_id: &str, member_id: &str, book_seq: i64) -> Body {
+    Body::ReservationPlaced(ReservationPlaced {
+        reservation_id: reservation_id.into(),
+        book_id: book_id.into(),
+        member_id: member_id.into(),
+        status: ReservationStatus::Waiting as i32,
+        queue_position: 1,
+        pickup_deadline: None,
+        availability: Some(Availability {
+            book_seq,
+            total: 1,
+            waiting: 1,
+            ..Default::default()
+        }),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_repeated_events_never_move_a_journey_back_and_unknown_titles_still_show() {
     let mesh = Mesh::start().await;
@@ -543,65 +581,90 @@ async fn late_and_repeated_events_never_move_a_journey_back_and_unknown_titles_s
     })
     .await;
 
-    // A late ReservationPlaced (a new event id, as if redelivered by a replay).
-    let late = Envelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: 1,
-            nanos: 0,
-        }),
-        producer: "reserve-svc".into(),
-        body: Some(Body::ReservationPlaced(ReservationPlaced {
+    // Old events after newer ones: the placement and the hold of a journey
+    // that is rented already, with new event ids and old times.
+    let long_ago = Some(prost_types::Timestamp {
+        seconds: 1,
+        nanos: 0,
+    });
+    let late_placed = desk_event(
+        long_ago,
+        waiting(&r.reservation_id, &book.book_id, "alice", 1),
+    );
+    let late_ready = desk_event(
+        long_ago,
+        Body::ReservationReady(ReservationReady {
             reservation_id: r.reservation_id.clone(),
             book_id: book.book_id.clone(),
             member_id: "alice".into(),
-            status: ReservationStatus::Waiting as i32,
-            queue_position: 1,
-            pickup_deadline: None,
+            pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
             availability: Some(Availability {
                 book_seq: 1,
                 total: 1,
+                held: 1,
                 ..Default::default()
             }),
-        })),
-    };
-    publish(&mesh, "reservation.placed", &late).await;
+        }),
+    );
+    publish(&mesh, "reservation.placed", &late_placed).await;
+    publish(&mesh, "reservation.ready", &late_ready).await;
+    // The same event id twice: the late placement again, byte for byte.
+    publish(&mesh, "reservation.placed", &late_placed).await;
+
     // A journey for a book whose registration was never seen still shows.
-    let stranger = Envelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        body: Some(Body::ReservationPlaced(ReservationPlaced {
-            reservation_id: uuid::Uuid::now_v7().to_string(),
-            book_id: uuid::Uuid::now_v7().to_string(),
+    let stranger_id = uuid::Uuid::now_v7().to_string();
+    let stranger_book = uuid::Uuid::now_v7().to_string();
+    let stranger = desk_event(None, waiting(&stranger_id, &stranger_book, "alice", 1));
+    publish(&mesh, "reservation.placed", &stranger).await;
+    // Its event id again, byte for byte and then carrying a cancellation: an
+    // event id is applied once, whatever comes with it the second time.
+    publish(&mesh, "reservation.placed", &stranger).await;
+    let reused_id = Envelope {
+        body: Some(Body::ReservationCancelled(ReservationCancelled {
+            reservation_id: stranger_id.clone(),
+            book_id: stranger_book.clone(),
             member_id: "alice".into(),
-            status: ReservationStatus::Waiting as i32,
-            queue_position: 1,
-            pickup_deadline: None,
+            previous_status: ReservationStatus::Waiting as i32,
+            cancelled_by: "alice".into(),
             availability: Some(Availability {
-                book_seq: 1,
+                book_seq: 2,
                 total: 1,
-                waiting: 1,
                 ..Default::default()
             }),
         })),
-        ..late.clone()
+        ..stranger.clone()
     };
-    publish(&mesh, "reservation.placed", &stranger).await;
-    let page = page_until(&mesh, "alice", "the stranger journey", |p| {
-        p.journeys.len() == 2
+    publish(&mesh, "reservation.cancelled", &reused_id).await;
+
+    // One instance applies the stream in order, so once this last journey
+    // shows, everything published before it has been applied.
+    let last_id = uuid::Uuid::now_v7().to_string();
+    let last = desk_event(
+        None,
+        waiting(&last_id, &uuid::Uuid::now_v7().to_string(), "alice", 1),
+    );
+    publish(&mesh, "reservation.placed", &last).await;
+    let page = page_until(&mesh, "alice", "the last journey", |p| {
+        journey(p, &last_id).is_some()
     })
     .await;
-    let untitled = page
-        .journeys
-        .iter()
-        .find(|j| j.book_id != book.book_id)
-        .unwrap();
-    assert_eq!(untitled.book_title, "");
-    assert_eq!(untitled.stage(), JourneyStage::Waiting);
+
+    assert_eq!(page.journeys.len(), 3, "{page:#?}");
     assert_eq!(
         journey(&page, &r.reservation_id),
         journey(&rented, &r.reservation_id),
-        "the late event changed nothing"
+        "the late and repeated events changed nothing"
     );
+    let untitled = journey(&page, &stranger_id).unwrap();
+    assert_eq!(untitled.book_title, "");
+    assert_eq!(untitled.stage(), JourneyStage::Waiting);
+    assert_eq!(untitled.queue_position, 1);
+    assert_eq!(
+        kinds(untitled),
+        [StepKind::Reserved],
+        "placed once, never cancelled"
+    );
+    assert_eq!((page.open_reservations, page.active_rentals), (2, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,4 +713,367 @@ async fn bad_input_on_my_page() {
         .await
         .unwrap_err();
     assert_eq!(watch.code(), Code::PermissionDenied);
+}
+
+/// How many connections to the database wait for a lock.
+async fn lock_waiters(db: &impl ConnectionTrait) -> i64 {
+    db.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    ))
+    .await
+    .unwrap()
+    .expect("a count")
+    .try_get::<i64>("", "n")
+    .unwrap()
+}
+
+async fn someone_waits_for_a_lock(db: &impl ConnectionTrait) {
+    eventually("a transaction to wait for a lock", || async {
+        (lock_waiters(db).await > 0).then_some(())
+    })
+    .await;
+}
+
+/// One loan's ids and the events view-svc gets for it.
+struct Loan {
+    reservation: String,
+    member: String,
+    book: String,
+    rental: String,
+    due_at: Option<prost_types::Timestamp>,
+}
+
+impl Loan {
+    fn new(member: &str) -> Self {
+        let due = time::now() + chrono::Duration::days(14);
+        Self {
+            reservation: uuid::Uuid::now_v7().to_string(),
+            member: member.into(),
+            book: uuid::Uuid::now_v7().to_string(),
+            rental: uuid::Uuid::now_v7().to_string(),
+            due_at: Some(time::to_proto(due)),
+        }
+    }
+
+    /// A moment `seconds_ago`, as an event carries it.
+    fn ago(seconds_ago: i64) -> prost_types::Timestamp {
+        time::to_proto(time::now() - chrono::Duration::seconds(seconds_ago))
+    }
+
+    fn event(occurred_at: prost_types::Timestamp, body: Body) -> Envelope {
+        Envelope {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: Some(occurred_at),
+            producer: "test".into(),
+            body: Some(body),
+        }
+    }
+
+    fn placed_ready(&self) -> Envelope {
+        Self::event(
+            Self::ago(30),
+            Body::ReservationPlaced(ReservationPlaced {
+                reservation_id: self.reservation.clone(),
+                book_id: self.book.clone(),
+                member_id: self.member.clone(),
+                status: ReservationStatus::Ready as i32,
+                queue_position: 0,
+                pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
+                availability: Some(Availability {
+                    book_seq: 2,
+                    total: 1,
+                    held: 1,
+                    ..Default::default()
+                }),
+            }),
+        )
+    }
+
+    fn rented(&self) -> Envelope {
+        let at = Self::ago(20);
+        Self::event(
+            at,
+            Body::BookRented(BookRented {
+                rental_id: self.rental.clone(),
+                reservation_id: self.reservation.clone(),
+                book_id: self.book.clone(),
+                member_id: self.member.clone(),
+                rented_at: Some(at),
+                due_at: self.due_at,
+            }),
+        )
+    }
+
+    fn returned(&self) -> Envelope {
+        let at = Self::ago(10);
+        Self::event(
+            at,
+            Body::BookReturned(BookReturned {
+                rental_id: self.rental.clone(),
+                book_id: self.book.clone(),
+                member_id: self.member.clone(),
+                returned_at: Some(at),
+                return_confirmation: ReturnConfirmation::Confirmed as i32,
+                reservation_id: self.reservation.clone(),
+            }),
+        )
+    }
+}
+
+/// One event in a transaction of its own, as a consumer applies it.
+async fn apply(db: &Db, projection: &Projection, event: &Envelope) {
+    let mut tx = db.begin().await.unwrap();
+    projection.apply(&mut tx, event).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Replicas share the durable consumer, so two events of one journey can be
+/// applied at the same moment; here one replica has applied an event and not
+/// committed yet when another applies the other event of the pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_applying_one_journey_at_once_never_move_it_back() {
+    let db = Db::connect(&rentalbook_testkit::fresh_postgres_url().await, 4)
+        .await
+        .unwrap();
+    view_svc::store::migrate(db.conn()).await.unwrap();
+    let projection = Arc::new(Projection {
+        watchers: Arc::new(Watchers::new(db.clone())),
+    });
+    for return_first in [true, false] {
+        let loan = Loan::new("alice");
+        apply(&db, &projection, &loan.placed_ready()).await;
+        let (first, second) = if return_first {
+            (loan.returned(), loan.rented())
+        } else {
+            (loan.rented(), loan.returned())
+        };
+        let mut one = db.begin().await.unwrap();
+        projection.apply(&mut one, &first).await.unwrap();
+        let two = {
+            let (db, projection) = (db.clone(), projection.clone());
+            tokio::spawn(async move { apply(&db, &projection, &second).await })
+        };
+        someone_waits_for_a_lock(db.conn()).await;
+        one.commit().await.unwrap();
+        two.await.unwrap();
+
+        let (page, _) = view_svc::pages::build(db.conn(), "alice", time::now())
+            .await
+            .unwrap();
+        let j = journey(&page, &loan.reservation).unwrap();
+        let order = if return_first {
+            "the return first"
+        } else {
+            "the loan first"
+        };
+        assert_eq!(j.stage(), JourneyStage::Returned, "{order}");
+        assert_eq!(
+            j.return_confirmation(),
+            ReturnConfirmation::Confirmed,
+            "{order}"
+        );
+        assert_eq!(j.due_at, loan.due_at, "{order}");
+        assert_eq!(j.rental_id, loan.rental, "{order}");
+        assert_eq!(
+            kinds(j),
+            [
+                StepKind::Reserved,
+                StepKind::Ready,
+                StepKind::Rented,
+                StepKind::Returned,
+                StepKind::ReturnConfirmed
+            ],
+            "{order}"
+        );
+    }
+}
+
+type PageClient = rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient<
+    tonic::transport::Channel,
+>;
+
+async fn views_at(addr: std::net::SocketAddr) -> PageClient {
+    PageClient::new(support::channel(addr).await)
+}
+
+/// Every member's page, as a librarian sees it, without the clock.
+async fn pages_of(views: &PageClient, members: &[&str]) -> Vec<MyPage> {
+    let mut pages = Vec::new();
+    for m in members {
+        let page = views
+            .clone()
+            .get_my_page(req(
+                &librarian(),
+                GetMyPageRequest {
+                    member_id: m.to_string(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(without_clock(page));
+    }
+    pages
+}
+
+/// Asserts that the members' pages become `expected` within 5 s.
+async fn assert_pages_become(
+    views: &PageClient,
+    members: &[&str],
+    expected: &[MyPage],
+    what: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let pages = pages_of(views, members).await;
+        if pages == expected {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            for (got, want) in pages.iter().zip(expected) {
+                assert_eq!(got, want, "{what}: the page of {}", want.member_id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two instances of view-svc on one database and one durable consumer, each
+/// applying whichever events it is given while loans go round, end with the
+/// pages that one instance alone builds from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_consumer_build_the_pages_one_instance_builds() {
+    let mesh = Mesh::start().await;
+    let (_second, stop_second) = mesh.start_second_view_instance().await;
+    let members = ["alice", "bob", "carol"];
+    let mut books = Vec::new();
+    for n in 0..4 {
+        books.push(mesh.register_book(&format!("Chain {n}"), 1).await);
+    }
+    for m in members {
+        for book in &books {
+            mesh.reserve(&member(m), &book.book_id).await.unwrap();
+        }
+    }
+    // Each book goes round its queue, the books at once: a return promotes
+    // the next member, who borrows and returns it at once.
+    futures::future::join_all(books.iter().map(|book| {
+        let mesh = &mesh;
+        async move {
+            for m in members {
+                let loan = rent(mesh, m, &book.book_id).await;
+                give_back(mesh, m, &loan.rental_id).await;
+            }
+        }
+    }))
+    .await;
+    mesh.settled("view-svc").await;
+    let shared = pages_of(&views_at(mesh.view_addr()).await, &members).await;
+    for page in &shared {
+        assert_eq!(page.journeys.len(), books.len(), "{page:#?}");
+        for j in &page.journeys {
+            assert_eq!(
+                (j.stage(), j.return_confirmation()),
+                (JourneyStage::Returned, ReturnConfirmation::Confirmed),
+                "journey {} of {}",
+                j.reservation_id,
+                page.member_id
+            );
+        }
+    }
+
+    let (alone, stop_alone) = mesh.start_replica_view().await;
+    let alone = views_at(alone).await;
+    let journeys = members.len() * books.len();
+    eventually("the single instance to catch up", || {
+        let alone = &alone;
+        async move {
+            let pages = pages_of(alone, &members).await;
+            let all = pages.iter().map(|p| p.journeys.len()).sum::<usize>();
+            (all == journeys).then_some(())
+        }
+    })
+    .await;
+    assert_pages_become(&alone, &members, &shared, "one instance against two").await;
+    stop_alone.cancel();
+    stop_second.cancel();
+}
+
+/// `--rebuild` on one replica while another replica keeps consuming: the
+/// rebuilt read model is the one replaying the stream gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_another_replica_consumes_gives_the_live_pages() {
+    let mut mesh = Mesh::start().await;
+    let (second, stop_second) = mesh.start_second_view_instance().await;
+    let one = mesh.register_book("Rebuilt one", 1).await;
+    let two = mesh.register_book("Rebuilt two", 1).await;
+    let members = ["alice", "bob"];
+    for m in members {
+        mesh.reserve(&member(m), &one.book_id).await.unwrap();
+        mesh.reserve(&member(m), &two.book_id).await.unwrap();
+    }
+    let loan = rent(&mesh, "alice", &one.book_id).await;
+    give_back(&mesh, "alice", &loan.rental_id).await;
+    rent(&mesh, "alice", &two.book_id).await;
+    mesh.settled("view-svc").await;
+    let live = pages_of(&views_at(mesh.view_addr()).await, &members).await;
+    assert_eq!(
+        live.iter().map(|p| p.journeys.len()).sum::<usize>(),
+        4,
+        "{live:#?}"
+    );
+
+    // A reader holding the titles stands in for a slow rebuild: emptying the
+    // read model waits for it, which gives the other replica's consumer all
+    // the time it needs to act in the middle of the rebuild.
+    let view_db = sea_orm::Database::connect(mesh.view_db_url())
+        .await
+        .unwrap();
+    let reader = view_db.begin().await.unwrap();
+    reader
+        .execute_unprepared("SELECT book_id FROM book_titles FOR UPDATE")
+        .await
+        .unwrap();
+    mesh.stop_view().await;
+    mesh.start_view(true).await;
+    someone_waits_for_a_lock(&view_db).await;
+    // Lending goes on meanwhile; no replica applies it while the rebuild
+    // runs, and the pages stay as they were until the rebuild commits.
+    let carol = mesh.reserve(&member("carol"), &one.book_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = views_at(second).await;
+    assert_eq!(
+        pages_of(&during, &members).await,
+        live,
+        "pages during the rebuild"
+    );
+    assert!(
+        pages_of(&during, &["carol"]).await[0].journeys.is_empty(),
+        "applied during the rebuild"
+    );
+    reader.commit().await.unwrap();
+
+    mesh.settled("view-svc").await;
+    for addr in [mesh.view_addr(), second] {
+        assert_pages_become(
+            &views_at(addr).await,
+            &members,
+            &live,
+            "rebuilt against live",
+        )
+        .await;
+    }
+    page_until(
+        &mesh,
+        "carol",
+        "carol's reservation after the rebuild",
+        |p| {
+            p.journeys.len() == 1
+                && journey(p, &carol.reservation_id).is_some_and(|j| j.queue_position == 1)
+        },
+    )
+    .await;
+    stop_second.cancel();
 }

@@ -1,17 +1,13 @@
 //! A redelivered event changes nothing (SPEC §4 E2): every event of a
-//! workload published again (same envelope, new JetStream message id), a
-//! second BookReturned for a rental already returned, and a poison message
-//! that is not an event at all.
+//! workload published again (same envelope, new publish id), a second
+//! BookReturned for a rental already returned, and a poison message that is
+//! not an event at all. Each runs on NATS JetStream with PostgreSQL and on
+//! the embedded bus with SQLite.
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer};
-use futures::TryStreamExt;
 use prost::Message;
+use rentalbook_plumbing::bus::{DeadLetter, EventBus, Outgoing};
 use rentalbook_proto::book::v1::{Book, BookStatus, GetBookRequest};
 use rentalbook_proto::events::v1::{BookReturned, Envelope, envelope::Body};
 use rentalbook_proto::rental::v1::{
@@ -22,102 +18,32 @@ use rentalbook_proto::reserve::v1::{
     GetReservationRequest, ListReservationsRequest, ListReservationsResponse, Reservation,
     ReservationStatus,
 };
-use support::{Mesh, eventually, librarian, member, req};
+use rentalbook_proto::view::v1::{GetMyPageRequest, MyPage};
+use support::{Mesh, Options, Store, eventually, librarian, member, req};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// The durable consumers of the write side; view-svc's joins them when present.
-const WRITE_SIDE_CONSUMERS: [&str; 4] = [
+/// Every durable consumer of the mesh.
+const CONSUMERS: [&str; 5] = [
     "book-svc",
     "reserve-svc-books",
     "reserve-svc-returns",
     "rental-svc",
+    "view-svc",
 ];
 
 const MEMBERS: [&str; 3] = ["alice", "bob", "carol"];
 
-async fn jetstream(mesh: &Mesh) -> jetstream::Context {
-    let client = async_nats::connect(&mesh.nats_url)
-        .await
-        .expect("connecting to NATS");
-    jetstream::new(client)
-}
-
-/// Names of every durable consumer of the test's stream, once the write
-/// side's four exist.
-async fn consumer_names(mesh: &Mesh, js: &jetstream::Context) -> Vec<String> {
-    eventually("every service's durable consumer", || async {
-        let stream = js.get_stream(&mesh.stream).await.ok()?;
-        let names: Vec<String> = stream.consumer_names().try_collect().await.ok()?;
-        WRITE_SIDE_CONSUMERS
-            .iter()
-            .all(|c| names.iter().any(|n| n == c))
-            .then_some(names)
+async fn start(store: Store) -> Mesh {
+    Mesh::start_with(Options {
+        store,
+        ..Options::default()
     })
     .await
 }
 
-async fn consumer_info(mesh: &Mesh, js: &jetstream::Context, name: &str) -> Option<consumer::Info> {
-    let stream = js.get_stream(&mesh.stream).await.ok()?;
-    stream.consumer_info(name).await.ok()
-}
-
-/// Waits until every durable consumer has nothing pending and nothing
-/// unacknowledged and the stream has stopped growing (no relay has anything
-/// left to publish); returns the stream's last sequence.
-async fn quiet(mesh: &Mesh, js: &jetstream::Context, consumers: &[String]) -> u64 {
-    let started = Instant::now();
-    let mut last_seen = None;
-    let mut calm = 0;
-    loop {
-        let mut stream = js.get_stream(&mesh.stream).await.expect("the stream");
-        let last = stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
-        let mut drained = true;
-        for name in consumers {
-            drained &= match stream.consumer_info(name).await {
-                Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-                Err(_) => false,
-            };
-        }
-        if drained && last_seen == Some(last) {
-            calm += 1;
-            if calm >= 3 {
-                return last;
-            }
-        } else {
-            calm = 0;
-        }
-        last_seen = Some(last);
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "timed out waiting for every consumer to apply every event"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// How many messages the dead-letter stream holds, by subject.
-async fn dead_letters(mesh: &Mesh, js: &jetstream::Context) -> BTreeMap<String, Vec<Vec<u8>>> {
-    let mut out: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let Ok(mut dlq) = js.get_stream(format!("{}_DLQ", mesh.stream)).await else {
-        return out;
-    };
-    let state = &dlq.info().await.expect("dead-letter stream info").state;
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        let msg = dlq.get_raw_message(seq).await.expect("a dead letter");
-        out.entry(msg.subject.to_string())
-            .or_default()
-            .push(msg.payload.to_vec());
-    }
-    out
+async fn dead_letters(bus: &dyn EventBus) -> Vec<DeadLetter> {
+    bus.dead_letters().await.expect("reading the dead letters")
 }
 
 /// The ids a workload made.
@@ -196,6 +122,8 @@ struct State {
     rental: Rental,
     listed_reservations: Vec<ListReservationsResponse>,
     listed_rentals: Vec<ListRentalsResponse>,
+    /// Each member's My Page, without the moment it was read.
+    pages: Vec<MyPage>,
 }
 
 async fn state(mesh: &Mesh, lent: &Lent) -> State {
@@ -240,7 +168,21 @@ async fn state(mesh: &Mesh, lent: &Lent) -> State {
         .into_inner();
     let mut listed_reservations = Vec::new();
     let mut listed_rentals = Vec::new();
+    let mut pages = Vec::new();
+    let mut views = mesh.views().await;
     for m in MEMBERS {
+        let mut page = views
+            .get_my_page(req(
+                &lib,
+                GetMyPageRequest {
+                    member_id: m.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        page.generated_at = None;
+        pages.push(page);
         listed_reservations.push(
             desk.list_reservations(req(&member(m), ListReservationsRequest::default()))
                 .await
@@ -261,6 +203,7 @@ async fn state(mesh: &Mesh, lent: &Lent) -> State {
         rental,
         listed_reservations,
         listed_rentals,
+        pages,
     }
 }
 
@@ -295,75 +238,38 @@ fn assert_lending_state(s: &State) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivering_every_event_of_the_stream_changes_nothing() {
-    let mesh = Mesh::start().await;
-    let js = jetstream(&mesh).await;
+both_backends!(redelivering_every_event_of_the_stream_changes_nothing);
+async fn redelivering_every_event_of_the_stream_changes_nothing(store: Store) {
+    let mesh = start(store).await;
+    let bus = mesh.event_bus().await;
     let lent = lend_and_return(&mesh).await;
-    let consumers = consumer_names(&mesh, &js).await;
-    let last = quiet(&mesh, &js, &consumers).await;
+    let last = mesh.quiet(&CONSUMERS).await;
     let before = state(&mesh, &lent).await;
     assert_lending_state(&before);
-    let mut delivered_before = BTreeMap::new();
-    for name in &consumers {
-        let info = consumer_info(&mesh, &js, name)
-            .await
-            .expect("consumer info");
-        delivered_before.insert(name.clone(), info.delivered.consumer_sequence);
-    }
 
-    // Every message again, same subject and envelope, new message id.
-    let stream = js.get_stream(&mesh.stream).await.unwrap();
-    let mut republished = 0u64;
-    for seq in 1..=last {
-        let msg = stream
-            .get_raw_message(seq)
-            .await
-            .unwrap_or_else(|e| panic!("reading message {seq}: {e}"));
-        let envelope = Envelope::decode(msg.payload.clone())
-            .unwrap_or_else(|e| panic!("message {seq} is not an envelope: {e}"));
+    // Every event again, same subject and envelope, a new publish id.
+    let stored = bus.history(0, usize::MAX).await.unwrap();
+    assert_eq!(stored.len() as u64, last);
+    for event in &stored {
+        let envelope = Envelope::decode(event.payload.clone())
+            .unwrap_or_else(|e| panic!("event {} is not an envelope: {e}", event.seq));
         assert!(!envelope.event_id.is_empty());
-        let mut headers = HeaderMap::new();
-        if let Some(tp) = msg.headers.get("traceparent") {
-            headers.insert("traceparent", tp.as_str());
-        }
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("redelivery-{}", uuid::Uuid::now_v7()).as_str(),
-        );
-        let ack = js
-            .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
-            .await
-            .expect("publishing again")
-            .await
-            .expect("JetStream stores the copy");
-        assert!(
-            !ack.duplicate,
-            "message {seq} was taken for a duplicate: the new id must pass"
-        );
-        republished += 1;
+        bus.publish(&[Outgoing {
+            event_id: format!("redelivery-{}", uuid::Uuid::now_v7()),
+            subject: event.subject.clone(),
+            payload: event.payload.clone(),
+            traceparent: None,
+        }])
+        .await
+        .expect("publishing again");
     }
-    assert_eq!(republished, last);
 
-    let after_last = quiet(&mesh, &js, &consumers).await;
+    let after_last = mesh.quiet(&CONSUMERS).await;
     assert_eq!(
         after_last,
         2 * last,
-        "the redelivered events caused no new events"
+        "{store:?}: every copy was stored and caused no new events"
     );
-    for name in &consumers {
-        let info = consumer_info(&mesh, &js, name)
-            .await
-            .expect("consumer info");
-        let before = delivered_before[name];
-        if before > 0 {
-            assert!(
-                info.delivered.consumer_sequence > before,
-                "{name} got the copies ({before} -> {})",
-                info.delivered.consumer_sequence
-            );
-        }
-    }
     let after = state(&mesh, &lent).await;
     assert_eq!(after.book, before.book, "GetBook");
     for (i, (a, b)) in after
@@ -380,27 +286,26 @@ async fn redelivering_every_event_of_the_stream_changes_nothing() {
         "ListReservations"
     );
     assert_eq!(after.listed_rentals, before.listed_rentals, "ListRentals");
+    assert_eq!(after.pages, before.pages, "My Page");
     assert_eq!(after, before);
     assert!(
-        dead_letters(&mesh, &js).await.is_empty(),
+        dead_letters(bus.as_ref()).await.is_empty(),
         "no redelivered event was dead-lettered"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_book_returned_for_the_same_rental_changes_nothing() {
-    let mesh = Mesh::start().await;
-    let js = jetstream(&mesh).await;
+both_backends!(a_second_book_returned_for_the_same_rental_changes_nothing);
+async fn a_second_book_returned_for_the_same_rental_changes_nothing(store: Store) {
+    let mesh = start(store).await;
+    let bus = mesh.event_bus().await;
     let lent = lend_and_return(&mesh).await;
-    let consumers = consumer_names(&mesh, &js).await;
-    let last = quiet(&mesh, &js, &consumers).await;
+    let last = mesh.quiet(&CONSUMERS).await;
     let before = state(&mesh, &lent).await;
     assert_lending_state(&before);
 
     // A new BookReturned (a new event id, so the inbox does not know it)
     // for the rental that was returned and recorded already, once as the
     // fallback path sends it and once as confirmed.
-    let subject = format!("{}.rental.returned", mesh.prefix);
     for confirmation in [ReturnConfirmation::Pending, ReturnConfirmation::Confirmed] {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -421,16 +326,17 @@ async fn a_second_book_returned_for_the_same_rental_changes_nothing() {
                 reservation_id: lent.reservations[0].clone(),
             })),
         };
-        let ack = js
-            .publish(subject.clone(), envelope.encode_to_vec().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(!ack.duplicate);
+        bus.publish(&[Outgoing {
+            event_id: envelope.event_id.clone(),
+            subject: "rental.returned".into(),
+            payload: envelope.encode_to_vec().into(),
+            traceparent: None,
+        }])
+        .await
+        .unwrap();
     }
 
-    let after_last = quiet(&mesh, &js, &consumers).await;
+    let after_last = mesh.quiet(&CONSUMERS).await;
     assert_eq!(
         after_last,
         last + 2,
@@ -445,81 +351,58 @@ async fn a_second_book_returned_for_the_same_rental_changes_nothing() {
     assert_eq!(after.reservations[1], before.reservations[1], "bob's hold");
     assert_eq!(after.book, before.book, "the book's copies");
     assert_eq!(after, before);
-    assert!(dead_letters(&mesh, &js).await.is_empty());
+    assert!(dead_letters(bus.as_ref()).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_message_is_dead_lettered_and_the_services_go_on() {
-    let mesh = Mesh::start().await;
-    let js = jetstream(&mesh).await;
+both_backends!(a_poison_message_is_dead_lettered_and_the_services_go_on);
+async fn a_poison_message_is_dead_lettered_and_the_services_go_on(store: Store) {
+    let mesh = start(store).await;
+    let bus = mesh.event_bus().await;
     let warm_up = mesh.register_book("Before the poison", 1).await;
     mesh.reserve(&member("zoe"), &warm_up.book_id)
         .await
         .unwrap();
-    let consumers = consumer_names(&mesh, &js).await;
-    let last = quiet(&mesh, &js, &consumers).await;
-    assert!(dead_letters(&mesh, &js).await.is_empty());
+    let last = mesh.quiet(&CONSUMERS).await;
+    assert!(dead_letters(bus.as_ref()).await.is_empty());
 
     // Not an envelope: not even valid protobuf.
     let poison: &[u8] = b"\xff\xfe\xfd this is not a rentalbook event";
     assert!(Envelope::decode(poison).is_err());
-    let subject = format!("{}.book.registered", mesh.prefix);
-    js.publish(subject.clone(), poison.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let after_poison = quiet(&mesh, &js, &consumers).await;
+    bus.publish(&[Outgoing {
+        event_id: "poison-1".into(),
+        subject: "book.registered".into(),
+        payload: poison.to_vec().into(),
+        traceparent: None,
+    }])
+    .await
+    .unwrap();
+    let after_poison = mesh.quiet(&CONSUMERS).await;
     assert_eq!(after_poison, last + 1, "the poison caused no events");
 
-    // Each consumer that reads book.registered moved it to the dead-letter
-    // stream once, on its own subject; no other consumer did.
-    let mut readers = Vec::new();
-    for name in &consumers {
-        let info = consumer_info(&mesh, &js, name).await.unwrap();
-        let filter = info.config.filter_subject.clone();
-        if filter.is_empty()
-            || filter == subject
-            || filter == format!("{}.book.>", mesh.prefix)
-            || filter == format!("{}.>", mesh.prefix)
-        {
-            readers.push(format!("{}_dlq.{name}", mesh.prefix));
-        }
-    }
+    // Each consumer that reads book.registered moved it to the dead letters
+    // once (at once: it can never be decoded); no other consumer did.
+    let letters = dead_letters(bus.as_ref()).await;
+    let mut readers: Vec<&str> = letters.iter().map(|l| l.consumer.as_str()).collect();
     readers.sort();
-    assert!(readers.contains(&format!("{}_dlq.reserve-svc-books", mesh.prefix)));
-    let letters = dead_letters(&mesh, &js).await;
     assert_eq!(
-        letters.keys().cloned().collect::<Vec<_>>(),
         readers,
-        "one dead letter per consumer of book.registered"
+        ["reserve-svc-books", "view-svc"],
+        "{store:?}: one dead letter per consumer of book.registered"
     );
-    for (dlq_subject, payloads) in &letters {
-        assert_eq!(payloads, &vec![poison.to_vec()], "{dlq_subject}");
+    for letter in &letters {
+        assert_eq!(letter.payload.as_ref(), poison, "{}", letter.consumer);
+        assert_eq!(letter.subject, "book.registered");
+        assert!(!letter.reason.is_empty());
+        assert!(letter.stored_at.is_some());
     }
-    let reserve_dlq = js
-        .get_stream(format!("{}_DLQ", mesh.stream))
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&format!("{}_dlq.reserve-svc-books", mesh.prefix))
-        .await
-        .unwrap();
-    assert_eq!(
-        reserve_dlq
-            .headers
-            .get("Rentalbook-Original-Subject")
-            .map(|v| v.as_str().to_owned()),
-        Some(subject.clone())
-    );
-    assert!(
-        reserve_dlq
-            .headers
-            .get("Rentalbook-Dead-Letter-Reason")
-            .is_some()
-    );
 
     // Every service is still SERVING ...
-    for addr in [mesh.book_addr(), mesh.reserve_addr(), mesh.rental_addr()] {
+    for addr in [
+        mesh.book_addr(),
+        mesh.reserve_addr(),
+        mesh.rental_addr(),
+        mesh.view_addr(),
+    ] {
         let status = HealthClient::new(support::channel(addr).await)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -533,11 +416,32 @@ async fn a_poison_message_is_dead_lettered_and_the_services_go_on() {
 
     // ... and a normal workload still flows through every consumer.
     let lent = lend_and_return(&mesh).await;
-    quiet(&mesh, &js, &consumers).await;
+    mesh.quiet(&CONSUMERS).await;
     assert_lending_state(&state(&mesh, &lent).await);
+    let ids = |letters: &[DeadLetter]| letters.iter().map(|l| l.id).collect::<Vec<_>>();
     assert_eq!(
-        dead_letters(&mesh, &js).await,
-        letters,
+        ids(&dead_letters(bus.as_ref()).await),
+        ids(&letters),
         "nothing else was dead-lettered"
     );
+
+    // Replayed, the event comes back to every consumer of its subject
+    // (those that applied an event drop its copy by their inbox); still
+    // poison, it is dead-lettered again by both: kept, never lost.
+    let desk_letter = letters
+        .iter()
+        .find(|l| l.consumer == "reserve-svc-books")
+        .unwrap();
+    assert!(bus.replay_dead_letter(desk_letter.id).await.unwrap());
+    assert!(!bus.replay_dead_letter(desk_letter.id).await.unwrap());
+    mesh.quiet(&CONSUMERS).await;
+    let again = dead_letters(bus.as_ref()).await;
+    let mut consumers: Vec<&str> = again.iter().map(|l| l.consumer.as_str()).collect();
+    consumers.sort();
+    assert_eq!(
+        consumers,
+        ["reserve-svc-books", "view-svc", "view-svc"],
+        "{again:?}"
+    );
+    assert!(!ids(&again).contains(&desk_letter.id));
 }

@@ -26,4 +26,11 @@ impl EventHandler for ReturnConfirmations {
         self.0.mark_returned(tx, &e.rental_id, at, true).await?;
         Ok(())
     }
+
+    fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
+        match &event.body {
+            Some(Body::ReturnRecorded(e)) => vec![("rental", e.rental_id.clone())],
+            _ => Vec::new(),
+        }
+    }
 }

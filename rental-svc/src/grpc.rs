@@ -9,6 +9,7 @@ use rentalbook_proto::rental::v1::{
     ReturnRentalRequest, rental_service_server::RentalService,
 };
 use std::time::Duration;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::lending::Lending;
@@ -17,17 +18,19 @@ pub struct Rentals {
     pub lending: Lending,
 }
 
-/// What is left of the caller's deadline for our own call to the desk, with
-/// a margin to write the answer.
-fn budget<T>(request: &Request<T>) -> Option<Duration> {
-    grpc_timeout(request.metadata()).map(|d| d.saturating_sub(Duration::from_millis(50)))
+/// When our own call to the desk must be over for the caller's deadline,
+/// with a margin to write the answer. An instant, so that time spent before
+/// the call (the database) comes out of the call's budget.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    grpc_timeout(request.metadata())
+        .map(|d| Instant::now() + d.saturating_sub(Duration::from_millis(50)))
 }
 
 #[tonic::async_trait]
 impl RentalService for Rentals {
     async fn rent(&self, request: Request<RentRequest>) -> Result<Response<Rental>, Status> {
         let caller = Caller::of(&request)?;
-        let deadline = budget(&request);
+        let deadline = deadline(&request);
         let req = request.into_inner();
         let book_id = Id::parse_field("book_id", &req.book_id)?;
         let key = IdempotencyKey::new(
@@ -46,7 +49,7 @@ impl RentalService for Rentals {
         request: Request<ReturnRentalRequest>,
     ) -> Result<Response<Rental>, Status> {
         let caller = Caller::of(&request)?;
-        let deadline = budget(&request);
+        let deadline = deadline(&request);
         let req = request.into_inner();
         let rental_id = Id::parse_field("rental_id", &req.rental_id)?;
         let key = IdempotencyKey::new(

@@ -1,11 +1,13 @@
 //! Renting and returning, as a saga across two services (SPEC R6–R8).
 //!
-//! Rent: (1) a PENDING rental is committed; (2) reserve-svc fulfils the
+//! Rent: (1) a PENDING rental is committed, with the request id, once the
+//! circuit breaker lets the desk be asked; (2) reserve-svc fulfils the
 //! member's READY reservation, idempotently on the rental id; (3) the rental
 //! becomes ACTIVE (or REJECTED on a refusal). If (2) gets no answer the rental
 //! stays PENDING, the caller gets UNAVAILABLE, and the recovery sweep repeats
 //! (2) until it gets one, so no FULFILLED reservation is left without an
-//! ACTIVE rental or the other way round.
+//! ACTIVE rental or the other way round. An OK from the desk always makes the
+//! rental ACTIVE, even after a racing refusal.
 //!
 //! Return: reserve-svc is told first (so the copy goes to the next in line at
 //! once), then the rental is RETURNED with the confirmation. If the desk cannot
@@ -24,13 +26,15 @@ use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::events::v1::{BookRented, BookReturned, envelope::Body};
 use rentalbook_proto::rental::v1::{Rental, RentalStatus, ReturnConfirmation};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
     QueryFilter, QueryOrder, QuerySelect, Set,
 };
+use tokio::time::Instant;
 use tonic::Status;
 
-use crate::desk_client::{CallError, DeskClient};
+use crate::desk_client::{Admitted, CallError, DeskClient};
 use crate::domain::{self, Policy, Refusal, confirmation, status};
 use crate::store::rentals;
 
@@ -85,10 +89,11 @@ async fn find<C: ConnectionTrait>(
 
 /// What step (1) of Rent found or made.
 enum Opened {
-    /// The member already has this book: the answer.
-    Active(rentals::Model),
-    /// A rental waiting for the desk (new, or left by an earlier attempt).
-    Pending(rentals::Model),
+    /// Nothing left to ask the desk: the answer.
+    Answer(Rental),
+    /// A rental waiting for the desk (new, or left by an earlier attempt),
+    /// with the breaker's leave to ask it.
+    Pending(rentals::Model, Admitted),
 }
 
 impl Lending {
@@ -98,72 +103,111 @@ impl Lending {
         caller: &Caller,
         book_id: Id,
         key: Option<IdempotencyKey>,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> ServiceResult<Rental> {
-        if let Some(key) = &key {
-            let tx = self.db.begin().await?;
-            if let Some(done) = key.recall::<Rental>(&tx).await? {
-                return Ok(done);
-            }
+        match self
+            .open(&caller.member, &book_id.to_string(), key.as_ref())
+            .await?
+        {
+            Opened::Answer(rental) => Ok(rental),
+            Opened::Pending(pending, admitted) => self.settle(pending, admitted, deadline).await,
         }
-        let pending = match self.open(&caller.member, &book_id.to_string()).await? {
-            Opened::Active(r) => return Ok(to_proto(r, time::now())),
-            Opened::Pending(r) => r,
-        };
-        let rental = self.settle(pending, deadline).await?;
-        if let Some(key) = &key {
-            let tx = self.db.begin().await?;
-            if key.recall::<Rental>(&tx).await?.is_none() {
-                key.remember(&tx, &rental).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(rental)
     }
 
     /// Step (1): the member's open rental of the book, or a new PENDING one.
-    async fn open(&self, member: &MemberId, book_id: &str) -> ServiceResult<Opened> {
+    /// The request id is recalled and remembered in the same transaction, so
+    /// it is taken exactly when a rental is, and a different request with it
+    /// is refused before anything changes. The breaker is asked before the
+    /// commit: while it is open nothing is written.
+    async fn open(
+        &self,
+        member: &MemberId,
+        book_id: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Opened> {
         let tx = self.db.begin().await?;
+        if let Some(key) = key
+            && let Some(first) = key.recall::<Rental>(&tx).await?
+        {
+            // Release the transaction (SQLite's one writer) before going on.
+            drop(tx);
+            return self.resume(first).await;
+        }
         tx.lock("member", member.as_str()).await?;
         let open = rentals::Entity::find()
             .filter(rentals::Column::MemberId.eq(member.as_str()))
             .filter(rentals::Column::Status.is_in([status::PENDING, status::ACTIVE]))
             .all(&*tx)
             .await?;
-        if let Some(r) = open.iter().find(|r| r.book_id == book_id) {
-            let r = r.clone();
-            return Ok(if r.status == status::ACTIVE {
-                Opened::Active(r)
-            } else {
-                Opened::Pending(r)
-            });
-        }
-        domain::may_open(open.len() as u32, &self.policy).map_err(refusal)?;
         let now = time::now();
-        let row = rentals::ActiveModel {
-            rental_id: Set(Id::new().to_string()),
-            reservation_id: Set(None),
-            book_id: Set(book_id.to_owned()),
-            member_id: Set(member.to_string()),
-            status: Set(status::PENDING.to_owned()),
-            rented_at: Set(None),
-            due_at: Set(None),
-            returned_at: Set(None),
-            return_confirmation: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
+        let existing = open.iter().find(|r| r.book_id == book_id).cloned();
+        if let Some(r) = &existing
+            && r.status == status::ACTIVE
+        {
+            let answer = to_proto(r.clone(), now);
+            if let Some(key) = key {
+                key.remember(&tx, &answer).await?;
+                tx.commit().await?;
+            }
+            return Ok(Opened::Answer(answer));
         }
-        .insert(&*tx)
-        .await?;
+        if existing.is_none() {
+            domain::may_open(open.len() as u32, &self.policy).map_err(refusal)?;
+        }
+        let admitted = self.desk.admit()?;
+        let row = match existing {
+            Some(r) => r,
+            None => {
+                rentals::ActiveModel {
+                    rental_id: Set(Id::new().to_string()),
+                    reservation_id: Set(None),
+                    book_id: Set(book_id.to_owned()),
+                    member_id: Set(member.to_string()),
+                    status: Set(status::PENDING.to_owned()),
+                    rented_at: Set(None),
+                    due_at: Set(None),
+                    returned_at: Set(None),
+                    return_confirmation: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(&*tx)
+                .await?
+            }
+        };
+        if let Some(key) = key {
+            key.remember(&tx, &to_proto(row.clone(), now)).await?;
+        }
         tx.commit().await?;
-        Ok(Opened::Pending(row))
+        Ok(Opened::Pending(row, admitted))
     }
 
-    /// Steps (2) and (3) for a PENDING rental; also what the recovery sweep runs.
+    /// A Rent repeated with its request id goes on with the rental the first
+    /// one opened, as it stands now.
+    async fn resume(&self, first: Rental) -> ServiceResult<Opened> {
+        let Some(r) = find(self.db.conn(), &first.rental_id).await? else {
+            return Ok(Opened::Answer(first));
+        };
+        match r.status.as_str() {
+            status::PENDING => Ok(Opened::Pending(r, self.desk.admit()?)),
+            status::REJECTED => Err(Status::failed_precondition(
+                "no reservation was ready for you when this loan was asked for; \
+                 reserve the book and wait until it is READY, then rent it again",
+            )
+            .into()),
+            _ => Ok(Opened::Answer(to_proto(r, time::now()))),
+        }
+    }
+
+    /// Steps (2) and (3) for a PENDING rental; also what the recovery sweep
+    /// runs. Several may run for one rental at once (a repeated Rent, the
+    /// sweep): each writes its outcome under the rental's lock, and an OK
+    /// from the desk wins over a refusal written before it.
     pub async fn settle(
         &self,
         pending: rentals::Model,
-        deadline: Option<Duration>,
+        admitted: Admitted,
+        deadline: Option<Instant>,
     ) -> ServiceResult<Rental> {
         let member = MemberId::parse(&pending.member_id).map_err(anyhow::Error::msg)?;
         let rental_id = Id::parse(&pending.rental_id).ok_or_else(|| {
@@ -171,37 +215,55 @@ impl Lending {
         })?;
         match self
             .desk
-            .fulfill(&member, &pending.book_id, rental_id, deadline)
+            .fulfill(admitted, &member, &pending.book_id, rental_id, deadline)
             .await
         {
             Ok(reservation) => {
                 let rental = self
-                    .activate(&pending.rental_id, &reservation.reservation_id)
+                    .activate(&member, &pending.rental_id, &reservation.reservation_id)
                     .await?;
                 Ok(to_proto(rental, time::now()))
             }
-            Err(CallError::Refused(refusal)) => {
-                self.reject(&pending.rental_id).await?;
-                Err(refusal.into())
-            }
+            Err(CallError::Refused(refusal)) => match self.reject(&pending.rental_id).await? {
+                Some(won) => Ok(to_proto(won, time::now())),
+                None => Err(refusal.into()),
+            },
             Err(CallError::Unavailable(_)) => Err(self.desk.busy().into()),
         }
     }
 
+    /// The desk fulfilled a reservation with this rental: it is ACTIVE, even
+    /// if a racing settle's refusal made it REJECTED a moment before.
     async fn activate(
         &self,
+        member: &MemberId,
         rental_id: &str,
         reservation_id: &str,
     ) -> ServiceResult<rentals::Model> {
         let mut tx = self.db.begin().await?;
+        // The member's lock first, as in step (1), which opens rentals.
+        tx.lock("member", member.as_str()).await?;
         tx.lock("rental", rental_id).await?;
         let r = find(&*tx, rental_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("rental {rental_id} vanished"))?;
-        if r.status != status::PENDING {
+        if r.status != status::PENDING && r.status != status::REJECTED {
             return Ok(r);
         }
         let now = time::now();
+        if r.status == status::REJECTED {
+            // The member may have opened another rental of the book since the
+            // refusal; the desk refuses that one, since their reservation of
+            // the book is fulfilled with this rental.
+            rentals::Entity::update_many()
+                .col_expr(rentals::Column::Status, Expr::value(status::REJECTED))
+                .col_expr(rentals::Column::UpdatedAt, Expr::value(now))
+                .filter(rentals::Column::MemberId.eq(member.as_str()))
+                .filter(rentals::Column::BookId.eq(&r.book_id))
+                .filter(rentals::Column::Status.eq(status::PENDING))
+                .exec(&*tx)
+                .await?;
+        }
         let due = domain::due_at(now, &self.policy);
         let mut am = r.into_active_model();
         am.status = Set(status::ACTIVE.to_owned());
@@ -228,19 +290,26 @@ impl Lending {
         Ok(r)
     }
 
-    async fn reject(&self, rental_id: &str) -> ServiceResult<()> {
+    /// The desk refused: a PENDING rental becomes REJECTED. Returns the rental
+    /// instead when a racing settle's OK made it ACTIVE first.
+    async fn reject(&self, rental_id: &str) -> ServiceResult<Option<rentals::Model>> {
         let tx = self.db.begin().await?;
         tx.lock("rental", rental_id).await?;
-        if let Some(r) = find(&*tx, rental_id).await?
-            && r.status == status::PENDING
-        {
-            let mut am = r.into_active_model();
-            am.status = Set(status::REJECTED.to_owned());
-            am.updated_at = Set(time::now());
-            am.update(&*tx).await?;
+        let Some(r) = find(&*tx, rental_id).await? else {
+            return Ok(None);
+        };
+        match r.status.as_str() {
+            status::PENDING => {
+                let mut am = r.into_active_model();
+                am.status = Set(status::REJECTED.to_owned());
+                am.updated_at = Set(time::now());
+                am.update(&*tx).await?;
+                tx.commit().await?;
+                Ok(None)
+            }
+            status::REJECTED => Ok(None),
+            _ => Ok(Some(r)),
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// R7's recovery: settles rentals left PENDING for longer than `older_than`.
@@ -259,7 +328,11 @@ impl Lending {
             .await?;
         let mut settled = 0;
         for r in stale {
-            match self.settle(r, None).await {
+            // While the breaker is open the desk is not asked; next round.
+            let Ok(admitted) = self.desk.admit() else {
+                break;
+            };
+            match self.settle(r, admitted, None).await {
                 Ok(_) => settled += 1,
                 Err(rentalbook_plumbing::error::ServiceError::Status(s))
                     if s.code() != tonic::Code::Unavailable =>
@@ -278,7 +351,7 @@ impl Lending {
         caller: &Caller,
         rental_id: Id,
         key: Option<IdempotencyKey>,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> ServiceResult<Rental> {
         // The book is back the moment the member hands it in.
         let returned_at = time::now();

@@ -80,6 +80,11 @@ pub struct Config {
     #[arg(long, env = "BREAKER_OPEN_FOR", default_value = "5s")]
     pub breaker_open_for: PolicyDuration,
 
+    /// A timed-out call to reserve-svc counts towards opening the breaker only
+    /// if the caller's deadline left it at least this long.
+    #[arg(long, env = "BREAKER_MIN_BUDGET", default_value = "200ms")]
+    pub breaker_min_budget: PolicyDuration,
+
     /// How often rentals left PENDING by a failed call are settled (R7).
     #[arg(long, env = "RENT_RECOVERY_INTERVAL", default_value = "5s")]
     pub rent_recovery_interval: PolicyDuration,
@@ -121,6 +126,7 @@ impl App {
                 call_timeout: config.reserve_call_timeout.get(),
                 breaker_failures: config.breaker_failures,
                 breaker_open_for: config.breaker_open_for.get(),
+                breaker_min_budget: config.breaker_min_budget.get(),
             },
             token,
         )?);

@@ -2,10 +2,11 @@
 //! only from the domain events (CQRS): nothing else writes its database, and
 //! everything else works while it is down; when it comes back it catches up
 //! from its durable consumer. `--rebuild` drops the read model and replays the
-//! stream from the first event.
+//! stream from the first event, while no replica applies events.
 //!
 //! - [`domain`]: journey stages, forward only; what the clock changes.
 //! - [`projection`]: events into the read model, then watchers told.
+//! - [`rebuild`]: `--rebuild`, safe with several replicas.
 //! - [`pages`]: a member's page from the read model.
 //! - [`watch`]: who watches which page.
 //! - [`fanout`]: replicas telling each other whose page changed.
@@ -17,6 +18,7 @@ pub mod fanout;
 pub mod grpc;
 pub mod pages;
 pub mod projection;
+pub mod rebuild;
 pub mod store;
 pub mod watch;
 
@@ -67,7 +69,8 @@ pub struct Config {
     #[arg(long, env = "VIEW_CONSUMER_NAME", default_value = "view-svc")]
     pub consumer_name: String,
 
-    /// Drop the read model and replay every event from the start of the stream.
+    /// Drop the read model and replay every event from the start of the
+    /// stream; the other replicas stop applying events until it is dropped.
     #[arg(long, env = "VIEW_REBUILD")]
     pub rebuild: bool,
 
@@ -131,19 +134,14 @@ impl App {
             }),
         );
         let (publish_bus, listen_bus) = (bus.clone(), bus.clone());
-        let rebuild = config.rebuild;
+        let rebuild_first = config.rebuild;
         let model = db.clone();
         let mut tasks: Vec<Task> = vec![Box::new(move |stop: CancellationToken| {
             Box::pin(async move {
-                if rebuild {
+                if rebuild_first {
                     tracing::info!(consumer = %durable, "rebuilding My Page from the start of the stream");
-                    if let Err(e) = bus.reset(&durable).await {
-                        tracing::error!(
-                            error = format!("{e:#}"),
-                            "cannot reset the consumer; not rebuilding"
-                        );
-                    } else if let Err(e) = store::clear(model.conn()).await {
-                        tracing::error!(error = %e, "cannot clear the read model; not rebuilding");
+                    if let Err(e) = rebuild::rebuild(&model, bus.as_ref(), &durable).await {
+                        tracing::error!(error = format!("{e:#}"), "not rebuilding");
                     }
                 }
                 consumer.run(stop).await

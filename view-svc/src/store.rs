@@ -104,6 +104,11 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// Creates or updates the tables, as the service does when it starts.
+pub async fn migrate(db: &sea_orm::DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
 /// Empties the read model and the inbox, for a rebuild by replay.
 pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     use sea_orm::EntityTrait;
