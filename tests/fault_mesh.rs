@@ -81,11 +81,19 @@ impl ProcMesh {
     fn spawn(&mut self, name: &str) {
         let reserve = self.addr("reserve-svc");
         let p = self.proc(name);
+        // Metrics are off unless the test asks for them.
+        let metrics_asked = self
+            .extra
+            .iter()
+            .any(|(svc, args)| *svc == name && args.iter().any(|a| a == "--metrics-addr"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rentalbook"));
         cmd.args(["service", name, "--"])
             .args(["--listen-addr", &format!("127.0.0.1:{}", p.port)])
-            .args(["--metrics-addr", "off", "--database-url", &p.db])
-            .args(["--nats-url", &self.nats_url, "--nats-stream", &self.stream])
+            .args(["--database-url", &p.db]);
+        if !metrics_asked {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        cmd.args(["--nats-url", &self.nats_url, "--nats-stream", &self.stream])
             .args(["--nats-subject-prefix", &self.stream.to_lowercase()])
             .args(["--jwt-secret", support::SECRET, "--event-ack-wait", "2s"]);
         if name == "rental-svc" {
@@ -511,21 +519,47 @@ async fn sigkill_of_each_service_at_random_moments_then_restart_is_consistent() 
     .await;
 }
 
+/// The value of `rpc_shed_total` on a Prometheus page (0 before the first).
+fn shed_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("rpc_shed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("scraping /metrics")
+        .text()
+        .await
+        .expect("the metrics page")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_at_ten_times_the_limit_is_shed_fast_and_the_rest_served() {
     let limit = 4;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], rentalbook_testkit::free_port()));
     let mesh = ProcMesh::start(
         rentalbook_testkit::nats_url().await,
         vec![(
             "book-svc",
-            vec!["--max-concurrent-requests".into(), limit.to_string()],
+            vec![
+                "--max-concurrent-requests".into(),
+                limit.to_string(),
+                "--metrics-addr".into(),
+                metrics.to_string(),
+            ],
         )],
     )
     .await;
     mesh.books(20, 1).await;
+    let shed_before = shed_total(&scrape(metrics).await);
     let catalogue = BookServiceClient::new(channel(mesh.addr("book-svc")).await);
     let mut shed = Vec::new();
     let mut served = 0;
+    let calls_made = limit * 10 * 10;
     for _ in 0..10 {
         let calls: Vec<_> = (0..limit * 10)
             .map(|_| {
@@ -549,7 +583,11 @@ async fn overload_at_ten_times_the_limit_is_shed_fast_and_the_rest_served() {
             match c.await.unwrap() {
                 (Ok(()), _) => served += 1,
                 (Err(s), took) => {
-                    assert_eq!(s.code(), Code::Unavailable, "shed with UNAVAILABLE: {s:?}");
+                    assert_eq!(
+                        s.code(),
+                        Code::ResourceExhausted,
+                        "shed with RESOURCE_EXHAUSTED: {s:?}"
+                    );
                     assert!(rentalbook_plumbing::error::retry_after(&s).is_some());
                     shed.push(took);
                 }
@@ -557,14 +595,24 @@ async fn overload_at_ten_times_the_limit_is_shed_fast_and_the_rest_served() {
         }
     }
     wait_serving(mesh.addr("book-svc")).await;
+    let shed_counted = shed_total(&scrape(metrics).await) - shed_before;
     shed.sort();
     let worst = shed.last().copied().unwrap_or_default();
     println!(
-        "overload: {} calls at {}x the limit of {limit}; served {served}, shed {} (slowest refusal {worst:?}); book-svc stayed up",
-        limit * 100,
+        "overload: {calls_made} calls at {}x the limit of {limit}; served {served}, shed {} (slowest refusal {worst:?}, rpc_shed_total +{shed_counted}); book-svc stayed up",
         10,
         shed.len()
     );
     assert!(served > 0, "admitted calls succeed");
+    assert!(
+        !shed.is_empty(),
+        "at ten times the limit some calls are shed"
+    );
+    assert_eq!(served + shed.len(), calls_made, "every call served or shed");
+    assert_eq!(
+        shed_counted,
+        shed.len() as u64,
+        "rpc_shed_total counts every shed call"
+    );
     assert!(worst < Duration::from_secs(2), "refusals come fast");
 }

@@ -1,5 +1,7 @@
 //! A service's own database and NATS going away (SPEC §5): health follows the
-//! database only; a NATS outage is buffered by the outbox.
+//! database only; a NATS outage is buffered by the outbox. A database that is
+//! not migrated yet or hangs is answered UNAVAILABLE without waiting for it,
+//! and the request ids kept in it are forgotten after their retention.
 
 mod support;
 
@@ -7,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rentalbook_plumbing::bus::{NatsBus, NatsSettings};
+use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
 use rentalbook_proto::book::v1::{GetBookRequest, RegisterBookRequest};
 use rentalbook_testkit::{PrivateNats, PrivatePostgres};
 use support::{eventually, librarian, req};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -20,8 +24,17 @@ async fn start_book_svc(
     nats_url: &str,
     stream: &str,
 ) -> (std::net::SocketAddr, CancellationToken) {
+    start_book_svc_with(db_url, nats_url, stream, &[]).await
+}
+
+async fn start_book_svc_with(
+    db_url: &str,
+    nats_url: &str,
+    stream: &str,
+    extra: &[&str],
+) -> (std::net::SocketAddr, CancellationToken) {
     let prefix = stream.to_lowercase();
-    let config = <book_svc::Config as clap::Parser>::try_parse_from([
+    let args = [
         "book-svc",
         "--database-url",
         db_url,
@@ -33,8 +46,9 @@ async fn start_book_svc(
         &prefix,
         "--jwt-secret",
         support::SECRET,
-    ])
-    .unwrap();
+    ];
+    let config =
+        <book_svc::Config as clap::Parser>::try_parse_from(args.iter().chain(extra)).unwrap();
     let bus = NatsBus::connect(NatsSettings {
         url: nats_url.to_owned(),
         stream: stream.to_owned(),
@@ -170,5 +184,214 @@ async fn a_nats_outage_keeps_the_service_serving_and_the_outbox_delivers_afterwa
         }
     })
     .await;
+    stop.cancel();
+}
+
+async fn books_client(addr: std::net::SocketAddr) -> BookServiceClient<Channel> {
+    BookServiceClient::new(support::channel(addr).await)
+}
+
+fn register(title: &str, request_id: &str) -> tonic::Request<RegisterBookRequest> {
+    req(
+        &librarian(),
+        RegisterBookRequest {
+            title: title.into(),
+            author: "A".into(),
+            total_copies: 1,
+            request_id: request_id.into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn get_unknown_book() -> tonic::Request<GetBookRequest> {
+    req(
+        &librarian(),
+        GetBookRequest {
+            book_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_its_migrations_ran_a_service_answers_starting_and_never_touches_the_tables() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db_url = rentalbook_testkit::fresh_postgres_url().await;
+    // The migrator first creates its own table; one being created by an
+    // open transaction holds it back until that transaction ends.
+    let blocker = sea_orm::Database::connect(db_url.as_str()).await.unwrap();
+    let held = blocker.begin().await.unwrap();
+    held.execute_unprepared(
+        "CREATE TABLE seaql_migrations (version varchar PRIMARY KEY, applied_at bigint NOT NULL)",
+    )
+    .await
+    .unwrap();
+
+    let nats = rentalbook_testkit::nats_url().await;
+    let stream = rentalbook_testkit::unique_name("OUT");
+    let (addr, stop) = start_book_svc(&db_url, &nats, &stream).await;
+    eventually("the health service to answer", || async {
+        (health(addr).await? == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    let mut books = books_client(addr).await;
+    let read = books.get_book(get_unknown_book()).await.unwrap_err();
+    let write = books
+        .register_book(register("Early", ""))
+        .await
+        .unwrap_err();
+    for err in [read, write] {
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("starting"), "{err:?}");
+        assert!(!err.message().contains("relation"), "{err:?}");
+        assert!(
+            rentalbook_plumbing::error::retry_after(&err).is_some(),
+            "a retry hint: {err:?}"
+        );
+    }
+    assert_eq!(
+        health(addr).await,
+        Some(ServingStatus::NotServing as i32),
+        "NOT_SERVING until migrated"
+    );
+
+    held.rollback().await.unwrap();
+    eventually("SERVING once migrated", || async {
+        (health(addr).await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    let err = books.get_book(get_unknown_book()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    books.register_book(register("Later", "")).await.unwrap();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_fails_calls_within_their_deadline_and_at_once_when_known_away() {
+    let mut pg = PrivatePostgres::start_new().await.unwrap();
+    let nats = rentalbook_testkit::nats_url().await;
+    let stream = rentalbook_testkit::unique_name("OUT");
+    let (addr, stop) = start_book_svc(&pg.url(), &nats, &stream).await;
+    eventually("SERVING", || async {
+        (health(addr).await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    let mut books = books_client(addr).await;
+    books.register_book(register("Before", "")).await.unwrap();
+
+    pg.pause();
+    // Before the health check has noticed: the call's own deadline bounds it.
+    let mut call = register("Hung", "");
+    call.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = books.register_book(call).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        rentalbook_plumbing::error::retry_after(&err).is_some(),
+        "a retry hint: {err:?}"
+    );
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+
+    eventually("NOT_SERVING while the database hangs", || async {
+        (health(addr).await? == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    // Known away: refused at once, whatever deadline the caller gave.
+    let mut refusals = Vec::new();
+    for _ in 0..3 {
+        let mut write = register("Away", "");
+        write.set_timeout(Duration::from_secs(10));
+        let mut read = get_unknown_book();
+        read.set_timeout(Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        let err = books.register_book(write).await.unwrap_err();
+        refusals.push((err, started.elapsed()));
+        let started = std::time::Instant::now();
+        let err = books.get_book(read).await.unwrap_err();
+        refusals.push((err, started.elapsed()));
+    }
+    for (err, took) in &refusals {
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(
+            rentalbook_plumbing::error::retry_after(err).is_some(),
+            "a retry hint: {err:?}"
+        );
+        assert!(
+            *took < Duration::from_millis(500),
+            "refused at once, not after {took:?}"
+        );
+    }
+    println!(
+        "hung database: a 300 ms call answered in {took:?}; known away, refused in {:?}",
+        refusals.iter().map(|(_, t)| *t).collect::<Vec<_>>()
+    );
+
+    pg.resume();
+    eventually("SERVING again", || async {
+        (health(addr).await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    books.register_book(register("After", "")).await.unwrap();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_forgotten_after_their_retention_and_fresh_ones_kept() {
+    use sea_orm::ConnectionTrait;
+    let db_url = rentalbook_testkit::fresh_postgres_url().await;
+    let nats = rentalbook_testkit::nats_url().await;
+    let stream = rentalbook_testkit::unique_name("OUT");
+    let (addr, stop) =
+        start_book_svc_with(&db_url, &nats, &stream, &["--request-id-retention", "10s"]).await;
+    eventually("SERVING", || async {
+        (health(addr).await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    let mut books = books_client(addr).await;
+    books
+        .register_book(register("Old", "old-id"))
+        .await
+        .unwrap();
+    books
+        .register_book(register("Fresh", "fresh-id"))
+        .await
+        .unwrap();
+    let db = sea_orm::Database::connect(db_url.as_str()).await.unwrap();
+    db.execute_unprepared(
+        "UPDATE idempotency_keys SET created_at = created_at - interval '1 hour' \
+         WHERE request_id = 'old-id'",
+    )
+    .await
+    .unwrap();
+    let remembered = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    format!("SELECT 1 AS one FROM idempotency_keys WHERE request_id = '{id}'"),
+                ))
+                .await
+                .unwrap();
+            row.is_some()
+        }
+    };
+    eventually("the old request id to be purged", || async {
+        (!remembered("old-id").await).then_some(())
+    })
+    .await;
+    assert!(remembered("fresh-id").await, "a fresh request id is kept");
+    // Forgotten: the old id names a new request now. Kept: the fresh one
+    // still refuses a different request.
+    books
+        .register_book(register("Another", "old-id"))
+        .await
+        .expect("a forgotten id is free again");
+    let err = books
+        .register_book(register("Another", "fresh-id"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     stop.cancel();
 }

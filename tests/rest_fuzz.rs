@@ -3,8 +3,9 @@
 //! bodies (random JSON shaped like the requests with wrong types and unknown
 //! fields, truncated JSON, raw bytes, deep nesting, oversized bodies) and
 //! credentials. Every answer must come within a timeout, be a 2xx or 4xx
-//! (a 503 with Retry-After is allowed: overload), and carry JSON; the edge
-//! must stay up. The seed is printed, and `REST_FUZZ_SEED` replays a run.
+//! (overload is a 429; a 503 with Retry-After is allowed: a backend briefly
+//! away), and carry JSON; the edge must stay up. The seed is printed, and
+//! `REST_FUZZ_SEED` replays a run.
 
 mod support;
 

@@ -131,6 +131,7 @@ impl App {
                 routes,
                 grpc_names: vec![serve::grpc_name::<BookServiceServer<grpc::Catalogue>>()],
                 max_concurrent_requests: config.common.max_concurrent_requests,
+                request_id_retention: config.common.request_id_retention.get(),
                 tasks,
             },
         })

@@ -119,8 +119,9 @@ impl ApiError {
         );
         e.details = details_of(status, pool);
         let hint = rentalbook_plumbing::error::retry_after(status).map(whole_seconds);
+        // A peer that is down or shedding load always says when to come back.
         e.retry_after = match status.code() {
-            Code::Unavailable => Some(hint.unwrap_or(1)),
+            Code::Unavailable | Code::ResourceExhausted => Some(hint.unwrap_or(1)),
             _ => hint,
         };
         e
@@ -273,6 +274,28 @@ mod tests {
             e.body(),
             serde_json::json!({"code": 5, "message": "no such book", "details": []})
         );
+    }
+
+    #[test]
+    fn shedding_becomes_429_with_retry_after() {
+        let s = rentalbook_plumbing::error::resource_exhausted_retry_after(
+            "busy",
+            Duration::from_secs(2),
+        );
+        let e = ApiError::from_status(&s, &pool());
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.body()["code"], 8);
+        assert_eq!(
+            e.body()["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        let res = e.into_response();
+        assert_eq!(res.status().as_u16(), 429);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+        // Without a hint the caller is still told when to come back.
+        let e = ApiError::from_status(&Status::resource_exhausted("busy"), &pool());
+        assert_eq!(e.status.as_u16(), 429);
+        assert_eq!(e.retry_after, Some(1));
     }
 
     #[test]

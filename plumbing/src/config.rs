@@ -81,9 +81,13 @@ pub struct CommonArgs {
     #[arg(long, env = "RENTALBOOK_SERVICE_SECRET", hide_env_values = true)]
     pub service_secret: Option<String>,
 
-    /// Requests served at once; beyond it requests are turned away with UNAVAILABLE.
+    /// Requests served at once; beyond it requests are turned away at once with RESOURCE_EXHAUSTED and a retry hint.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
+
+    /// How long a client request id and its answer are kept (SPEC §5 promises at least 24h).
+    #[arg(long, env = "REQUEST_ID_RETENTION", default_value = "24h")]
+    pub request_id_retention: PolicyDuration,
 
     /// Deliveries of one event before it goes to the dead-letter stream.
     #[arg(long, env = "EVENT_MAX_DELIVER", default_value_t = 8)]

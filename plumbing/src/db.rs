@@ -365,6 +365,29 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_transaction_waits_no_longer_than_the_request_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        let _writer = db.begin().await.unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let waited = with_deadline(Some(deadline), db.begin()).await;
+        assert!(
+            matches!(
+                waited,
+                Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))
+            ),
+            "gave up waiting for the writer"
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "before the deadline: {took:?}"
+        );
+    }
+
     #[test]
     fn passwords_do_not_reach_messages() {
         assert_eq!(

@@ -5,7 +5,10 @@
 //! INVALID_ARGUMENT) built where the rule lives. Infrastructure failures (the
 //! database, the event bus, a peer service) are faults: they are logged and
 //! answered UNAVAILABLE with a retry hint, because a retry may well succeed and
-//! a 5xx-looking INTERNAL would get a healthy pod ejected by the mesh.
+//! a 5xx-looking INTERNAL would get a healthy pod ejected by the mesh. A
+//! server over its concurrency limit answers RESOURCE_EXHAUSTED with a retry
+//! hint instead (SPEC §5): the mesh treats UNAVAILABLE as a gateway error and
+//! would retry it at once, adding load where there is too much.
 
 use std::time::Duration;
 
@@ -51,7 +54,16 @@ const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
 /// UNAVAILABLE with a `google.rpc.RetryInfo` detail saying when to come back.
 pub fn unavailable_retry_after(message: impl Into<String>, after: Duration) -> Status {
-    let message = message.into();
+    with_retry_info(Code::Unavailable, message.into(), after)
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail: the answer of a
+/// server that sheds load.
+pub fn resource_exhausted_retry_after(message: impl Into<String>, after: Duration) -> Status {
+    with_retry_info(Code::ResourceExhausted, message.into(), after)
+}
+
+fn with_retry_info(code: Code, message: String, after: Duration) -> Status {
     let info = rpc::RetryInfo {
         retry_delay: Some(prost_types::Duration {
             seconds: after.as_secs() as i64,
@@ -59,14 +71,14 @@ pub fn unavailable_retry_after(message: impl Into<String>, after: Duration) -> S
         }),
     };
     let details = rpc::Status {
-        code: Code::Unavailable as i32,
+        code: code as i32,
         message: message.clone(),
         details: vec![prost_types::Any {
             type_url: RETRY_INFO_TYPE.to_owned(),
             value: info.encode_to_vec(),
         }],
     };
-    Status::with_details(Code::Unavailable, message, details.encode_to_vec().into())
+    Status::with_details(code, message, details.encode_to_vec().into())
 }
 
 /// The retry hint of a status, if it carries one.
@@ -106,6 +118,10 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(retry_after(&s), Some(Duration::from_secs(5)));
         assert_eq!(retry_after(&Status::unavailable("x")), None);
+        let s = resource_exhausted_retry_after("busy, try again in 1 s", Duration::from_secs(1));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(retry_after(&s), Some(Duration::from_secs(1)));
+        assert!(is_infrastructure(&s), "a peer's shedding is not a refusal");
     }
 
     #[test]

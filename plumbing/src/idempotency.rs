@@ -8,7 +8,9 @@ use prost::Message;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use tonic::Status;
 
-use crate::db::WriteTx;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, WriteTx};
 use crate::error::{ServiceError, ServiceResult};
 use crate::schema::idempotency;
 
@@ -76,10 +78,68 @@ impl IdempotencyKey {
 
 /// Forgets answers older than `keep` (at least the 24 h that SPEC §5 promises).
 pub async fn purge(tx: &WriteTx, keep: Duration) -> Result<u64, sea_orm::DbErr> {
-    let cutoff = crate::time::now() - keep;
+    let Some(cutoff) = crate::time::now().checked_sub_signed(keep) else {
+        return Ok(0);
+    };
     let res = idempotency::Entity::delete_many()
         .filter(idempotency::Column::CreatedAt.lt(cutoff))
         .exec(&**tx)
         .await?;
     Ok(res.rows_affected)
+}
+
+/// How often [`purge_periodically`] looks: every tenth of the retention, at
+/// most every 100 ms and at least every 10 min; an id outlives its retention
+/// by that much at most.
+fn purge_interval(keep: std::time::Duration) -> std::time::Duration {
+    (keep / 10).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(600),
+    )
+}
+
+/// Forgets request ids older than `keep`, now and then, until `stop`. Every
+/// replica may run it: a second DELETE of the same rows deletes nothing.
+pub async fn purge_periodically(
+    service: &'static str,
+    db: Db,
+    keep: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let keep_chrono = Duration::from_std(keep).unwrap_or(Duration::MAX);
+    loop {
+        let purged = async {
+            let tx = db.begin().await?;
+            let n = purge(&tx, keep_chrono).await?;
+            tx.commit().await?;
+            Ok::<_, sea_orm::DbErr>(n)
+        }
+        .await;
+        match purged {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(service, purged = n, "forgot old request ids"),
+            Err(e) => tracing::warn!(service, error = %e, "request ids could not be purged"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(purge_interval(keep)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_looks_ten_times_per_retention_within_bounds() {
+        use std::time::Duration;
+        let secs = Duration::from_secs;
+        assert_eq!(purge_interval(secs(10)), secs(1));
+        assert_eq!(purge_interval(secs(24 * 3600)), secs(600));
+        assert_eq!(
+            purge_interval(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+    }
 }

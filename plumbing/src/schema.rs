@@ -55,6 +55,8 @@ pub mod idempotency {
     use sea_orm::entity::prelude::*;
 
     /// The answer to a mutating request that carried a client request id.
+    /// Every service's server deletes the rows older than
+    /// `REQUEST_ID_RETENTION` now and then (by `created_at`, indexed).
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "idempotency_keys")]
     pub struct Model {

@@ -1,10 +1,18 @@
 //! The gRPC server every service runs, composed in one place: admission
-//! control (a global concurrency limit that sheds the excess with UNAVAILABLE
-//! at once), request metrics, health, reflection v1 and v1alpha, and a
-//! graceful shutdown that stops accepting, finishes in-flight calls and lets
-//! the background tasks (outbox relay, consumers, sweeps) finish.
+//! control, request metrics, health, reflection v1 and v1alpha, the purge of
+//! old request ids, and a graceful shutdown that stops accepting, finishes
+//! in-flight calls and lets the background tasks (outbox relay, consumers,
+//! sweeps) finish.
+//!
+//! Admission answers product RPCs at once, without touching the database,
+//! when they cannot be served: UNAVAILABLE while the migrations have not run
+//! yet or the health check finds the database unreachable, RESOURCE_EXHAUSTED
+//! beyond the concurrency limit (shedding, SPEC §5); all with a retry hint.
+//! Health and reflection always pass. An admitted call runs with its
+//! `grpc-timeout` as the deadline that bounds its waits for the database.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,7 +28,7 @@ use tonic_health::server::HealthReporter;
 use tower::{Layer, Service};
 
 use crate::db::Db;
-use crate::error::unavailable_retry_after;
+use crate::error::{resource_exhausted_retry_after, unavailable_retry_after};
 
 /// A background task of a service, started once its migrations have run.
 pub type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -36,6 +44,8 @@ pub struct Launch {
     /// Their fully qualified names, for the health service.
     pub grpc_names: Vec<&'static str>,
     pub max_concurrent_requests: usize,
+    /// How long client request ids are remembered before they are purged.
+    pub request_id_retention: Duration,
     pub tasks: Vec<Task>,
 }
 
@@ -72,6 +82,7 @@ pub async fn run<M: MigratorTrait>(
         routes,
         grpc_names,
         max_concurrent_requests,
+        request_id_retention,
         tasks,
     } = launch;
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -101,11 +112,14 @@ pub async fn run<M: MigratorTrait>(
 
     let addr = listener.local_addr()?;
     let server_stop = CancellationToken::new();
+    let migrated = Arc::new(AtomicBool::new(false));
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(AdmissionLayer {
             service: name,
             permits: Arc::new(Semaphore::new(max_concurrent_requests.max(1))),
+            migrated: migrated.clone(),
+            db: db.clone(),
         })
         .add_routes(routes)
         // No Nagle delay: a reply written in several pieces must not wait
@@ -117,7 +131,8 @@ pub async fn run<M: MigratorTrait>(
     let server = tokio::spawn(server);
     tracing::info!(service = name, %addr, "serving gRPC");
 
-    // Migrations first; until they have run the service says NOT_SERVING.
+    // Migrations first; until they have run the service says NOT_SERVING
+    // and admission answers product RPCs "starting".
     let mut backoff = crate::time::Backoff::new(Duration::from_millis(200));
     loop {
         match M::up(db.conn(), None).await {
@@ -135,6 +150,7 @@ pub async fn run<M: MigratorTrait>(
             }
         }
     }
+    migrated.store(true, Ordering::Release);
     health.set(ServingStatus::Serving).await;
 
     let tasks_stop = CancellationToken::new();
@@ -142,6 +158,12 @@ pub async fn run<M: MigratorTrait>(
     for task in tasks {
         running.spawn(task(tasks_stop.clone()));
     }
+    running.spawn(crate::idempotency::purge_periodically(
+        name,
+        db.clone(),
+        request_id_retention,
+        tasks_stop.clone(),
+    ));
     // SERVING only while the own database answers and every consumer can
     // apply its events to it; NATS is not consulted (the outbox buffers
     // events while it is away).
@@ -157,6 +179,7 @@ pub async fn run<M: MigratorTrait>(
                     _ = stop.cancelled() => return,
                 }
                 let reachable = db.ping().await;
+                db.set_reachable(reachable);
                 let stalled = db.stalled();
                 let up = reachable && stalled.is_empty();
                 if up != serving {
@@ -236,6 +259,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
 struct AdmissionLayer {
     service: &'static str,
     permits: Arc<Semaphore>,
+    /// Set once the migrations have run.
+    migrated: Arc<AtomicBool>,
+    db: Db,
 }
 
 impl<S> Layer<S> for AdmissionLayer {
@@ -246,6 +272,8 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             service: self.service,
             permits: self.permits.clone(),
+            migrated: self.migrated.clone(),
+            db: self.db.clone(),
         }
     }
 }
@@ -255,6 +283,56 @@ struct Admission<S> {
     inner: S,
     service: &'static str,
     permits: Arc<Semaphore>,
+    migrated: Arc<AtomicBool>,
+    db: Db,
+}
+
+/// How long a caller turned away at the door is asked to wait.
+const COME_BACK_IN: Duration = Duration::from_secs(1);
+
+impl<S> Admission<S> {
+    /// Why a product RPC cannot be served now, as its answer; or its permit.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+        let service = self.service;
+        if !self.migrated.load(Ordering::Acquire) {
+            return Err(unavailable_retry_after(
+                format!("{service} is starting, try again in 1 s"),
+                COME_BACK_IN,
+            ));
+        }
+        if !self.db.reachable() {
+            return Err(unavailable_retry_after(
+                format!("{service} cannot reach its records right now, try again in 1 s"),
+                COME_BACK_IN,
+            ));
+        }
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("rpc_shed_total", "service" => service).increment(1);
+            resource_exhausted_retry_after(
+                "the lending desk is busy, try again in 1 s",
+                COME_BACK_IN,
+            )
+        })
+    }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if !(2..=9).contains(&value.len()) || !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 impl<S, B, RB> Service<http::Request<B>> for Admission<S>
@@ -281,19 +359,21 @@ where
         let permit = if infrastructure {
             None
         } else {
-            match self.permits.clone().try_acquire_owned() {
+            match self.admit() {
                 Ok(p) => Some(p),
-                Err(_) => {
-                    metrics::counter!("rpc_shed_total", "service" => service).increment(1);
-                    let status = unavailable_retry_after(
-                        "the lending desk is busy, try again in 1 s",
-                        Duration::from_secs(1),
+                Err(status) => {
+                    record(
+                        service,
+                        &path,
+                        &format!("{:?}", status.code()),
+                        Duration::ZERO,
                     );
-                    record(service, &path, "Unavailable", Duration::ZERO);
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
         };
+        let deadline =
+            grpc_timeout(req.headers()).and_then(|t| tokio::time::Instant::now().checked_add(t));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = if infrastructure {
@@ -310,7 +390,7 @@ where
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let start = Instant::now();
-                let res = inner.call(req).await;
+                let res = crate::db::with_deadline(deadline, inner.call(req)).await;
                 drop(permit);
                 if !infrastructure {
                     let code = match &res {
@@ -337,4 +417,143 @@ fn record(service: &'static str, path: &str, code: &str, elapsed: Duration) {
     metrics::counter!("rpc_requests_total", "service" => service, "method" => method.clone(), "code" => code.to_owned()).increment(1);
     metrics::histogram!("rpc_duration_seconds", "service" => service, "method" => method)
         .record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    /// Admission in front of a service that answers once `gate` is cancelled.
+    async fn admission(
+        limit: usize,
+        gate: CancellationToken,
+    ) -> (
+        impl Service<
+            http::Request<()>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future = BoxFuture<
+                'static,
+                Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            >,
+        > + Clone,
+        Arc<AtomicBool>,
+        Db,
+    ) {
+        let db = Db::connect("sqlite::memory:", 1).await.unwrap();
+        let migrated = Arc::new(AtomicBool::new(true));
+        let inner = tower::service_fn(move |_req: http::Request<()>| {
+            let gate = gate.clone();
+            async move {
+                gate.cancelled().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }
+        });
+        let layer = AdmissionLayer {
+            service: "test-svc",
+            permits: Arc::new(Semaphore::new(limit)),
+            migrated: migrated.clone(),
+            db: db.clone(),
+        };
+        (layer.layer(inner), migrated, db)
+    }
+
+    fn call(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn status_of(res: &http::Response<tonic::body::Body>) -> Option<tonic::Status> {
+        tonic::Status::from_header_map(res.headers())
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_calls_are_shed_with_resource_exhausted_and_a_retry_hint() {
+        let gate = CancellationToken::new();
+        let (svc, _, _) = admission(1, gate.clone()).await;
+        // Admitted at the call: it holds the one permit until it answers.
+        let busy = svc
+            .clone()
+            .call(call("/rentalbook.book.v1.BookService/ListBooks"));
+        let res = svc
+            .clone()
+            .call(call("/rentalbook.book.v1.BookService/ListBooks"))
+            .await
+            .unwrap();
+        let shed = status_of(&res).expect("an answer at once");
+        assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+        assert!(crate::error::retry_after(&shed).is_some(), "{shed:?}");
+        // Probes are never shed.
+        let probe = svc.clone().call(call("/grpc.health.v1.Health/Check"));
+        gate.cancel();
+        let (probe, busy) = tokio::join!(probe, busy);
+        assert!(status_of(&probe.unwrap()).is_none());
+        assert!(status_of(&busy.unwrap()).is_none());
+        let res = svc
+            .clone()
+            .call(call("/rentalbook.book.v1.BookService/ListBooks"))
+            .await
+            .unwrap();
+        assert!(
+            status_of(&res).is_none(),
+            "admitted again once the permit is back"
+        );
+    }
+
+    #[tokio::test]
+    async fn before_migrations_and_while_the_database_is_away_product_calls_are_refused_at_once() {
+        let gate = CancellationToken::new();
+        gate.cancel();
+        let (svc, migrated, db) = admission(8, gate).await;
+        migrated.store(false, Ordering::Release);
+        let res = svc
+            .clone()
+            .call(call("/rentalbook.book.v1.BookService/GetBook"))
+            .await
+            .unwrap();
+        let starting = status_of(&res).unwrap();
+        assert_eq!(starting.code(), Code::Unavailable);
+        assert!(starting.message().contains("starting"), "{starting:?}");
+        assert!(crate::error::retry_after(&starting).is_some());
+
+        migrated.store(true, Ordering::Release);
+        db.set_reachable(false);
+        let res = svc
+            .clone()
+            .call(call("/rentalbook.book.v1.BookService/GetBook"))
+            .await
+            .unwrap();
+        let away = status_of(&res).unwrap();
+        assert_eq!(away.code(), Code::Unavailable);
+        assert!(crate::error::retry_after(&away).is_some());
+        assert!(db.begin().await.is_err(), "no transaction while away");
+
+        // Health and reflection pass meanwhile.
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            let res = svc.clone().call(call(path)).await.unwrap();
+            assert!(status_of(&res).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789S"), None, "at most 8 digits");
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("m"), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 }

@@ -188,6 +188,7 @@ impl App {
                 routes,
                 grpc_names: vec![serve::grpc_name::<RentalServiceServer<grpc::Rentals>>()],
                 max_concurrent_requests: config.common.max_concurrent_requests,
+                request_id_retention: config.common.request_id_retention.get(),
                 tasks,
             },
         })

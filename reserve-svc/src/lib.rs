@@ -156,6 +156,7 @@ impl App {
                     ReservationServiceServer<grpc::Reservations>,
                 >()],
                 max_concurrent_requests: config.common.max_concurrent_requests,
+                request_id_retention: config.common.request_id_retention.get(),
                 tasks,
             },
         })

@@ -36,6 +36,8 @@ pub struct PrivatePostgres {
     dir: TempDir,
     run_as: Option<(u32, u32)>,
     server: Option<Supervised>,
+    /// Frozen by [`PrivatePostgres::pause`].
+    paused: bool,
 }
 
 impl PrivatePostgres {
@@ -54,6 +56,7 @@ impl PrivatePostgres {
             dir,
             run_as,
             server: Some(server),
+            paused: false,
         })
     }
 
@@ -84,7 +87,28 @@ impl PrivatePostgres {
         self.halt("QUIT").await;
     }
 
+    /// Freezes the server and its backends (SIGSTOP), as a hung database:
+    /// connections stay open and nothing answers. [`PrivatePostgres::resume`]
+    /// thaws it; stopping or dropping it thaws it first.
+    pub fn pause(&mut self) {
+        if let Some(server) = &self.server {
+            server.signal_tree(libc::SIGSTOP);
+            self.paused = true;
+        }
+    }
+
+    /// Thaws a server frozen by [`PrivatePostgres::pause`].
+    pub fn resume(&mut self) {
+        if let Some(server) = &self.server {
+            server.signal_tree(libc::SIGCONT);
+        }
+        self.paused = false;
+    }
+
     async fn halt(&mut self, signal: &str) {
+        if self.paused {
+            self.resume();
+        }
         if let Some(mut server) = self.server.take() {
             server.stop(signal, STOP_TIMEOUT).await;
             wait_port_closed(self.port, STOP_TIMEOUT).await;
@@ -112,6 +136,9 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         if let Some(mut server) = self.server.take() {
             server.stop_blocking("INT", STOP_TIMEOUT);
         }

@@ -167,6 +167,21 @@ impl Supervised {
         }
     }
 
+    /// Sends `signal` straight to the server and every process it started
+    /// (a database's backends), not through the wrapper: SIGSTOP and SIGCONT
+    /// freeze and thaw the whole server, open connections included.
+    pub(crate) fn signal_tree(&self, signal: libc::c_int) {
+        // Parents first: a stopped parent starts no child meanwhile.
+        let mut pids = vec![self.pid];
+        while let Some(pid) = pids.pop() {
+            // SAFETY: plain kill(2) on the server we started and its children.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+            pids.extend(children(pid));
+        }
+    }
+
     fn force_kill(&self) {
         // SAFETY: plain kill(2) on the pid of the server we started.
         unsafe {
@@ -177,6 +192,22 @@ impl Supervised {
     pub(crate) fn log_tail(&self) -> String {
         log_tail(&self.log)
     }
+}
+
+/// The pids of a process's children, from every thread's `children` file.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// The end of a server log, for error messages.

@@ -164,6 +164,7 @@ impl App {
                 routes,
                 grpc_names: vec![serve::grpc_name::<MyPageServiceServer<grpc::MyPages>>()],
                 max_concurrent_requests: config.common.max_concurrent_requests,
+                request_id_retention: config.common.request_id_retention.get(),
                 tasks,
             },
             shutdown_streams,
