@@ -115,6 +115,29 @@ pub struct Endpoints {
     pub edge: SocketAddr,
 }
 
+impl Endpoints {
+    /// Free ports of 127.0.0.1, one for each.
+    pub fn free() -> Self {
+        let free = || SocketAddr::from(([127, 0, 0, 1], rentalbook_testkit::free_port()));
+        Self {
+            book: free(),
+            reserve: free(),
+            rental: free(),
+            view: free(),
+            edge: free(),
+        }
+    }
+}
+
+/// A signing secret of 64 random hex digits, new for each run.
+pub fn fresh_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// One connection to each service.
 #[derive(Clone)]
 pub struct GrpcClient {

@@ -30,6 +30,7 @@
 //! baselines are gRPC (echo) and storage (insert-tx).
 
 pub mod baseline;
+pub mod chaos;
 pub mod client;
 pub mod echo;
 pub mod procstat;

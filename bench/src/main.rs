@@ -155,12 +155,129 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the fault campaign: a seeded workload of whole journeys under a seeded schedule of
+    /// faults, then `rentalbook check` over the history, the databases and the stream
+    /// (docs/FAULTS.md). Exits with 1 when the check finds anything.
+    Chaos(ChaosArgs),
     /// Serves the bare echo of the gRPC baseline and prints its address (used by the harness).
     #[command(hide = true)]
     ServeEcho {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: std::net::SocketAddr,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosArgs {
+    /// What to run the campaign against.
+    #[arg(long, value_enum, default_value = "mesh")]
+    target: TargetKind,
+
+    /// The `rentalbook` binary; by default the one beside this binary, else target/release/rentalbook.
+    #[arg(long)]
+    rentalbook_bin: Option<PathBuf>,
+
+    /// Mesh: a PostgreSQL server (`postgres://user@host:port`) on which each service gets a new
+    /// database of its own; by default a private server is started for the run. NATS is always
+    /// a private server, so that it can be stopped.
+    #[arg(long)]
+    database_url_base: Option<String>,
+
+    /// Seed of the fault schedule and of the members' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// How long faults are injected; then the campaign heals, waits for quiet and checks.
+    #[arg(long, default_value = "60s")]
+    duration: PolicyDuration,
+
+    /// At most this many faults.
+    #[arg(long)]
+    faults: Option<usize>,
+
+    /// Kinds of fault, comma-separated: kill, stop, db, nats, proxy (the all-in-one suffers
+    /// kill, stop and db: a SQLite file's write lock held from outside).
+    #[arg(long, value_delimiter = ',', default_value = "kill,stop,db,nats,proxy")]
+    kinds: Vec<String>,
+
+    /// Members going through journeys at once.
+    #[arg(long, default_value_t = 8)]
+    members: usize,
+
+    /// Books in the catalogue (half with one copy, half with two).
+    #[arg(long, default_value_t = 4)]
+    books: usize,
+
+    /// Shortest fault.
+    #[arg(long, default_value = "500ms")]
+    fault_min: PolicyDuration,
+
+    /// Longest fault.
+    #[arg(long, default_value = "2500ms")]
+    fault_max: PolicyDuration,
+
+    /// How long the system may take to become quiet and consistent once the faults end.
+    #[arg(long, default_value = "90s")]
+    quiet_within: PolicyDuration,
+
+    /// Keep the logs, data, history and check report in this directory (kept anyway, in a
+    /// temp dir, when anomalies are found).
+    #[arg(long)]
+    keep: Option<PathBuf>,
+
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn chaos_options(args: &ChaosArgs) -> anyhow::Result<rentalbook_bench::chaos::ChaosOptions> {
+    use rentalbook_bench::chaos::{Backend, ChaosOptions, faults::Kind};
+    let bin = rentalbook_bin(&args.rentalbook_bin)?;
+    let backend = match args.target {
+        TargetKind::AllInOne => Backend::AllInOne,
+        TargetKind::Mesh => Backend::Mesh {
+            database_url_base: args.database_url_base.clone(),
+        },
+    };
+    let mut o = ChaosOptions::new(backend, bin);
+    o.kinds = args
+        .kinds
+        .iter()
+        .map(|k| {
+            Kind::parse(k.trim()).with_context(|| {
+                format!("`{k}` is not a kind of fault (kill, stop, db, nats, proxy)")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    o.seed = args.seed;
+    o.duration = args.duration.get();
+    o.max_faults = args.faults;
+    o.members = args.members.max(1);
+    o.books = args.books.max(1);
+    anyhow::ensure!(
+        args.fault_min <= args.fault_max,
+        "--fault-min is longer than --fault-max"
+    );
+    o.lasting = (args.fault_min.get(), args.fault_max.get());
+    o.quiet_within = args.quiet_within.get();
+    o.keep = args.keep.clone();
+    o.progress = !args.quiet;
+    Ok(o)
+}
+
+/// The `rentalbook` binary to run: the one given, else [`default_rentalbook`].
+fn rentalbook_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = given.clone().unwrap_or_else(default_rentalbook);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build --release -p rentalbook`, or give --rentalbook-bin",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 fn default_rentalbook() -> PathBuf {
@@ -174,15 +291,7 @@ fn default_rentalbook() -> PathBuf {
 }
 
 fn options(cli: &Cli) -> anyhow::Result<Options> {
-    let bin = cli
-        .rentalbook_bin
-        .clone()
-        .unwrap_or_else(default_rentalbook);
-    anyhow::ensure!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build --release -p rentalbook`, or give --rentalbook-bin",
-        bin.display()
-    );
+    let bin = rentalbook_bin(&cli.rentalbook_bin)?;
     let transports = match cli.transport {
         Transports::Grpc => vec![TransportKind::Grpc],
         Transports::Rest => vec![TransportKind::Rest],
@@ -275,6 +384,19 @@ fn main() -> anyhow::Result<()> {
             out.flush()?;
             rentalbook_bench::echo::serve(listener).await
         });
+    }
+    if let Some(Command::Chaos(args)) = &cli.command {
+        let opts = chaos_options(args)?;
+        let report = runtime.block_on(rentalbook_bench::chaos::run(opts))?;
+        let text = report.to_text();
+        println!("{text}");
+        if let Some(path) = &args.out {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if !report.anomalies.is_empty() {
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let opts = options(&cli)?;
     let report = runtime.block_on(rentalbook_bench::run(opts))?;

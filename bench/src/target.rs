@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rentalbook_testkit::{PrivateNats, PrivatePostgres, free_port};
+use rentalbook_testkit::{PrivateNats, PrivatePostgres};
 use serde::Serialize;
 use tempfile::TempDir;
 use tonic_health::pb::HealthCheckRequest;
@@ -89,11 +89,11 @@ pub struct Target {
     _pg: Option<PrivatePostgres>,
 }
 
-const SERVICES: [&str; 4] = ["book-svc", "reserve-svc", "rental-svc", "view-svc"];
+pub const SERVICES: [&str; 4] = ["book-svc", "reserve-svc", "rental-svc", "view-svc"];
 
 /// Settings of the harness's environment that would steer the target
 /// elsewhere; the harness gives the target its settings itself.
-const SCRUBBED_ENV: &[&str] = &[
+pub(crate) const SCRUBBED_ENV: &[&str] = &[
     "NATS_URL",
     "NATS_STREAM",
     "NATS_SUBJECT_PREFIX",
@@ -121,6 +121,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT",
     "EDGE_DEV_SIGN_IN",
+    "VIEW_CONSUMER_NAME",
+    "VIEW_REBUILD",
+    "RENTALBOOK_CHECK_SKIP",
+    "MAX_CONCURRENT_REQUESTS",
 ];
 
 /// How the harness learns that a process serves an address.
@@ -142,29 +146,7 @@ impl Probe {
     /// One attempt: whether the address serves now.
     async fn serving(self) -> bool {
         match self {
-            Probe::Grpc(addr) => {
-                let attempt = async {
-                    let channel = endpoint(addr)
-                        .connect_timeout(Duration::from_millis(500))
-                        .connect()
-                        .await
-                        .ok()?;
-                    let status = HealthClient::new(channel)
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .ok()?
-                        .into_inner()
-                        .status;
-                    (status == ServingStatus::Serving as i32).then_some(())
-                };
-                tokio::time::timeout(Duration::from_secs(2), attempt)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            }
+            Probe::Grpc(addr) => grpc_serving(addr).await,
             Probe::Http(addr) => {
                 let Ok(http) = reqwest::Client::builder()
                     .no_proxy()
@@ -182,13 +164,9 @@ impl Probe {
     }
 }
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// `base` (`postgres://user@host:port`, with or without a database and a
 /// query string) naming `database` instead.
-fn postgres_url(base: &str, database: &str) -> String {
+pub(crate) fn postgres_url(base: &str, database: &str) -> String {
     let (base, query) = match base.split_once('?') {
         Some((b, q)) => (b, format!("?{q}")),
         None => (base, String::new()),
@@ -201,10 +179,11 @@ fn postgres_url(base: &str, database: &str) -> String {
     format!("{server}/{database}{query}")
 }
 
-fn log_tail(path: &Path) -> String {
+/// The last `lines` lines of a log.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Probes `probe` until the address serves.
@@ -219,14 +198,14 @@ async fn wait_serving(
         if let Some(status) = child.try_wait()? {
             bail!(
                 "the process serving {addr} exited during startup ({status}):\n{}",
-                log_tail(log)
+                log_tail(log, 20)
             );
         }
         if probe.serving().await {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{addr} not serving after 60 s:\n{}", log_tail(log));
+            bail!("{addr} not serving after 60 s:\n{}", log_tail(log, 20));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -276,18 +255,8 @@ impl Target {
             .prefix("rentalbook-bench-")
             .tempdir()
             .context("a temp dir for the run")?;
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let endpoints = Endpoints {
-            book: addr(free_port()),
-            reserve: addr(free_port()),
-            rental: addr(free_port()),
-            view: addr(free_port()),
-            edge: addr(free_port()),
-        };
+        let secret = crate::client::fresh_secret();
+        let endpoints = Endpoints::free();
         let mut target = match &spec {
             TargetSpec::AllInOne { bin } => {
                 let data = dir.path().join("data");
@@ -481,7 +450,7 @@ impl Target {
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
             if let Some(status) = p.child.try_wait()? {
-                bail!("{} exited ({status}):\n{}", p.name, log_tail(&p.log));
+                bail!("{} exited ({status}):\n{}", p.name, log_tail(&p.log, 20));
             }
         }
         Ok(())
@@ -542,6 +511,31 @@ fn filesystem_of(path: &Path) -> String {
         })
         .max()
         .map_or_else(|| "unknown filesystem".into(), |(_, fs)| fs)
+}
+
+/// One attempt: whether `addr`'s gRPC health answers SERVING now.
+pub(crate) async fn grpc_serving(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let channel = endpoint(addr)
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .ok()?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status;
+        (status == ServingStatus::Serving as i32).then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 #[cfg(test)]

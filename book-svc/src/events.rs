@@ -18,7 +18,8 @@ pub struct StatusProjection {
     pub cache: Arc<BookCache>,
 }
 
-fn snapshot(body: &Body) -> Option<(&str, &Availability)> {
+/// The book and its availability a desk event carries, if it carries them.
+pub fn snapshot(body: &Body) -> Option<(&str, &Availability)> {
     let (book_id, availability) = match body {
         Body::ReservationPlaced(e) => (&e.book_id, &e.availability),
         Body::ReservationReady(e) => (&e.book_id, &e.availability),
