@@ -1458,7 +1458,8 @@ async fn health_answers_serving_without_a_token(store: Store) {
         (mesh.rental_addr(), "rentalbook.rental.v1.RentalService"),
     ] {
         let mut health = HealthClient::new(support::channel(addr).await);
-        for service in ["", name] {
+        // Readiness ("" and the service's own name) and liveness.
+        for service in ["", name, rentalbook_plumbing::serve::LIVENESS] {
             let status = health
                 .check(HealthCheckRequest {
                     service: service.into(),

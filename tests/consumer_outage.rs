@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use rentalbook_plumbing::serve::LIVENESS;
 use rentalbook_proto::rental::v1::{
     GetRentalRequest, RentRequest, Rental, ReturnConfirmation, ReturnRentalRequest,
 };
@@ -55,20 +56,39 @@ async fn bring_back(db_url: &str) {
         .unwrap();
 }
 
-async fn status(addr: SocketAddr) -> Option<i32> {
+const RESERVE: &str = "rentalbook.reserve.v1.ReservationService";
+const BOOK: &str = "rentalbook.book.v1.BookService";
+const VIEW: &str = "rentalbook.view.v1.MyPageService";
+
+/// The health of `service` at `addr`: its own name is readiness,
+/// [`LIVENESS`] what the liveness probe asks.
+async fn status(addr: SocketAddr, service: &str) -> Option<i32> {
     HealthClient::new(support::channel(addr).await)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.into(),
         })
         .await
         .ok()
         .map(|r| r.into_inner().status)
 }
 
+/// Not ready while its database is away, and alive all along.
+async fn not_ready_but_alive(addr: SocketAddr, service: &str) {
+    eventually_within(Duration::from_secs(5), "NOT_SERVING", || async {
+        (status(addr, service).await? == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(addr, LIVENESS).await,
+        Some(ServingStatus::Serving as i32),
+        "{service}: alive while its database is away"
+    );
+}
+
 /// The health check finds the database again within its period.
-async fn serving_again(addr: SocketAddr) {
+async fn serving_again(addr: SocketAddr, service: &str) {
     eventually_within(Duration::from_secs(10), "SERVING again", || async {
-        (status(addr).await? == ServingStatus::Serving as i32).then_some(())
+        (status(addr, service).await? == ServingStatus::Serving as i32).then_some(())
     })
     .await;
 }
@@ -174,14 +194,7 @@ async fn reserve_svc_without_its_database_dead_letters_no_return_and_confirms_it
     // The desk cannot record the return: it falls back to the event.
     let returned = give_back(&mesh, "alice", &loan.rental_id).await;
     assert_eq!(returned.return_confirmation(), ReturnConfirmation::Pending);
-    eventually_within(
-        Duration::from_secs(5),
-        "reserve-svc NOT_SERVING",
-        || async {
-            (status(mesh.reserve_addr()).await? == ServingStatus::NotServing as i32).then_some(())
-        },
-    )
-    .await;
+    not_ready_but_alive(mesh.reserve_addr(), RESERVE).await;
     tokio::time::sleep(OUTAGE).await;
     assert_eq!(
         dead_letters(&mesh),
@@ -216,7 +229,7 @@ async fn reserve_svc_without_its_database_dead_letters_no_return_and_confirms_it
         .unwrap()
         .into_inner();
     assert_eq!(bob_now.status(), ReservationStatus::Ready, "bob is next");
-    serving_again(mesh.reserve_addr()).await;
+    serving_again(mesh.reserve_addr(), RESERVE).await;
     consistent_and_nothing_dead_lettered(&mesh).await;
 }
 
@@ -247,11 +260,8 @@ async fn book_svc_and_view_svc_without_their_databases_catch_up_on_every_event()
             give_back(&mesh, who, &loan.rental_id).await;
         }
     }
-    for addr in [mesh.book_addr(), mesh.view_addr()] {
-        eventually_within(Duration::from_secs(5), "NOT_SERVING", || async {
-            (status(addr).await? == ServingStatus::NotServing as i32).then_some(())
-        })
-        .await;
+    for (addr, service) in [(mesh.book_addr(), BOOK), (mesh.view_addr(), VIEW)] {
+        not_ready_but_alive(addr, service).await;
     }
     tokio::time::sleep(OUTAGE).await;
     assert_eq!(
@@ -263,7 +273,7 @@ async fn book_svc_and_view_svc_without_their_databases_catch_up_on_every_event()
     bring_back(&view_db).await;
 
     consistent_and_nothing_dead_lettered(&mesh).await;
-    for addr in [mesh.book_addr(), mesh.view_addr()] {
-        serving_again(addr).await;
+    for (addr, service) in [(mesh.book_addr(), BOOK), (mesh.view_addr(), VIEW)] {
+        serving_again(addr, service).await;
     }
 }

@@ -69,11 +69,21 @@ async fn start_book_svc_with(
     (addr, stop)
 }
 
+/// Readiness, as the readiness probe asks it: the service's own name.
 async fn health(addr: std::net::SocketAddr) -> Option<i32> {
+    health_of(addr, "rentalbook.book.v1.BookService").await
+}
+
+/// What the liveness and startup probes ask.
+async fn liveness(addr: std::net::SocketAddr) -> Option<i32> {
+    health_of(addr, rentalbook_plumbing::serve::LIVENESS).await
+}
+
+async fn health_of(addr: std::net::SocketAddr, service: &str) -> Option<i32> {
     let mut client = HealthClient::new(support::channel(addr).await);
     client
         .check(HealthCheckRequest {
-            service: "rentalbook.book.v1.BookService".into(),
+            service: service.into(),
         })
         .await
         .ok()
@@ -96,6 +106,11 @@ async fn health_follows_the_database_and_requests_answer_unavailable_meanwhile()
         (health(addr).await? == ServingStatus::NotServing as i32).then_some(())
     })
     .await;
+    assert_eq!(
+        liveness(addr).await,
+        Some(ServingStatus::Serving as i32),
+        "a database outage does not fail liveness (no restart brings a database back)"
+    );
     let mut books = rentalbook_proto::book::v1::book_service_client::BookServiceClient::new(
         support::channel(addr).await,
     );
@@ -253,6 +268,11 @@ async fn before_its_migrations_ran_a_service_answers_starting_and_never_touches_
         health(addr).await,
         Some(ServingStatus::NotServing as i32),
         "NOT_SERVING until migrated"
+    );
+    assert_eq!(
+        liveness(addr).await,
+        Some(ServingStatus::Serving as i32),
+        "alive while it waits for its migrations"
     );
 
     held.rollback().await.unwrap();

@@ -3,7 +3,12 @@
 //! `/healthz`), then the route table. A routed request is checked for
 //! credentials, its body read within the limit and transcoded, and the RPC
 //! called with the caller's identity and a deadline. Every request is
-//! counted by route and status.
+//! counted and timed by method, route and status: `http_requests_total` and
+//! `http_request_duration_seconds` (to the response's head; an event
+//! stream's lifetime is not a duration). The route is the matched template
+//! (`/v1/books/{book_id}`), the edge's own path, `web` or `unmatched`, never
+//! the raw path, and methods outside HTTP's own are `other`: the series stay
+//! few whatever clients send.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +45,15 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// Cancelled when the edge shuts down, to end open event streams.
     pub streams_stop: CancellationToken,
+    /// How often an event stream carries a keep-alive comment.
+    pub sse_keep_alive: Duration,
     /// `/session`, and the dev sign-in when it is on.
     pub sessions: crate::session::Sessions,
 }
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let started = Instant::now();
+    let method = method_label(req.method());
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
     let traceparent = req
         .headers()
@@ -56,18 +64,40 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let status = res.status();
     metrics::counter!(
         "http_requests_total",
+        "method" => method,
         "route" => route.clone(),
         "status" => status.as_str().to_owned()
     )
     .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(
+        "http_request_duration_seconds",
+        "method" => method,
+        "route" => route.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
     if status.is_server_error() {
         tracing::warn!(route, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(route, status = status.as_u16(), "request served");
     }
     res
+}
+
+/// The method's label for metrics: HTTP's own methods by name, any other
+/// `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// The route's label for metrics, and the answer.
@@ -112,7 +142,7 @@ async fn dispatch(shared: &Arc<Shared>, req: Request) -> (String, Response) {
             ApiError::method_not_allowed(req.method(), &path, allow).into_response(),
         ),
         Lookup::Found { route, captured } => {
-            let label = format!("{} {}", route.http_method, route.template.as_str());
+            let label = route.template.as_str().to_owned();
             let res = match call(shared, route, captured, req).await {
                 Ok(res) => res,
                 Err(e) => e.into_response(),

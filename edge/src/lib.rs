@@ -93,6 +93,12 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s")]
     pub request_timeout: PolicyDuration,
 
+    /// How often an open event stream (My Page, live) carries a keep-alive
+    /// comment; keep it under the shortest idle timeout of any proxy between
+    /// the edge and the browser.
+    #[arg(long, env = "SSE_KEEP_ALIVE", default_value = "15s")]
+    pub sse_keep_alive: PolicyDuration,
+
     /// Log format: `json` or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -165,6 +171,7 @@ pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Resul
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout.get(),
         streams_stop,
+        sse_keep_alive: config.sse_keep_alive.get(),
         sessions,
     });
     let mut router = Router::new().fallback(handler::handle).with_state(shared);
@@ -218,7 +225,6 @@ fn cors_layer(origins: &str) -> anyhow::Result<Option<CorsLayer>> {
     ))
 }
 
-/// An edge ready to serve on its bound port.
 /// The edge as a process of its own: flags and environment from `argv`,
 /// logging, then serve until SIGTERM or Ctrl-C. With dev sign-in on, the
 /// tokens it mints are signed with `RENTALBOOK_JWT_SECRET`, from the
@@ -238,6 +244,7 @@ pub async fn run_process(argv: impl IntoIterator<Item = String>) -> anyhow::Resu
         .await
 }
 
+/// An edge ready to serve on its bound port.
 pub struct App {
     listener: TcpListener,
     router: Router,
@@ -278,6 +285,12 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, ends the
     /// event streams and lets in-flight requests finish (for up to 20 s).
+    ///
+    /// The one port answers HTTP/1.1 and HTTP/2 over cleartext (h2c, prior
+    /// knowledge), told apart by the connection's first bytes. Over HTTP/1.1
+    /// an open event stream holds a whole connection; over HTTP/2 a proxy in
+    /// front (the ingress gateway) carries many streams and the REST calls on
+    /// a few connections, up to hyper's 200 concurrent streams on each.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let streams_stop = self.streams_stop.clone();
@@ -326,6 +339,7 @@ mod tests {
         let c = Config::try_parse_from(["edge"]).unwrap();
         assert_eq!(c.listen_addr.port(), 8088);
         assert_eq!(c.request_timeout.get(), Duration::from_secs(10));
+        assert_eq!(c.sse_keep_alive.get(), Duration::from_secs(15));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.cors_allowed_origins.is_empty());
         assert!(!c.dev_sign_in && c.dev_sign_in_secret.is_none());
@@ -343,6 +357,7 @@ mod tests {
             "CORS_ALLOWED_ORIGINS",
             "MAX_BODY_BYTES",
             "REQUEST_TIMEOUT",
+            "SSE_KEEP_ALIVE",
             "LOG_FORMAT",
             "EDGE_DEV_SIGN_IN",
         ] {
@@ -426,6 +441,66 @@ mod tests {
         assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
         assert_eq!(json_of(res).await["code"], 14);
+    }
+
+    /// The value of one series on the metrics page, `0` when absent.
+    fn series(metrics: &str, name_and_labels: &str) -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_method_route_template_and_status() {
+        rentalbook_plumbing::telemetry::init_metrics(None).unwrap();
+        let router = router(&config(&[]), CancellationToken::new()).unwrap();
+        let request = |method: &str, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", "Bearer t")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let metrics = |router: Router| async move {
+            let res = send(&router, request("GET", "/metrics")).await;
+            assert_eq!(res.status(), http::StatusCode::OK);
+            use http_body_util::BodyExt;
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let book = r#"http_requests_total{method="GET",route="/v1/books/{book_id}",status="503"}"#;
+        let unmatched = r#"http_requests_total{method="other",route="unmatched",status="405"}"#;
+        let timed =
+            r#"http_request_duration_seconds_count{method="GET",route="/v1/books/{book_id}"}"#;
+        let before = metrics(router.clone()).await;
+
+        // Two books (the backend is down: 503), and a method of one's own.
+        for uri in ["/v1/books/first-raw-id", "/v1/books/second-raw-id"] {
+            let res = send(&router, request("GET", uri)).await;
+            assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let res = send(&router, request("BREW", "/v1/books/third-raw-id")).await;
+        assert_eq!(res.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+
+        let after = metrics(router).await;
+        assert_eq!(series(&after, book) - series(&before, book), 2.0, "{after}");
+        assert_eq!(
+            series(&after, timed) - series(&before, timed),
+            2.0,
+            "{after}"
+        );
+        assert_eq!(
+            series(&after, unmatched) - series(&before, unmatched),
+            1.0,
+            "{after}"
+        );
+        assert!(!after.contains("raw-id"), "no raw path in a label: {after}");
+        assert!(
+            !after.contains("BREW"),
+            "no method of a client's own: {after}"
+        );
     }
 
     #[tokio::test]

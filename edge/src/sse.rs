@@ -1,13 +1,15 @@
 //! Server-streaming RPCs (WatchMyPage) as Server-Sent Events: one `data:`
-//! event per message in proto3 JSON, a keep-alive comment every 15 s so that
-//! proxies keep the connection, an `error` event if the stream fails midway.
+//! event per message in proto3 JSON, a keep-alive comment every
+//! `SSE_KEEP_ALIVE` (15 s) so that proxies and browsers between the edge and
+//! the reader keep the connection, an `error` event if the stream fails
+//! midway. The backend's own heartbeat (view-svc resends the page) keeps the
+//! gRPC stream behind it alive; the comments cover the HTTP side.
 //! When the client goes away the body is dropped, which drops the gRPC
 //! stream and so cancels it at the backend; when the edge shuts down the
 //! stream ends cleanly.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +21,6 @@ use crate::errors::ApiError;
 use crate::handler::Shared;
 use crate::routes::Route;
 use crate::transcode;
-
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Opens the stream at the backend and answers with its events. Failures
 /// before the first message (refusals, an unreachable backend) are ordinary
@@ -57,7 +57,7 @@ pub async fn stream(
         })
         .take_until(shared.streams_stop.clone().cancelled_owned());
     let mut res = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(shared.sse_keep_alive))
         .into_response();
     // Ask buffering proxies to pass events on at once.
     res.headers_mut()

@@ -18,6 +18,10 @@
 //! progress so it is not handed to someone else. Events that are waiting
 //! when the consumer looks are applied in one transaction and acknowledged
 //! together; a batch that fails is applied again event by event.
+//!
+//! While it runs, a consumer asks the bus every few seconds how many events
+//! it has not acknowledged yet and exports the count as the gauge
+//! `consumer_pending{consumer="<durable>"}`: the lag, from the service itself.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -81,6 +85,10 @@ const MAX_BATCH: usize = 64;
 /// The first wait before an event is tried again; it doubles up to 5 s.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// How often a running consumer reports its pending count: one question
+/// to the bus each time, cheap next to the events themselves.
+pub const PENDING_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Whether the consumer goes on with the next event.
 enum Flow {
     Next,
@@ -93,6 +101,7 @@ pub struct Consumer {
     bus: Arc<dyn EventBus>,
     spec: ConsumerSpec,
     handler: Arc<dyn EventHandler>,
+    pending_report: Duration,
 }
 
 impl Consumer {
@@ -107,12 +116,50 @@ impl Consumer {
             bus,
             spec,
             handler,
+            pending_report: PENDING_REPORT_INTERVAL,
         }
     }
 
+    /// Reports the pending count every `interval` instead of every
+    /// [`PENDING_REPORT_INTERVAL`].
+    pub fn with_pending_report(mut self, interval: Duration) -> Self {
+        self.pending_report = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// Consumes until `shutdown`, reopening the subscription whenever the bus
-    /// goes away.
+    /// goes away, and reports the pending count meanwhile.
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::select! {
+            () = self.consume(&shutdown) => {}
+            () = self.report_pending() => {}
+        }
+    }
+
+    /// Sets `consumer_pending` from the bus every `pending_report`, for as
+    /// long as it is polled. A count the bus cannot give (it is away, or the
+    /// durable consumer does not exist yet) leaves the gauge as it was.
+    async fn report_pending(&self) {
+        let gauge = metrics::gauge!("consumer_pending", "consumer" => self.spec.durable.clone());
+        let mut ticks = tokio::time::interval(self.pending_report);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self.pending_report.max(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            match tokio::time::timeout(limit, self.bus.pending(&self.spec.durable)).await {
+                Ok(Ok(Some(pending))) => gauge.set(pending as f64),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(consumer = %self.spec.durable, error = format!("{e:#}"), "could not read the pending count");
+                }
+                Err(_) => {
+                    tracing::debug!(consumer = %self.spec.durable, "the bus did not tell the pending count in time");
+                }
+            }
+        }
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) {
         let mut backoff = Backoff::new(FIRST_RETRY);
         while !shutdown.is_cancelled() {
             let mut sub = match tokio::select! {
@@ -140,7 +187,7 @@ impl Consumer {
                 };
                 match next {
                     Ok(Some(batch)) => {
-                        if let Flow::Stopped = self.settle(sub.as_mut(), batch, &shutdown).await {
+                        if let Flow::Stopped = self.settle(sub.as_mut(), batch, shutdown).await {
                             return;
                         }
                     }
@@ -386,7 +433,15 @@ fn envelope_of(delivery: &dyn Delivery) -> Option<Envelope> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rentalbook_proto::events::v1::{BookRegistered, envelope::Body};
+    use sea_orm_migration::{MigrationTrait, SchemaManager};
+
     use super::*;
+    use crate::bus::{NatsBus, NatsSettings, Outgoing};
+    use crate::embedded_bus::EmbeddedBus;
+    use crate::schema::PlumbingTables;
 
     #[test]
     fn only_a_poison_verdict_is_poison() {
@@ -397,5 +452,119 @@ mod tests {
         assert!(!is_poison(&anyhow::anyhow!("connection refused")));
         let db_error: anyhow::Error = sea_orm::DbErr::Custom("deadlock detected".into()).into();
         assert!(!is_poison(&db_error));
+    }
+
+    /// Fails every event, as a consumer whose database is away does, until
+    /// it is let through.
+    #[derive(Default)]
+    struct Gate {
+        open: AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventHandler for Gate {
+        async fn apply(&self, _tx: &mut WriteTx, _event: &Envelope) -> anyhow::Result<()> {
+            anyhow::ensure!(self.open.load(Ordering::SeqCst), "connection refused");
+            Ok(())
+        }
+    }
+
+    fn registered(id: &str) -> Outgoing {
+        let envelope = Envelope {
+            event_id: id.into(),
+            body: Some(Body::BookRegistered(BookRegistered {
+                book_id: id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        Outgoing {
+            event_id: id.into(),
+            subject: "book.registered".into(),
+            payload: envelope.encode_to_vec().into(),
+            traceparent: None,
+        }
+    }
+
+    /// The value of `consumer_pending` for `durable` on the metrics page.
+    fn exported_pending(durable: &str) -> Option<f64> {
+        let series = format!("consumer_pending{{consumer=\"{durable}\"}} ");
+        crate::telemetry::render_metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+    }
+
+    async fn until_exported(durable: &str, want: f64) {
+        let started = Instant::now();
+        loop {
+            let seen = exported_pending(durable);
+            if seen == Some(want) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "consumer_pending for {durable} is {seen:?}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Events wait behind one the consumer cannot apply: the gauge shows
+    /// them all, then none once they are applied.
+    async fn the_pending_count_is_exported(bus: Arc<dyn EventBus>, db: Db) {
+        crate::telemetry::init_metrics(None).unwrap();
+        PlumbingTables
+            .up(&SchemaManager::new(db.conn()))
+            .await
+            .unwrap();
+        let durable = rentalbook_testkit::unique_name("pending");
+        bus.publish(&[registered("p1"), registered("p2"), registered("p3")])
+            .await
+            .unwrap();
+        let gate = Arc::new(Gate::default());
+        let spec = ConsumerSpec {
+            durable: durable.clone(),
+            filter: "book.>".into(),
+            max_deliver: 3,
+            ack_wait: Duration::from_secs(5),
+        };
+        let stop = CancellationToken::new();
+        let consumer = Consumer::new(db, bus, spec, gate.clone())
+            .with_pending_report(Duration::from_millis(50));
+        let running = tokio::spawn(consumer.run(stop.clone()));
+
+        until_exported(&durable, 3.0).await;
+        gate.open.store(true, Ordering::SeqCst);
+        until_exported(&durable, 0.0).await;
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_pending_count_is_exported_on_the_embedded_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |f: &str| format!("sqlite://{}", dir.path().join(f).display());
+        let bus = EmbeddedBus::open(&url("events.db")).await.unwrap();
+        let db = Db::connect(&url("service.db"), 4).await.unwrap();
+        the_pending_count_is_exported(bus, db).await;
+    }
+
+    #[tokio::test]
+    async fn the_pending_count_is_exported_on_nats() {
+        let stream = rentalbook_testkit::unique_name("PENDING");
+        let bus = NatsBus::connect(NatsSettings {
+            url: rentalbook_testkit::nats_url().await,
+            subject_prefix: stream.to_lowercase(),
+            stream,
+            max_age: None,
+            replicas: 1,
+            client_name: "consumer-pending-test".into(),
+        })
+        .await
+        .unwrap();
+        let db = Db::connect(&rentalbook_testkit::fresh_postgres_url().await, 4)
+            .await
+            .unwrap();
+        the_pending_count_is_exported(bus, db).await;
     }
 }

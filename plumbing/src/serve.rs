@@ -4,6 +4,16 @@
 //! in-flight calls and lets the background tasks (outbox relay, consumers,
 //! sweeps) finish.
 //!
+//! Health has two meanings. The name [`LIVENESS`] answers SERVING for as long
+//! as the process serves gRPC: Kubernetes' startup and liveness probes ask it,
+//! so a database outage never restarts a pod. The overall status `""` and each
+//! service's own name follow readiness: NOT_SERVING until the migrations ran,
+//! while the database is unreachable or a consumer is stalled on it, and while
+//! shutting down; the readiness probe asks the service's own name.
+//!
+//! On PostgreSQL the migrations run under a session advisory lock, so replicas
+//! starting together migrate one at a time.
+//!
 //! Admission answers product RPCs at once, without touching the database,
 //! when they cannot be served: UNAVAILABLE while the migrations have not run
 //! yet or the health check finds the database unreachable, RESOURCE_EXHAUSTED
@@ -27,8 +37,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::{Layer, Service};
 
+use sea_orm::DbBackend;
+
 use crate::db::Db;
 use crate::error::{resource_exhausted_retry_after, unavailable_retry_after};
+
+/// The health service name that is SERVING for as long as the process serves
+/// (what liveness asks); `""` and the services' own names follow readiness.
+pub const LIVENESS: &str = "liveness";
 
 /// A background task of a service, started once its migrations have run.
 pub type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -91,6 +107,10 @@ pub async fn run<M: MigratorTrait>(
         names: grpc_names,
     };
     health.set(ServingStatus::NotServing).await;
+    health
+        .reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
 
     // Every contract is described (a message may come from another
     // package), but only the services this port serves are listed.
@@ -135,7 +155,15 @@ pub async fn run<M: MigratorTrait>(
     // and admission answers product RPCs "starting".
     let mut backoff = crate::time::Backoff::new(Duration::from_millis(200));
     loop {
-        match M::up(db.conn(), None).await {
+        let attempt = tokio::select! {
+            attempt = migrate::<M>(name, &db) => attempt,
+            _ = shutdown.cancelled() => {
+                server_stop.cancel();
+                let _ = server.await;
+                return Ok(());
+            }
+        };
+        match attempt {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(service = name, error = %e, "migrations could not run yet");
@@ -164,9 +192,9 @@ pub async fn run<M: MigratorTrait>(
         request_id_retention,
         tasks_stop.clone(),
     ));
-    // SERVING only while the own database answers and every consumer can
+    // Ready only while the own database answers and every consumer can
     // apply its events to it; NATS is not consulted (the outbox buffers
-    // events while it is away).
+    // events while it is away). Liveness is not touched.
     {
         let db = db.clone();
         let health = health.clone();
@@ -216,6 +244,53 @@ pub async fn run<M: MigratorTrait>(
     Ok(())
 }
 
+/// The advisory lock key of a service's migrations: one per service, so that
+/// services sharing one database (a schema each) do not wait for each other.
+fn migration_lock_key(service: &str) -> String {
+    format!("rentalbook:migrations:{service}")
+}
+
+/// Runs the pending migrations. On PostgreSQL they run under a session
+/// advisory lock taken on a connection of their own, so that replicas starting
+/// together migrate one after the other (the later ones find nothing pending)
+/// instead of racing on the same DDL. The lock ends with that connection, also
+/// when the process dies or the attempt is dropped.
+async fn migrate<M: MigratorTrait>(service: &str, db: &Db) -> anyhow::Result<()> {
+    use sea_orm::sqlx::{self, Connection, postgres::PgConnection};
+
+    if db.backend() != DbBackend::Postgres {
+        M::up(db.conn(), None).await?;
+        return Ok(());
+    }
+    let options = db.conn().get_postgres_connection_pool().connect_options();
+    let mut session = PgConnection::connect_with(&options).await?;
+    let key = migration_lock_key(service);
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(key.clone())
+        .fetch_one(&mut session)
+        .await?;
+    if !taken {
+        tracing::info!(
+            service,
+            "another replica is migrating the database; waiting for it"
+        );
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(key.clone())
+            .execute(&mut session)
+            .await?;
+    }
+    let migrated = M::up(db.conn(), None).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(&mut session)
+        .await;
+    let _ = session.close().await;
+    migrated?;
+    unlocked?;
+    Ok(())
+}
+
+/// Readiness: `""` and the services' own names ([`LIVENESS`] is set once).
 #[derive(Clone)]
 struct Health {
     reporter: HealthReporter,
@@ -536,6 +611,96 @@ mod tests {
             let res = svc.clone().call(call(path)).await.unwrap();
             assert!(status_of(&res).is_none(), "{path}");
         }
+    }
+
+    /// One migration that takes a while, so that a replica racing another
+    /// would find it pending too and fail on the table the other created.
+    struct Shelf;
+
+    impl sea_orm_migration::MigrationName for Shelf {
+        fn name(&self) -> &str {
+            "m0001_create_shelf"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl sea_orm_migration::MigrationTrait for Shelf {
+        async fn up(
+            &self,
+            manager: &sea_orm_migration::SchemaManager,
+        ) -> Result<(), sea_orm::DbErr> {
+            use sea_orm::ConnectionTrait;
+            let conn = manager.get_connection();
+            conn.execute_unprepared("SELECT pg_sleep(0.3)").await?;
+            conn.execute_unprepared("CREATE TABLE shelf (id bigint PRIMARY KEY)")
+                .await?;
+            Ok(())
+        }
+    }
+
+    struct ShelfMigrator;
+
+    impl MigratorTrait for ShelfMigrator {
+        fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+            vec![Box::new(Shelf)]
+        }
+    }
+
+    async fn shelf_exists(db: &Db) -> bool {
+        use sea_orm::ConnectionTrait;
+        let row = db
+            .conn()
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT to_regclass('shelf') IS NOT NULL AS present",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<bool>("", "present").unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_migrate_one_after_the_other() {
+        let url = rentalbook_testkit::fresh_postgres_url().await;
+        let a = Db::connect(&url, 2).await.unwrap();
+        let b = Db::connect(&url, 2).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            migrate::<ShelfMigrator>("test-svc", &a),
+            migrate::<ShelfMigrator>("test-svc", &b)
+        );
+        ra.expect("the first replica migrates");
+        rb.expect("the second replica finds nothing left to do");
+        assert!(shelf_exists(&a).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrations_wait_while_another_session_holds_the_lock() {
+        use sea_orm::sqlx::{self, Connection, postgres::PgConnection};
+        let url = rentalbook_testkit::fresh_postgres_url().await;
+        let db = Db::connect(&url, 2).await.unwrap();
+        let mut holder = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(migration_lock_key("test-svc"))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move { migrate::<ShelfMigrator>("test-svc", &db).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "migrated while the lock was held");
+        assert!(!shelf_exists(&db).await);
+
+        holder.close().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("migrated once the lock was free")
+            .unwrap()
+            .unwrap();
+        assert!(shelf_exists(&db).await);
     }
 
     #[test]

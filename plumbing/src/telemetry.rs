@@ -9,7 +9,10 @@ use tracing_subscriber::EnvFilter;
 /// JSON (or plain text) logs to stdout, filtered by `RUST_LOG` (default
 /// `info`), and spans carried as OpenTelemetry traces: exported over OTLP when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, silently kept in-process otherwise
-/// (they still carry the `traceparent` from call to call).
+/// (they still carry the `traceparent` from call to call). The spans' service
+/// is `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`),
+/// else the program's name (`book-svc`, `edge`, `rentalbook`): never
+/// `unknown_service`.
 pub fn init_logging(format: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -31,7 +34,8 @@ pub fn init_logging(format: &str) {
 fn tracer() -> opentelemetry_sdk::trace::SdkTracer {
     use opentelemetry::trace::TracerProvider;
 
-    let mut provider = opentelemetry_sdk::trace::SdkTracerProvider::builder();
+    let mut provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_resource(resource(program_name().as_deref()));
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
     if !endpoint.is_empty() {
         match opentelemetry_otlp::SpanExporter::builder()
@@ -46,6 +50,31 @@ fn tracer() -> opentelemetry_sdk::trace::SdkTracer {
     let tracer = provider.tracer("rentalbook");
     opentelemetry::global::set_tracer_provider(provider);
     tracer
+}
+
+/// The resource attribute that names the service.
+const SERVICE_NAME: &str = "service.name";
+
+/// The SDK's resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`),
+/// named after `program` when the environment names no service.
+fn resource(program: Option<&str>) -> opentelemetry_sdk::Resource {
+    let detected = opentelemetry_sdk::Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str(SERVICE_NAME))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if named {
+        return detected;
+    }
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(program.unwrap_or("rentalbook").to_owned())
+        .build()
+}
+
+/// The running program's file name without its extension.
+fn program_name() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let stem = exe.file_stem()?.to_str()?;
+    (!stem.is_empty()).then(|| stem.to_owned())
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -102,5 +131,29 @@ mod tests {
         init_metrics(None).expect("a recorder without a listener");
         metrics::counter!("test_total").increment(1);
         assert!(render_metrics().contains("test_total"));
+    }
+
+    fn service_name(resource: &opentelemetry_sdk::Resource) -> String {
+        resource
+            .get(&opentelemetry::Key::from_static_str(SERVICE_NAME))
+            .expect("a service name")
+            .as_str()
+            .into_owned()
+    }
+
+    #[test]
+    fn spans_carry_a_service_name() {
+        // The program's name unless the environment gives one (the
+        // manifests set OTEL_SERVICE_NAME); `unknown_service` never.
+        let from_environment = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|n| !n.is_empty())
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name"));
+        if !from_environment {
+            assert_eq!(service_name(&resource(Some("book-svc"))), "book-svc");
+            assert_eq!(service_name(&resource(None)), "rentalbook");
+        }
+        let program = program_name().expect("the test binary has a name");
+        for given in [Some("book-svc"), Some(program.as_str()), None] {
+            assert!(!service_name(&resource(given)).starts_with("unknown_service"));
+        }
     }
 }

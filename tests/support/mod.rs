@@ -693,3 +693,62 @@ impl Mesh {
         &self.db_urls[3]
     }
 }
+
+impl Mesh {
+    /// Another instance of view-svc on the mesh's database and durable
+    /// consumer, with `extra` flags besides the usual ones.
+    pub async fn start_view_instance_with(
+        &self,
+        extra: &[&str],
+    ) -> (SocketAddr, CancellationToken) {
+        let mut args = vec![
+            "view-svc".to_owned(),
+            "--database-url".into(),
+            self.db_urls[3].clone(),
+            "--consumer-name".into(),
+            "view-svc".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding view-svc");
+        let running = launch!(self, view_svc, "view-svc", args, listener);
+        wait_serving(running.addr).await;
+        (running.addr, running.stop.clone())
+    }
+
+    /// The REST edge in this process in front of this mesh's services, with
+    /// view-svc at `view` and `extra` flags besides; cancel the token to
+    /// stop it.
+    pub async fn start_edge_with(
+        &self,
+        view: SocketAddr,
+        extra: &[&str],
+    ) -> (SocketAddr, CancellationToken) {
+        let mut args = vec![
+            "edge".to_owned(),
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+            "--book-svc-url".into(),
+            format!("http://{}", self.book.addr),
+            "--reserve-svc-url".into(),
+            format!("http://{}", self.reserve.addr),
+            "--rental-svc-url".into(),
+            format!("http://{}", self.rental.addr),
+            "--view-svc-url".into(),
+            format!("http://{view}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = <edge::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the edge");
+        let app = edge::App::build_with(config, listener)
+            .await
+            .expect("the edge");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run(stop.clone()));
+        (addr, stop)
+    }
+}

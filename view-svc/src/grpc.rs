@@ -10,6 +10,7 @@ use rentalbook_proto::view::v1::{
     GetMyPageRequest, MyPage, WatchMyPageRequest, my_page_service_server::MyPageService,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -21,7 +22,14 @@ pub struct MyPages {
     pub watchers: Arc<Watchers>,
     /// Ends the open watch streams when the service shuts down.
     pub shutdown: CancellationToken,
+    /// How long a watch stream may stay silent before the page it last got
+    /// is sent again: proxies on the way (Envoy's stream idle timeout)
+    /// reset a stream on which nothing moves.
+    pub heartbeat: Duration,
 }
+
+/// The longest a watch stream waits for its next rebuild or heartbeat.
+const LONGEST_WAIT: Duration = Duration::from_secs(86_400);
 
 /// Pages a slow watcher may have queued before it holds up only itself.
 const WATCH_BUFFER: usize = 4;
@@ -50,12 +58,14 @@ impl MyPageService for MyPages {
         let member = caller.subject(&request.get_ref().member_id)?.to_string();
         let watchers = self.watchers.clone();
         let shutdown = self.shutdown.clone();
+        let heartbeat = self.heartbeat;
         let mut changes = watchers.subscribe(&member);
         let (out, stream) = mpsc::channel(WATCH_BUFFER);
         metrics::gauge!("mypage_watch_streams").increment(1.0);
         tokio::spawn(async move {
             let mut last: Option<MyPage> = None;
-            loop {
+            let mut sent_at = Instant::now();
+            'build: loop {
                 changes.mark_unchanged();
                 let now = time::now();
                 let (page, next_change) = match pages::build(watchers.db.conn(), &member, now).await
@@ -71,17 +81,37 @@ impl MyPageService for MyPages {
                         break;
                     }
                     last = Some(page);
+                    sent_at = Instant::now();
                 }
-                // Wake for a change, for the next due date to pass, or not at all.
+                // Wake for a change, for the next due date to pass, or not at
+                // all; a day at most for either wait, so that no deadline
+                // can overflow.
                 let clock = next_change
                     .and_then(|t| (t - now).to_std().ok())
                     .map(|d| d + Duration::from_millis(5))
-                    .unwrap_or(Duration::from_secs(3600));
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(clock) => {}
-                    _ = out.closed() => break,
-                    _ = shutdown.cancelled() => break,
+                    .unwrap_or(Duration::from_secs(3600))
+                    .min(LONGEST_WAIT);
+                let rebuild_at = Instant::now() + clock;
+                let silence = heartbeat.min(LONGEST_WAIT);
+                loop {
+                    tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { break 'build } else { continue 'build },
+                        _ = tokio::time::sleep_until(rebuild_at) => continue 'build,
+                        _ = tokio::time::sleep_until(sent_at + silence) => {
+                            // The page is still current (any change wakes the
+                            // loop above), so it is resent as it is, without
+                            // a read. A full buffer means the stream is not
+                            // idle: nothing to add then.
+                            if let Some(page) = &last
+                                && let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(Ok(page.clone()))
+                            {
+                                break 'build;
+                            }
+                            sent_at = Instant::now();
+                        }
+                        _ = out.closed() => break 'build,
+                        _ = shutdown.cancelled() => break 'build,
+                    }
                 }
             }
             metrics::gauge!("mypage_watch_streams").decrement(1.0);

@@ -11,7 +11,8 @@
 //! - [`watch`]: who watches which page.
 //! - [`fanout`]: replicas telling each other whose page changed.
 //! - [`store`]: tables and migrations.
-//! - [`grpc`]: GetMyPage and the WatchMyPage stream.
+//! - [`grpc`]: GetMyPage and the WatchMyPage stream, which sends the page
+//!   again after `WATCH_HEARTBEAT` of silence so that proxies keep it.
 
 pub mod domain;
 pub mod fanout;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use clap::Parser;
 use rentalbook_plumbing::auth::{Authenticator, Verifier};
 use rentalbook_plumbing::bus::{ConsumerSpec, EventBus};
-use rentalbook_plumbing::config::{CommonArgs, OptionalAddr};
+use rentalbook_plumbing::config::{CommonArgs, OptionalAddr, PolicyDuration};
 use rentalbook_plumbing::consumer::Consumer;
 use rentalbook_plumbing::db::Db;
 use rentalbook_plumbing::serve::{self, Launch, Task};
@@ -74,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "VIEW_REBUILD")]
     pub rebuild: bool,
 
+    /// How long an open WatchMyPage stream may stay silent before the current
+    /// page is sent again: proxies reset streams on which nothing moves
+    /// (Envoy's stream idle timeout is 5 min by default), so keep this well
+    /// under the shortest idle timeout between the edge and view-svc.
+    #[arg(long, env = "WATCH_HEARTBEAT", default_value = "60s")]
+    pub watch_heartbeat: PolicyDuration,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -116,6 +124,7 @@ impl App {
             grpc::MyPages {
                 watchers: watchers.clone(),
                 shutdown: shutdown_streams.clone(),
+                heartbeat: config.watch_heartbeat.get(),
             },
             Authenticator::new(verifier),
         ));
@@ -184,5 +193,27 @@ impl App {
             streams.cancel();
         });
         serve::run::<store::Migrator>(self.launch, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_watch_heartbeat_has_a_default_and_help_lists_it() {
+        let c = Config::try_parse_from(["view-svc"]).unwrap();
+        assert_eq!(c.watch_heartbeat.get(), Duration::from_secs(60));
+        let c = Config::try_parse_from(["view-svc", "--watch-heartbeat", "250ms"]).unwrap();
+        assert_eq!(c.watch_heartbeat.get(), Duration::from_millis(250));
+        assert!(Config::try_parse_from(["view-svc", "--watch-heartbeat", "0s"]).is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("WATCH_HEARTBEAT"), "{help}");
     }
 }
