@@ -48,7 +48,11 @@ pub const SQLITE_FILES: [&str; 5] = ["book.db", "reserve.db", "rental.db", "view
 /// Policy for the campaign: holds expire (R4 runs), calls to the desk give
 /// up soon, the breaker opens and closes within a fault, stuck rentals are
 /// settled quickly, and events come again soon after a consumer vanishes.
+/// A consumer gives up on an event it refuses after 3 tries (8 by default),
+/// so that a failure of its own taken for the event's (and dead-lettered)
+/// shows within the shortest fault.
 const POLICY: &[(&str, &str)] = &[
+    ("EVENT_MAX_DELIVER", "3"),
     ("HOLD_PICKUP_WINDOW", "15s"),
     ("EXPIRY_SWEEP_INTERVAL", "1s"),
     ("RESERVE_CALL_TIMEOUT", "1s"),
