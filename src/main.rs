@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rentalbook_plumbing::auth::{Role, mint};
+use rentalbook_plumbing::auth::{Role, TokenScope, mint_for};
 use rentalbook_plumbing::config::PolicyDuration;
 use rentalbook_plumbing::ids::MemberId;
 
@@ -66,6 +66,10 @@ enum Command {
         /// Where the all-in-one keeps its secret.
         #[arg(long, env = "RENTALBOOK_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// The audience and issuer the services require, if any: the token
+        /// carries them.
+        #[command(flatten)]
+        scope: TokenScope,
     },
 }
 
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             ttl,
             secret,
             data_dir,
+            scope,
         }) => {
             let member = MemberId::parse(&sub).map_err(anyhow::Error::msg)?;
             let secret = match secret.filter(|s| !s.is_empty()) {
@@ -122,7 +127,7 @@ fn main() -> anyhow::Result<()> {
                 })?,
             };
             let ttl: Duration = ttl.get();
-            println!("{}", mint(&secret, &member, role, ttl)?);
+            println!("{}", mint_for(&secret, &member, role, ttl, &scope)?);
             Ok(())
         }
     }

@@ -496,9 +496,29 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
     assert_eq!(b.status(), ReservationStatus::Waiting);
     let mut desk = mesh.reservations().await;
 
-    // A member cannot cancel, read or list another member's reservations.
+    // A member cannot cancel, read or list another member's reservations;
+    // another member's reservation is refused exactly like an unknown id
+    // (SPEC §6), so that ids cannot be probed.
+    let unknown = refused(
+        "reading an unknown reservation",
+        desk.get_reservation(req(
+            &alice,
+            GetReservationRequest {
+                reservation_id: UNKNOWN_ID.into(),
+            },
+        ))
+        .await,
+        Code::NotFound,
+    );
+    let like_unknown = |s: Status, id: &str| {
+        assert_eq!(
+            s.message().replace(id, "<id>"),
+            unknown.message().replace(UNKNOWN_ID, "<id>"),
+            "refused like an unknown id"
+        );
+    };
     for (who, whose) in [(&bob, &a), (&alice, &b)] {
-        refused(
+        let s = refused(
             "cancelling another member's reservation",
             desk.cancel_reservation(req(
                 who,
@@ -508,9 +528,10 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
                 },
             ))
             .await,
-            Code::PermissionDenied,
+            Code::NotFound,
         );
-        refused(
+        like_unknown(s, &whose.reservation_id);
+        let s = refused(
             "reading another member's reservation",
             desk.get_reservation(req(
                 who,
@@ -519,8 +540,9 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
                 },
             ))
             .await,
-            Code::PermissionDenied,
+            Code::NotFound,
         );
+        like_unknown(s, &whose.reservation_id);
     }
     refused(
         "listing another member's reservations",
@@ -582,7 +604,26 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
     // Rentals: only their member (or a librarian) reads or returns them.
     let loan = rent(&mesh, &alice, &book.book_id, "").await;
     let mut loans = mesh.rentals().await;
-    refused(
+    let unknown = refused(
+        "reading an unknown rental",
+        loans
+            .get_rental(req(
+                &bob,
+                GetRentalRequest {
+                    rental_id: UNKNOWN_ID.into(),
+                },
+            ))
+            .await,
+        Code::NotFound,
+    );
+    let like_unknown = |s: Status| {
+        assert_eq!(
+            s.message().replace(&loan.rental_id, "<id>"),
+            unknown.message().replace(UNKNOWN_ID, "<id>"),
+            "refused like an unknown id"
+        );
+    };
+    like_unknown(refused(
         "reading another member's rental",
         loans
             .get_rental(req(
@@ -592,9 +633,9 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
                 },
             ))
             .await,
-        Code::PermissionDenied,
-    );
-    refused(
+        Code::NotFound,
+    ));
+    like_unknown(refused(
         "returning another member's rental",
         loans
             .return_rental(req(
@@ -605,8 +646,8 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
                 },
             ))
             .await,
-        Code::PermissionDenied,
-    );
+        Code::NotFound,
+    ));
     refused(
         "listing another member's rentals",
         loans
@@ -1578,4 +1619,242 @@ async fn reflection_lists_the_services_of_each_port_in_both_versions() {
         };
         assert_eq!(listed, expected, "v1alpha on the port of {own}");
     }
+}
+
+// ------------------------------------------------------------- token rules
+
+/// Seconds since the epoch, `offset` from now.
+fn epoch_secs(offset: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now + offset
+}
+
+/// A token as an identity provider signs it: `sub`, `role`, an `exp` an
+/// hour away and `claims` besides (which may replace any of them), signed
+/// with the mesh's secret.
+fn provider_token(sub: &str, role: &str, claims: serde_json::Value) -> String {
+    let mut all = serde_json::json!({"sub": sub, "role": role, "exp": epoch_secs(3600)});
+    if let (Some(all), Some(extra)) = (all.as_object_mut(), claims.as_object()) {
+        all.extend(extra.clone());
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &all,
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token from `rentalbook token`, with the environment it is given.
+fn token_command(sub: &str, role: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rentalbook"))
+        .args(["token", "--sub", sub, "--role", role, "--ttl", "1h"])
+        .env("RENTALBOOK_JWT_SECRET", support::SECRET)
+        .env_remove("RENTALBOOK_JWT_AUDIENCE")
+        .env_remove("RENTALBOOK_JWT_ISSUER")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running rentalbook token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A JWT's claims (signed with the mesh's secret), whatever they say.
+fn claims_of(token: &str) -> serde_json::Value {
+    let mut any = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    any.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(support::SECRET.as_bytes()),
+        &any,
+    )
+    .unwrap()
+    .claims
+}
+
+const AUDIENCE: &str = "rentalbook";
+const ISSUER: &str = "https://id.library.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_issuer_and_not_before_are_checked_when_set() {
+    let mesh = Mesh::start_with(Options {
+        common_args: vec![
+            "--jwt-audience",
+            AUDIENCE,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-leeway",
+            "10s",
+        ],
+        ..Options::default()
+    })
+    .await;
+    let ours = serde_json::json!({"aud": AUDIENCE, "iss": ISSUER});
+    let with = |claims: serde_json::Value| {
+        let mut all = ours.clone();
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        provider_token("alice", "member", all)
+    };
+    let without = |claim: &str| {
+        let mut all = ours.clone();
+        all.as_object_mut().unwrap().remove(claim);
+        provider_token("alice", "member", all)
+    };
+
+    // What the command mints carries the audience and the issuer.
+    let env = [
+        ("RENTALBOOK_JWT_AUDIENCE", AUDIENCE),
+        ("RENTALBOOK_JWT_ISSUER", ISSUER),
+    ];
+    let lib = token_command("librarian-1", "librarian", &env);
+    assert_eq!(claims_of(&lib)["aud"], AUDIENCE);
+    assert_eq!(claims_of(&lib)["iss"], ISSUER);
+    let plain = token_command("librarian-1", "librarian", &[]);
+    assert!(claims_of(&plain).get("aud").is_none(), "{plain}");
+
+    let mut books = mesh.books().await;
+    let mut pages = mesh.views().await;
+    let list = || ListBooksRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    let taken = [
+        ("the command's token", lib.clone()),
+        ("an audience and an issuer", with(serde_json::json!({}))),
+        (
+            "the audience among others",
+            with(serde_json::json!({"aud": ["another-api", AUDIENCE]})),
+        ),
+        (
+            "a `nbf` within the leeway",
+            with(serde_json::json!({"nbf": epoch_secs(3)})),
+        ),
+        (
+            "a `nbf` passed",
+            with(serde_json::json!({"nbf": epoch_secs(-60)})),
+        ),
+        (
+            "an `exp` passed within the leeway",
+            with(serde_json::json!({"exp": epoch_secs(-3)})),
+        ),
+    ];
+    for (case, token) in &taken {
+        books
+            .list_books(req(token, list()))
+            .await
+            .unwrap_or_else(|s| panic!("{case}: {s:?}"));
+    }
+    let refused_with = [
+        (
+            "another audience",
+            with(serde_json::json!({"aud": "another-api"})),
+            "aud",
+        ),
+        ("no audience", without("aud"), "aud"),
+        (
+            "another issuer",
+            with(serde_json::json!({"iss": "https://evil.example"})),
+            "iss",
+        ),
+        ("no issuer", without("iss"), "iss"),
+        (
+            "a `nbf` in the future",
+            with(serde_json::json!({"nbf": epoch_secs(600)})),
+            "not valid yet",
+        ),
+        (
+            "an `exp` passed beyond the leeway",
+            with(serde_json::json!({"exp": epoch_secs(-60)})),
+            "expired",
+        ),
+        ("the default command's token", plain.clone(), "aud"),
+    ];
+    for (case, token, says) in &refused_with {
+        let s = refused(
+            case,
+            books.list_books(req(token, list())).await,
+            Code::Unauthenticated,
+        );
+        assert!(s.message().contains(says), "{case}: {}", s.message());
+        let s = refused(
+            case,
+            pages
+                .get_my_page(req(token, GetMyPageRequest::default()))
+                .await,
+            Code::Unauthenticated,
+        );
+        assert!(s.message().contains(says), "{case}: {}", s.message());
+    }
+
+    // A whole loan with the provider's tokens: rental-svc's own token to
+    // reserve-svc carries the audience and the issuer too.
+    let alice = with(serde_json::json!({}));
+    let book = books
+        .register_book(req(&lib, book_request("", "Audiences", "A. Author", 1)))
+        .await
+        .expect("registering with the command's token")
+        .into_inner();
+    let reserved = mesh.reserve(&alice, &book.book_id).await.unwrap();
+    assert_eq!(reserved.status(), ReservationStatus::Ready);
+    let loan = rent(&mesh, &alice, &book.book_id, "").await;
+    assert_eq!(loan.status(), RentalStatus::Active);
+
+    // REST: the same rules, in the usual JSON error.
+    let (edge, _stop) = mesh.start_edge().await;
+    let http = reqwest::Client::new();
+    let get = |token: String| {
+        http.get(format!("http://{edge}/v1/books?pageSize=1"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get(alice.clone()).await.unwrap().status(), 200);
+    for (case, token, says) in refused_with {
+        let res = get(token).await.unwrap();
+        assert_eq!(res.status(), 401, "{case}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], 16, "{case}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(says),
+            "{case}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rules_an_audience_is_taken_and_a_future_nbf_is_not() {
+    let mesh = Mesh::start().await;
+    let mut pages = mesh.views().await;
+    let from_a_provider = provider_token(
+        "alice",
+        "member",
+        serde_json::json!({"aud": "account", "iss": "https://id.example"}),
+    );
+    let page = pages
+        .get_my_page(req(&from_a_provider, GetMyPageRequest::default()))
+        .await
+        .expect("an identity provider's token with an audience")
+        .into_inner();
+    assert_eq!(page.member_id, "alice");
+    let early = provider_token(
+        "alice",
+        "member",
+        serde_json::json!({"nbf": epoch_secs(3600)}),
+    );
+    let s = refused(
+        "a `nbf` an hour away",
+        pages
+            .get_my_page(req(&early, GetMyPageRequest::default()))
+            .await,
+        Code::Unauthenticated,
+    );
+    assert!(s.message().contains("not valid yet"), "{}", s.message());
 }

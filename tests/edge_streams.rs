@@ -36,8 +36,9 @@ const HTTP2_WATCHERS: usize = 50;
 /// (view-svc also counts a watch call against MAX_CONCURRENT_REQUESTS until
 /// its stream is open).
 const OPENING_AT_ONCE: usize = 50;
-/// Members watched; each has watchers on both protocols.
-const MEMBERS: usize = 5;
+/// Members watched; each has watchers on both protocols, 14 in all: within
+/// the edge's default of 16 streams per member (MAX_WATCHERS_PER_MEMBER).
+const MEMBERS: usize = 25;
 /// Tells a call stuck behind the streams from one slowed by a busy machine.
 const FAST: Duration = Duration::from_secs(2);
 

@@ -334,8 +334,9 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(st
     let b = mesh.reserve(&bob, &book.book_id).await.unwrap();
     let loan = rent(&mesh, &alice, &book.book_id).await.unwrap();
 
+    // Another member's rental is, to bob, no rental at all (SPEC §6).
     let denied = give_back(&mesh, &bob, &loan.rental_id).await.unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.code(), Code::NotFound);
     let peek = mesh
         .rentals()
         .await
@@ -347,7 +348,7 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(st
         ))
         .await
         .unwrap_err();
-    assert_eq!(peek.code(), Code::PermissionDenied);
+    assert_eq!(peek.code(), Code::NotFound);
 
     let returned = give_back(&mesh, &alice, &loan.rental_id).await.unwrap();
     assert_eq!(returned.status(), RentalStatus::Returned);

@@ -287,6 +287,25 @@ async fn errors_have_http_statuses_and_one_json_shape() {
     let a = edge.reserve(&alice, &book_id, None).await;
     assert_error(&a, StatusCode::CONFLICT, 6);
 
+    // Another member's reservation is, to bob, no reservation at all: 404,
+    // as for an unknown id, so that ids cannot be probed.
+    let theirs = first.body["reservationId"].as_str().unwrap();
+    for path in [
+        format!("/v1/reservations/{theirs}"),
+        format!("/v1/reservations/{}", uuid::Uuid::now_v7()),
+    ] {
+        let a = edge.get(&path, &member("bob")).await;
+        assert_error(&a, StatusCode::NOT_FOUND, 5);
+    }
+    let a = edge
+        .post(
+            &format!("/v1/reservations/{theirs}:cancel"),
+            &member("bob"),
+            json!({}),
+        )
+        .await;
+    assert_error(&a, StatusCode::NOT_FOUND, 5);
+
     // Renting without a READY reservation: 400 (FAILED_PRECONDITION).
     let a = edge
         .post("/v1/rentals", &member("bob"), json!({"bookId": book_id}))
@@ -331,7 +350,7 @@ async fn errors_have_http_statuses_and_one_json_shape() {
         .send(edge.request(Method::DELETE, "/v1/books", Some(&alice)))
         .await;
     assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12);
-    assert_eq!(a.headers.get("allow").unwrap(), "GET, POST");
+    assert_eq!(a.headers.get("allow").unwrap(), "GET, POST, OPTIONS");
     // Internal RPCs have no route.
     let a = edge
         .send(edge.request(
@@ -509,6 +528,26 @@ async fn the_edge_describes_and_reports_itself() {
         doc.body["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
+    // proto3 JSON takes integers as numbers or as strings of digits, and
+    // the document says so.
+    let copies = &doc.body["components"]["schemas"]["rentalbook.book.v1.RegisterBookRequest"]["properties"]
+        ["totalCopies"]["oneOf"];
+    let types: Vec<&str> = copies
+        .as_array()
+        .unwrap_or_else(|| panic!("totalCopies is a oneOf: {copies}"))
+        .iter()
+        .filter_map(|s| s["type"].as_str())
+        .collect();
+    assert_eq!(types, ["integer", "string"], "{copies}");
+    let a = edge
+        .post(
+            "/v1/books",
+            &librarian(),
+            json!({"title": "Numbers as strings", "author": "N. Umber", "totalCopies": "2"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["totalCopies"], 2);
 
     let health = edge.send(edge.request(Method::GET, "/healthz", None)).await;
     assert_eq!(health.status, StatusCode::OK);
@@ -593,4 +632,56 @@ async fn a_backend_that_is_down_is_a_quick_503_with_retry_after() {
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body["backends"]["reserve"], "UNREACHABLE");
     assert_eq!(health.body["backends"]["book"], "SERVING");
+}
+
+#[tokio::test]
+async fn allow_names_the_methods_each_path_answers() {
+    let mesh = Mesh::start().await;
+    let edge = Edge::start(&mesh).await;
+    let book = edge.register("Allowances", 1).await;
+    let id = book["bookId"].as_str().unwrap().to_owned();
+    let alice = member("alice");
+
+    // OPTIONS says what a path answers, custom verbs included: the GET
+    // route's `{book_id}` does not swallow `:addCopies`.
+    for (path, allow) in [
+        (format!("/v1/books/{id}:addCopies"), "POST, OPTIONS"),
+        (format!("/v1/reservations/{id}"), "GET, OPTIONS"),
+        ("/v1/reservations".to_owned(), "GET, POST, OPTIONS"),
+        ("/v1/mypage:watch".to_owned(), "GET, OPTIONS"),
+        (format!("/v1/reservations/{id}:cancel"), "POST, OPTIONS"),
+    ] {
+        let res = edge
+            .request(Method::OPTIONS, &path, Some(&alice))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "OPTIONS {path}");
+        assert_eq!(res.headers()["allow"], allow, "OPTIONS {path}");
+    }
+    // A method the path does not answer: 405 with the same Allow.
+    for (method, path, allow) in [
+        (
+            Method::GET,
+            format!("/v1/books/{id}:addCopies"),
+            "POST, OPTIONS",
+        ),
+        (
+            Method::DELETE,
+            "/v1/reservations".to_owned(),
+            "GET, POST, OPTIONS",
+        ),
+        (Method::POST, "/v1/mypage:watch".to_owned(), "GET, OPTIONS"),
+    ] {
+        let a = edge
+            .send(edge.request(method.clone(), &path, Some(&alice)))
+            .await;
+        assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12);
+        assert_eq!(a.headers["allow"], allow, "{method} {path}");
+    }
+    // An unknown verb is no path at all; the book itself is still there.
+    let a = edge.get(&format!("/v1/books/{id}:burn"), &alice).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    let a = edge.get(&format!("/v1/books/{id}"), &alice).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }

@@ -4,7 +4,8 @@
 //! fields, truncated JSON, raw bytes, deep nesting, oversized bodies) and
 //! credentials. Every answer must come within a timeout, be a 2xx or 4xx
 //! (overload is a 429; a 503 with Retry-After is allowed: a backend briefly
-//! away), and carry JSON; the edge must stay up. The seed is printed, and
+//! away), and carry JSON (but a 204 to OPTIONS, which says what a path takes
+//! in `Allow`); the edge must stay up. The seed is printed, and
 //! `REST_FUZZ_SEED` replays a run.
 
 mod support;
@@ -335,6 +336,7 @@ async fn check(http: &reqwest::Client, base: &str, case: Case) -> Result<StatusC
         .map_err(|e| format!("transport error {e}: {what}"))?;
     let status = res.status();
     let served = res.url().path().to_owned();
+    let has_allow = res.headers().contains_key("allow");
     let content_type = res
         .headers()
         .get("content-type")
@@ -367,6 +369,13 @@ async fn check(http: &reqwest::Client, base: &str, case: Case) -> Result<StatusC
         .map_err(|_| format!("no body within 10 s: {what}"))?
         .map_err(|e| format!("reading the body: {e}: {what}"))?;
     if case.path.starts_with("/metrics") && status.is_success() {
+        return Ok(status);
+    }
+    // OPTIONS on a route's path says what it takes in `Allow`, with no body.
+    if status == StatusCode::NO_CONTENT && case.method == Method::OPTIONS {
+        if !bytes.is_empty() || !has_allow {
+            return Err(format!("204 without Allow, or with a body: {what}"));
+        }
         return Ok(status);
     }
     // The web pages (HTML, CSS, JavaScript) are the one other non-JSON

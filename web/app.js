@@ -377,14 +377,23 @@ function startWatch(memberId) {
   source.addEventListener('error', (event) => {
     if (state.watch !== source) return;
     if (typeof event.data === 'string') {
-      // The edge's `error` event: the stream failed at the service.
+      // The edge's `error` event: the stream failed at the service, and ends.
       let body = null;
       try {
         body = JSON.parse(event.data);
       } catch {
         body = null;
       }
+      source.close();
+      state.watch = null;
+      if (body?.code === 16) {
+        // The sign-in the stream was opened with has expired.
+        renewWatch(memberId);
+        return;
+      }
       notify(errorFor(STATUS_OF_CODE[body?.code] ?? 400, body, null).message, 'problem');
+      setLive('reconnecting');
+      recoverWatch(memberId);
       return;
     }
     setLive('reconnecting');
@@ -395,6 +404,25 @@ function startWatch(memberId) {
       recoverWatch(memberId);
     }
   });
+}
+
+/**
+ * Follows the page again after the stream's sign-in expired: with the sign-in
+ * the browser holds now (the sign-in flow renews the cookie), or, when it has
+ * expired too, back to the sign-in form.
+ */
+async function renewWatch(memberId) {
+  setLive('reconnecting');
+  await refreshSession();
+  if (!signedIn()) {
+    await problem(new ApiError(t('error.signedOut'), { status: 401, code: 16 }));
+    return;
+  }
+  renderSession();
+  state.retryMs = 1000;
+  const r = state.route;
+  const still = (r.name === 'mypage' && !memberId) || (r.name === 'member' && r.memberId === memberId);
+  if (still && !state.watch) startWatch(memberId);
 }
 
 async function recoverWatch(memberId) {

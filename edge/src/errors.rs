@@ -2,10 +2,12 @@
 //! backend or its own, has the same JSON body, `{"code", "message",
 //! "details"}` with the gRPC code as a number, so clients parse one shape;
 //! the HTTP status follows the gRPC code the way the contract documents.
+//! [`json_response`] is every JSON answer's envelope, errors or not.
 
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -73,11 +75,7 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &Method, path: &str, allow: Vec<Method>) -> Self {
-        let list = allow
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = method_list(&allow);
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             Code::Unimplemented,
@@ -140,25 +138,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
-        let mut res = (self.status, body).into_response();
+        let mut res = json_response(self.status, body.into());
         let headers = res.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if !self.allow.is_empty() {
-            let list = self
-                .allow
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Ok(v) = HeaderValue::from_str(&list) {
-                headers.insert(header::ALLOW, v);
-            }
+        if !self.allow.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&method_list(&self.allow))
+        {
+            headers.insert(header::ALLOW, v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -168,6 +156,25 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// Methods as `Allow` lists them: `GET, POST`.
+pub fn method_list(methods: &[Method]) -> String {
+    methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// Whole seconds, rounded up, at least 1.

@@ -1,8 +1,11 @@
 //! The one HTTP handler: the edge's own endpoints (`/healthz`, `/metrics`,
 //! `/openapi.json`), the web pages and their session endpoints (open, like
-//! `/healthz`), then the route table. A routed request is checked for
-//! credentials, its body read within the limit and transcoded, and the RPC
-//! called with the caller's identity and a deadline. Every request is
+//! `/healthz`), then the route table. Every request's URI and headers are
+//! first held to their sizes. A routed request is checked for credentials
+//! (one that changes something by the token cookie must come from the
+//! edge's own pages, as JSON), its body read within its size and time and
+//! transcoded, and the RPC called with the caller's identity and a deadline.
+//! `OPTIONS` on a route's path answers which methods it takes. Every request is
 //! counted and timed by method, route and status: `http_requests_total` and
 //! `http_request_duration_seconds` (to the response's head; an event
 //! stream's lifetime is not a duration). The route is the matched template
@@ -13,43 +16,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use http_body_util::BodyExt;
-use prost_reflect::DescriptorPool;
-use tokio_util::sync::CancellationToken;
+use http::{HeaderValue, Method, StatusCode, header};
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::backends::Backends;
-use crate::errors::ApiError;
-use crate::routes::{Captured, Lookup, Route, RouteTable};
+use crate::Shared;
+use crate::errors::{ApiError, json_response, method_list};
+use crate::origin::{self, Evidence};
+use crate::request::{self, FORWARDED, TOKEN_COOKIE};
+use crate::routes::{Captured, Lookup, Route};
 use crate::transcode::{self, Inputs};
-
-/// The cookie a browser may carry the token in.
-pub const TOKEN_COOKIE: &str = "rentalbook_token";
-
-/// Headers passed on to the backends as they are. The `traceparent` goes
-/// on as the edge's own span, a child of the caller's or a new trace.
-const FORWARDED: &[&str] = &["tracestate", "x-request-id"];
-
-/// Everything the handler needs, built once at start-up.
-pub struct Shared {
-    pub table: RouteTable,
-    pub backends: Backends,
-    pub pool: DescriptorPool,
-    pub openapi: Bytes,
-    pub max_body_bytes: usize,
-    pub request_timeout: Duration,
-    /// Cancelled when the edge shuts down, to end open event streams.
-    pub streams_stop: CancellationToken,
-    /// How often an event stream carries a keep-alive comment.
-    pub sse_keep_alive: Duration,
-    /// `/session`, and the dev sign-in when it is on.
-    pub sessions: crate::session::Sessions,
-}
 
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let started = Instant::now();
@@ -103,6 +80,9 @@ fn method_label(method: &Method) -> &'static str {
 /// The route's label for metrics, and the answer.
 async fn dispatch(shared: &Arc<Shared>, req: Request) -> (String, Response) {
     let path = req.uri().path().to_owned();
+    if let Err(e) = request::check_size(req.uri(), req.headers(), shared.max_header_bytes) {
+        return ("unmatched".to_owned(), e.into_response());
+    }
     if let Some(asset) = crate::web::find(&path) {
         let res = crate::web::serve(asset, req.method(), req.headers());
         return ("web".to_owned(), res);
@@ -137,10 +117,15 @@ async fn dispatch(shared: &Arc<Shared>, req: Request) -> (String, Response) {
             "unmatched".to_owned(),
             ApiError::not_found(format!("there is nothing at {path}")).into_response(),
         ),
-        Lookup::MethodNotAllowed(allow) => (
-            "unmatched".to_owned(),
-            ApiError::method_not_allowed(req.method(), &path, allow).into_response(),
-        ),
+        Lookup::MethodNotAllowed(mut allow) => {
+            allow.push(Method::OPTIONS);
+            let res = if req.method() == Method::OPTIONS {
+                options(&allow)
+            } else {
+                ApiError::method_not_allowed(req.method(), &path, allow).into_response()
+            };
+            ("unmatched".to_owned(), res)
+        }
         Lookup::Found { route, captured } => {
             let label = route.template.as_str().to_owned();
             let res = match call(shared, route, captured, req).await {
@@ -159,11 +144,25 @@ async fn call(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let authorization = credentials(&parts.headers)?;
-    if authorization.is_none() && parts.uri.path().starts_with("/v1/") {
+    let credentials = request::credentials(&parts.headers)?;
+    if credentials.is_none() && parts.uri.path().starts_with("/v1/") {
         return Err(ApiError::unauthenticated(format!(
             "sign in: send `Authorization: Bearer <token>` or the {TOKEN_COOKIE} cookie"
         )));
+    }
+    request::check_forwarded(credentials.as_ref(), &parts.headers)?;
+    // What the browser signed in by itself must come from the edge's own
+    // pages, when it changes something.
+    if credentials.as_ref().is_some_and(|c| c.by_cookie)
+        && !matches!(parts.method, Method::GET | Method::HEAD)
+    {
+        origin::from_own_pages(
+            &parts.uri,
+            &parts.headers,
+            shared.public_origin.as_ref(),
+            Evidence::Required,
+        )?;
+        origin::require_json(&parts.headers)?;
     }
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
@@ -178,7 +177,13 @@ async fn call(
                 })?,
         ),
     };
-    let body = read_body(body, &parts.headers, shared.max_body_bytes).await?;
+    let body = request::read_body(
+        body,
+        &parts.headers,
+        shared.max_body_bytes,
+        shared.body_read_timeout,
+    )
+    .await?;
     let msg = transcode::request_message(
         route,
         Inputs {
@@ -190,8 +195,15 @@ async fn call(
     )?;
 
     let mut request = tonic::Request::new(msg);
-    if let Some(auth) = authorization {
-        request.metadata_mut().insert("authorization", auth);
+    // Whom an event stream counts against: the token's subject (the service
+    // verifies the token before the stream is counted).
+    let caller = request::token_of(&parts.headers)
+        .map(|token| request::claims(&token).map_or(token, |c| c.member))
+        .unwrap_or_default();
+    if let Some(credentials) = credentials {
+        request
+            .metadata_mut()
+            .insert("authorization", credentials.authorization);
     }
     for name in FORWARDED {
         if let Some(v) = parts
@@ -209,7 +221,7 @@ async fn call(
     }
 
     if route.rpc.is_server_streaming() {
-        return crate::sse::stream(shared, route, request).await;
+        return crate::sse::stream(shared, route, request, &caller).await;
     }
     request.set_timeout(shared.request_timeout);
     // The backend enforces the deadline; this is the backstop for one that
@@ -228,106 +240,12 @@ async fn call(
     }
 }
 
-/// The caller's `authorization` metadata: the header as it is, else the
-/// token cookie as a bearer token; None when there is neither.
-fn credentials(headers: &HeaderMap) -> Result<Option<MetadataValue<Ascii>>, ApiError> {
-    if let Some(h) = headers.get(header::AUTHORIZATION) {
-        return MetadataValue::<Ascii>::try_from(h.as_bytes())
-            .map(Some)
-            .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid"));
+/// What a path answers, for `OPTIONS`.
+fn options(allow: &[Method]) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&method_list(allow)) {
+        res.headers_mut().insert(header::ALLOW, v);
     }
-    match cookie_token(headers) {
-        None | Some("") => Ok(None),
-        Some(token) => MetadataValue::<Ascii>::try_from(format!("Bearer {token}"))
-            .map(Some)
-            .map_err(|_| {
-                ApiError::unauthenticated(format!("the {TOKEN_COOKIE} cookie is not valid"))
-            }),
-    }
-}
-
-/// The token cookie's value, if the request carries one.
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.trim() == TOKEN_COOKIE)
-        .map(|(_, value)| value.trim().trim_matches('"'))
-}
-
-/// The caller's bearer token, from the `Authorization` header or else the
-/// token cookie.
-pub fn token_of(headers: &HeaderMap) -> Option<String> {
-    if let Some(h) = headers.get(header::AUTHORIZATION) {
-        let h = h.to_str().ok()?;
-        let (scheme, token) = h.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
-    }
-    cookie_token(headers)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-}
-
-/// The whole body, refused with 413 past `limit` bytes. An oversized body
-/// is still read (and dropped) up to a bound, so that the client, still
-/// sending, gets the 413 rather than a reset connection.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    const DRAIN_BYTES: usize = 8 * 1024 * 1024;
-    const DRAIN_TIME: Duration = Duration::from_secs(2);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
-    let too_large = declared.is_some_and(|n| n > limit as u64);
-    if !too_large {
-        loop {
-            match body.frame().await {
-                None => return Ok(buf.freeze()),
-                Some(Err(e)) => {
-                    return Err(ApiError::bad_request(format!(
-                        "the request body could not be read: {e}"
-                    )));
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        seen += data.len();
-                        if seen > limit {
-                            break;
-                        }
-                        buf.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
-    }
-    if declared.is_none_or(|n| n <= DRAIN_BYTES as u64) {
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            while seen <= DRAIN_BYTES {
-                match body.frame().await {
-                    Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
-                    _ => break,
-                }
-            }
-        })
-        .await;
-    }
-    Err(ApiError::too_large(limit))
-}
-
-pub fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut res = (status, body).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     res
 }
 
@@ -338,68 +256,4 @@ async fn healthz(shared: &Shared) -> Response {
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default().into(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn credentials_come_from_the_header_or_the_cookie() {
-        let c = credentials(&headers(&[("authorization", "Bearer abc")])).unwrap();
-        assert_eq!(c.unwrap(), "Bearer abc");
-        let c = credentials(&headers(&[("cookie", "theme=dark; rentalbook_token=t0k")])).unwrap();
-        assert_eq!(c.unwrap(), "Bearer t0k");
-        let c = credentials(&headers(&[
-            ("cookie", "a=b"),
-            ("cookie", "rentalbook_token=\"q\""),
-        ]))
-        .unwrap();
-        assert_eq!(c.unwrap(), "Bearer q");
-        // The header wins over the cookie.
-        let c = credentials(&headers(&[
-            ("authorization", "Bearer h"),
-            ("cookie", "rentalbook_token=c"),
-        ]))
-        .unwrap();
-        assert_eq!(c.unwrap(), "Bearer h");
-        assert!(credentials(&headers(&[])).unwrap().is_none());
-        assert!(
-            credentials(&headers(&[("cookie", "rentalbook_token=")]))
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            credentials(&headers(&[("cookie", "other_token=x")]))
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[tokio::test]
-    async fn bodies_over_the_limit_are_refused() {
-        let e = read_body(Body::from(vec![b'x'; 11]), &HeaderMap::new(), 10)
-            .await
-            .unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let ok = read_body(Body::from(vec![b'x'; 10]), &HeaderMap::new(), 10)
-            .await
-            .unwrap();
-        assert_eq!(ok.len(), 10);
-        let e = read_body(Body::empty(), &headers(&[("content-length", "1000")]), 10)
-            .await
-            .unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-    }
 }

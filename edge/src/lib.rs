@@ -15,37 +15,48 @@
 //! - [`backends`]: one lazily connected channel per service, health.
 //! - [`errors`]: gRPC statuses and the edge's own refusals as HTTP answers.
 //! - [`openapi`]: `/openapi.json` from the same descriptors.
-//! - `handler`, `sse`: the HTTP side, server streams as Server-Sent Events.
+//! - `conn`: accepting and serving connections within their limits.
+//! - [`request`]: credentials, sizes and bodies of requests; [`origin`]:
+//!   whether a call signed in by the cookie comes from the edge's own pages.
+//! - `handler`, `sse`: the HTTP side, server streams as Server-Sent Events;
+//!   `watchers`: how many streams each caller holds.
 //! - [`web`]: the web pages from `web/`, compiled in; [`session`]: who is
 //!   signed in, and the all-in-one's dev sign-in (loopback only).
 
 pub mod backends;
 pub mod codec;
+mod conn;
 pub mod errors;
 mod handler;
 pub mod openapi;
+pub mod origin;
+pub mod request;
 pub mod routes;
 pub mod session;
 mod sse;
 pub mod transcode;
+mod watchers;
 pub mod web;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt;
+use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderName, HeaderValue, Method};
 use prost_reflect::DescriptorPool;
+use rentalbook_plumbing::auth::TokenScope;
 use rentalbook_plumbing::config::PolicyDuration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use handler::TOKEN_COOKIE;
+pub use origin::PublicOrigin;
+pub use request::TOKEN_COOKIE;
 pub use session::DevSignInSecret;
 
 pub const NAME: &str = "edge";
@@ -80,14 +91,30 @@ pub struct Config {
     #[arg(long, env = "VIEW_SVC_URL", default_value = "http://127.0.0.1:8084")]
     pub view_svc_url: String,
 
+    /// Where browsers load the pages from (`https://library.example`), when
+    /// a gateway in front rewrites the Host header: calls that change
+    /// something and are signed in by the token cookie must come from it.
+    /// Unset, they must come from the host they were sent to.
+    #[arg(long, env = "PUBLIC_ORIGIN")]
+    pub public_origin: Option<PublicOrigin>,
+
     /// Comma-separated origins allowed to call from a browser (`*` for any,
-    /// without cookies); empty turns CORS off.
+    /// without cookies); empty turns CORS off. Calls from them that change
+    /// something send `Authorization: Bearer`: the token cookie is taken only
+    /// from the edge's own pages (PUBLIC_ORIGIN).
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
     pub cors_allowed_origins: String,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest request header section accepted, in bytes (names and values
+    /// together); more is answered 431. Whatever it says, the token,
+    /// `tracestate` and `x-request-id` that go on to the services may take
+    /// 12 KiB together, and a URI 8 KiB.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
 
     /// Deadline of each call to a service (the services propagate it).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s")]
@@ -98,6 +125,35 @@ pub struct Config {
     /// the edge and the browser.
     #[arg(long, env = "SSE_KEEP_ALIVE", default_value = "15s")]
     pub sse_keep_alive: PolicyDuration,
+
+    /// How long a client may take to send a request's head: a new
+    /// connection's first request, and an HTTP/1.1 connection's next one
+    /// (so also how long such a connection stays open between requests).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: PolicyDuration,
+
+    /// How long a client may take to send a request's body; a body still
+    /// incomplete then is answered 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s")]
+    pub body_read_timeout: PolicyDuration,
+
+    /// A connection on which nothing has moved either way for this long is
+    /// closed (HTTP/2 with a GOAWAY first). Longer than REQUEST_TIMEOUT and
+    /// SSE_KEEP_ALIVE, so that neither a slow answer nor a quiet event stream
+    /// counts as idle.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s")]
+    pub idle_timeout: PolicyDuration,
+
+    /// Connections served at once; further ones wait in the listen backlog
+    /// until one closes. Keep it under the process's open-file limit
+    /// (`ulimit -n`), so that the edge itself never runs out.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: NonZeroUsize,
+
+    /// Live My Page streams (`:watch`) one caller (the token's subject) may
+    /// hold on this edge at once; one more is refused with 429.
+    #[arg(long, env = "MAX_WATCHERS_PER_MEMBER", default_value = "16")]
+    pub max_watchers_per_member: NonZeroUsize,
 
     /// Log format: `json` or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
@@ -110,6 +166,11 @@ pub struct Config {
     /// hands over.
     #[arg(long, env = "EDGE_DEV_SIGN_IN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dev_sign_in: bool,
+
+    /// The audience and issuer the services require of tokens, which the
+    /// dev sign-in's tokens carry (the edge itself verifies no token).
+    #[command(flatten)]
+    pub token_scope: TokenScope,
 
     /// The secret dev sign-in signs with; never a flag (it would show in
     /// `ps`): set by the program that builds the edge.
@@ -130,11 +191,42 @@ impl Config {
     }
 }
 
+/// Everything the handler needs, built once at start-up.
+pub(crate) struct Shared {
+    pub table: routes::RouteTable,
+    pub backends: backends::Backends,
+    pub pool: DescriptorPool,
+    pub openapi: Bytes,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Cancelled when the edge shuts down, to end open event streams.
+    pub streams_stop: CancellationToken,
+    /// How often an event stream carries a keep-alive comment.
+    pub sse_keep_alive: Duration,
+    /// The open event streams by caller, within their cap.
+    pub watchers: Arc<watchers::Watchers>,
+    /// The pages' origin when a gateway rewrites the host.
+    pub public_origin: Option<PublicOrigin>,
+    /// `/session`, and the dev sign-in when it is on.
+    pub sessions: session::Sessions,
+}
+
 /// The edge's HTTP service, for serving on a listener of one's own (the
 /// all-in-one). Event streams end when `streams_stop` is cancelled, so a
 /// graceful shutdown does not wait on them. Must be called inside a tokio
 /// runtime (the backend channels start their workers).
 pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Result<Router> {
+    let idle = config.idle_timeout.get();
+    anyhow::ensure!(
+        idle > config.request_timeout.get() && idle > config.sse_keep_alive.get(),
+        "IDLE_TIMEOUT ({}) must be longer than REQUEST_TIMEOUT ({}) and SSE_KEEP_ALIVE ({}), \
+         or answers still on their way and quiet event streams would be cut",
+        config.idle_timeout,
+        config.request_timeout,
+        config.sse_keep_alive
+    );
     let pool = descriptor_pool()?;
     let urls = config.backend_urls();
     let names: Vec<&str> = urls.iter().map(|(n, _)| *n).collect();
@@ -156,22 +248,28 @@ pub fn router(config: &Config, streams_stop: CancellationToken) -> anyhow::Resul
         config.dev_sign_in,
         config.dev_sign_in_secret.as_ref(),
         config.listen_addr,
-    )?;
+    )?
+    .with_token_scope(config.token_scope.clone())
+    .with_public_origin(config.public_origin.clone());
     if sessions.dev_sign_in() {
         tracing::warn!(
             addr = %config.listen_addr,
             "dev sign-in is on: anyone who can reach this address may sign in as anyone"
         );
     }
-    let shared = Arc::new(handler::Shared {
+    let shared = Arc::new(Shared {
         table,
         backends,
         pool,
         openapi,
         max_body_bytes: config.max_body_bytes,
+        max_header_bytes: config.max_header_bytes,
+        body_read_timeout: config.body_read_timeout.get(),
         request_timeout: config.request_timeout.get(),
         streams_stop,
         sse_keep_alive: config.sse_keep_alive.get(),
+        watchers: watchers::Watchers::new(config.max_watchers_per_member),
+        public_origin: config.public_origin.clone(),
         sessions,
     });
     let mut router = Router::new().fallback(handler::handle).with_state(shared);
@@ -248,6 +346,7 @@ pub async fn run_process(argv: impl IntoIterator<Item = String>) -> anyhow::Resu
 pub struct App {
     listener: TcpListener,
     router: Router,
+    connections: conn::Settings,
     streams_stop: CancellationToken,
 }
 
@@ -273,6 +372,12 @@ impl App {
         Ok(Self {
             listener,
             router,
+            connections: conn::Settings {
+                max_header_bytes: config.max_header_bytes,
+                header_read_timeout: config.header_read_timeout.get(),
+                idle_timeout: config.idle_timeout.get(),
+                max_connections: config.max_connections,
+            },
             streams_stop,
         })
     }
@@ -294,23 +399,18 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let streams_stop = self.streams_stop.clone();
-        let signal = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                streams_stop.cancel();
-            }
-        };
-        // No Nagle delay: a response written in pieces (headers, then the
-        // body; an event of a stream) must not wait for the client's ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
+        let end_streams = shutdown.clone();
+        tokio::spawn(async move {
+            end_streams.cancelled().await;
+            streams_stop.cancel();
         });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(signal);
         tracing::info!(service = NAME, %addr, "serving REST");
-        let mut server = tokio::spawn(server.into_future());
+        let mut server = tokio::spawn(conn::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            shutdown.clone(),
+        ));
         let result = tokio::select! {
             r = &mut server => r,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
@@ -321,7 +421,7 @@ impl App {
         };
         self.streams_stop.cancel();
         match result {
-            Ok(r) => r.context("serving HTTP")?,
+            Ok(()) => {}
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(e).context("the HTTP server task"),
         }
@@ -360,9 +460,47 @@ mod tests {
             "SSE_KEEP_ALIVE",
             "LOG_FORMAT",
             "EDGE_DEV_SIGN_IN",
+            "MAX_HEADER_BYTES",
+            "HEADER_READ_TIMEOUT",
+            "BODY_READ_TIMEOUT",
+            "IDLE_TIMEOUT",
+            "MAX_CONNECTIONS",
+            "MAX_WATCHERS_PER_MEMBER",
+            "PUBLIC_ORIGIN",
+            "RENTALBOOK_JWT_AUDIENCE",
+            "RENTALBOOK_JWT_ISSUER",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
+    }
+
+    #[test]
+    fn limits_have_sane_defaults_and_refuse_nonsense() {
+        let c = Config::try_parse_from(["edge"]).unwrap();
+        assert_eq!(c.max_header_bytes, 32 * 1024);
+        assert_eq!(c.header_read_timeout.get(), Duration::from_secs(10));
+        assert_eq!(c.body_read_timeout.get(), Duration::from_secs(30));
+        assert_eq!(c.idle_timeout.get(), Duration::from_secs(60));
+        assert_eq!(c.max_connections.get(), 4096);
+        assert_eq!(c.max_watchers_per_member.get(), 16);
+        assert!(c.public_origin.is_none());
+        for bad in [
+            ["--max-connections", "0"],
+            ["--max-watchers-per-member", "0"],
+            ["--idle-timeout", "0s"],
+            ["--public-origin", "library.example"],
+        ] {
+            let mut args = vec!["edge"];
+            args.extend(bad);
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_shorter_than_what_it_must_outlast_is_refused() {
+        let short = config(&["--idle-timeout", "5s"]);
+        let e = router(&short, CancellationToken::new()).err().unwrap();
+        assert!(e.to_string().contains("IDLE_TIMEOUT"), "{e}");
     }
 
     /// One request through the router, without any backend behind it.
@@ -423,7 +561,7 @@ mod tests {
         )
         .await;
         assert_eq!(res.status(), http::StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(res.headers()[http::header::ALLOW], "GET, POST");
+        assert_eq!(res.headers()[http::header::ALLOW], "GET, POST, OPTIONS");
 
         let res = send(&router, get("/openapi.json")).await;
         assert_eq!(res.status(), http::StatusCode::OK);

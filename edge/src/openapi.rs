@@ -171,7 +171,7 @@ pub fn document(table: &RouteTable) -> Value {
             "schemas": components,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "cookieAuth": {"type": "apiKey", "in": "cookie", "name": crate::handler::TOKEN_COOKIE},
+                "cookieAuth": {"type": "apiKey", "in": "cookie", "name": crate::request::TOKEN_COOKIE},
             },
         },
         "security": [{"bearerAuth": []}, {"cookieAuth": []}],
@@ -210,6 +210,10 @@ fn field_comment(field: &FieldDescriptor) -> Option<String> {
     comment(&field.parent_file(), field.path())
 }
 
+/// An integer written as a string, as proto3 JSON takes it.
+const SIGNED_DIGITS: &str = "^-?[0-9]+$";
+const DIGITS: &str = "^[0-9]+$";
+
 /// The component schemas referenced so far, and those still to write.
 #[derive(Default)]
 struct Schemas {
@@ -241,16 +245,24 @@ impl Schemas {
         match kind {
             Kind::Double => json!({"type": "number", "format": "double"}),
             Kind::Float => json!({"type": "number", "format": "float"}),
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-                json!({"type": "integer", "format": "int32"})
-            }
-            Kind::Uint32 | Kind::Fixed32 => {
-                json!({"type": "integer", "format": "int64", "minimum": 0})
-            }
-            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                json!({"type": "string", "format": "int64"})
-            }
-            Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+            // proto3 JSON takes every integer as a number or as a string of
+            // its digits (and writes 64-bit ones as strings).
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"oneOf": [
+                {"type": "integer", "format": "int32"},
+                {"type": "string", "pattern": SIGNED_DIGITS},
+            ]}),
+            Kind::Uint32 | Kind::Fixed32 => json!({"oneOf": [
+                {"type": "integer", "format": "int64", "minimum": 0},
+                {"type": "string", "pattern": DIGITS},
+            ]}),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"oneOf": [
+                {"type": "string", "format": "int64", "pattern": SIGNED_DIGITS},
+                {"type": "integer", "format": "int64"},
+            ]}),
+            Kind::Uint64 | Kind::Fixed64 => json!({"oneOf": [
+                {"type": "string", "format": "uint64", "pattern": DIGITS},
+                {"type": "integer", "minimum": 0},
+            ]}),
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
             Kind::Bytes => json!({"type": "string", "format": "byte"}),
@@ -398,6 +410,12 @@ mod tests {
             "BOOK_STATUS_AVAILABLE"
         );
         assert!(schemas.contains_key("rentalbook.view.v1.JourneyStep"));
+        // Integers as numbers or as strings of digits, as proto3 JSON takes them.
+        let copies = &schemas["rentalbook.book.v1.RegisterBookRequest"]["properties"]["totalCopies"]
+            ["oneOf"];
+        assert_eq!(copies[0]["type"], "integer");
+        assert_eq!(copies[1]["type"], "string");
+        assert_eq!(copies[1]["pattern"], SIGNED_DIGITS);
         assert!(schemas.contains_key("Error"));
         // Comments in the protos become descriptions.
         assert!(

@@ -432,13 +432,23 @@ impl RouteTable {
         &self.routes
     }
 
+    /// The route for `method` and `path`. A path that a template with a
+    /// custom verb matches (`/v1/books/b1:addCopies`) is that verb's only:
+    /// a plain template whose last variable would take the whole segment
+    /// (`/v1/books/{book_id}`) does not match it, for any method.
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let matching: Vec<(&Route, Vec<Captured>)> = self
+            .routes
+            .iter()
+            .filter_map(|route| route.template.matches(path).map(|c| (route, c)))
+            .collect();
+        let verb = matching.iter().any(|(r, _)| r.template.verb.is_some());
         let mut allowed: Vec<Method> = Vec::new();
         let mut best: Option<(&Route, Vec<Captured>)> = None;
-        for route in &self.routes {
-            let Some(captured) = route.template.matches(path) else {
+        for (route, captured) in matching {
+            if verb && route.template.verb.is_none() {
                 continue;
-            };
+            }
             if route.http_method != *method {
                 if !allowed.contains(&route.http_method) {
                     allowed.push(route.http_method.clone());
@@ -724,11 +734,16 @@ mod tests {
         ));
         assert!(matches!(t.lookup(&Method::GET, "/"), Lookup::NotFound));
         assert!(matches!(t.lookup(&Method::GET, ""), Lookup::NotFound));
-        // GET on a verb path falls to GetBook with the whole segment as id:
-        // the service refuses the id, the edge does not guess.
+        // A verb's path is the verb's only: GetBook's `{book_id}` does not
+        // take `b1:addCopies`.
+        match t.lookup(&Method::GET, "/v1/books/b1:addCopies") {
+            Lookup::MethodNotAllowed(m) => assert_eq!(m, vec![Method::POST]),
+            other => panic!("{other:?}"),
+        }
+        // An unknown verb is part of the id, for the service to refuse.
         assert_eq!(
-            found(&t, Method::GET, "/v1/books/b1:addCopies").1[0].1,
-            "b1:addCopies"
+            found(&t, Method::GET, "/v1/books/b1:burn").1[0].1,
+            "b1:burn"
         );
     }
 

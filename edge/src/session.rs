@@ -18,18 +18,21 @@
 //! `/v1/mypage:watch` by itself, and no script (nor URL) ever holds it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use rentalbook_plumbing::auth::{Role, mint};
+use rentalbook_plumbing::auth::{Role, TokenScope, mint_for};
 use rentalbook_plumbing::ids::MemberId;
 use serde_json::{Value, json};
 
-use crate::errors::ApiError;
-use crate::handler::{TOKEN_COOKIE, json_response, read_body, token_of};
+use crate::errors::{ApiError, json_response};
+use crate::origin::{Evidence, PublicOrigin, from_own_pages, request_authority};
+use crate::request::{Claimed, TOKEN_COOKIE, claims, read_body, token_of};
+
+/// How long a sign-in's body (a member id and a role) may take to arrive.
+const SIGN_IN_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a dev sign-in lasts.
 pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
@@ -51,9 +54,12 @@ impl std::fmt::Debug for DevSignInSecret {
     }
 }
 
-/// The session endpoints' state: the dev sign-in's secret when it is on.
+/// The session endpoints' state: the dev sign-in's secret when it is on,
+/// and what its tokens carry.
 pub struct Sessions {
     dev: Option<DevSignInSecret>,
+    scope: TokenScope,
+    public_origin: Option<PublicOrigin>,
 }
 
 impl Sessions {
@@ -65,7 +71,11 @@ impl Sessions {
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
         if !enabled {
-            return Ok(Self { dev: None });
+            return Ok(Self {
+                dev: None,
+                scope: TokenScope::default(),
+                public_origin: None,
+            });
         }
         anyhow::ensure!(
             listen.ip().is_loopback(),
@@ -75,7 +85,23 @@ impl Sessions {
         let secret = secret.filter(|s| !s.0.is_empty()).cloned().ok_or_else(|| {
             anyhow::anyhow!("dev sign-in needs the services' token secret (RENTALBOOK_JWT_SECRET)")
         })?;
-        Ok(Self { dev: Some(secret) })
+        Ok(Self {
+            dev: Some(secret),
+            scope: TokenScope::default(),
+            public_origin: None,
+        })
+    }
+
+    /// Sign-in and sign-out must come from `origin` (see [`crate::origin`]).
+    pub fn with_public_origin(mut self, origin: Option<PublicOrigin>) -> Self {
+        self.public_origin = origin;
+        self
+    }
+
+    /// The dev sign-in's tokens carry the audience and issuer of `scope`.
+    pub fn with_token_scope(mut self, scope: TokenScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     pub fn dev_sign_in(&self) -> bool {
@@ -113,36 +139,6 @@ pub async fn handle(sessions: &Sessions, req: Request) -> Response {
     res
 }
 
-/// What the caller's token claims, when it has one that has not expired.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Claimed {
-    pub member: String,
-    pub role: String,
-    pub expires_at: u64,
-}
-
-/// Reads a JWT's claims without verifying it (see the module's doc).
-pub fn claims(token: &str) -> Option<Claimed> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    let expires_at = v["exp"].as_u64()?;
-    (expires_at > now_secs()).then_some(())?;
-    Some(Claimed {
-        member: v["sub"].as_str()?.to_owned(),
-        role: v["role"].as_str().unwrap_or("member").to_owned(),
-        expires_at,
-    })
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn session_json(sessions: &Sessions, claimed: Option<&Claimed>) -> Value {
     json!({
         "devSignIn": sessions.dev_sign_in(),
@@ -161,37 +157,13 @@ fn current(sessions: &Sessions, headers: &HeaderMap) -> Response {
 }
 
 /// Refuses a state-changing request sent by a page of another origin.
-fn same_origin(req: &Request) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = request_host(req);
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, authority)| authority);
-    match (origin_host, host) {
-        (Some(o), Some(h)) if o.eq_ignore_ascii_case(&h) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            tonic::Code::PermissionDenied,
-            "sign-in requests must come from this site's own pages",
-        )),
-    }
-}
-
-/// The authority the request was sent to (`Host`, or HTTP/2's `:authority`).
-fn request_host(req: &Request) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
+fn same_origin(sessions: &Sessions, req: &Request) -> Result<(), ApiError> {
+    from_own_pages(
+        req.uri(),
+        req.headers(),
+        sessions.public_origin.as_ref(),
+        Evidence::WhenPresent,
+    )
 }
 
 /// Whether `authority` names this machine: `localhost` or a loopback IP.
@@ -235,14 +207,14 @@ async fn dev_sign_in(sessions: &Sessions, req: Request) -> Result<Response, ApiE
     let Some(secret) = &sessions.dev else {
         return Err(ApiError::not_found("there is nothing at /session/dev"));
     };
-    if !request_host(&req).is_some_and(|h| is_loopback_authority(&h)) {
+    if !request_authority(req.uri(), req.headers()).is_some_and(|h| is_loopback_authority(&h)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             tonic::Code::PermissionDenied,
             "dev sign-in answers only at a loopback address such as http://127.0.0.1",
         ));
     }
-    same_origin(&req)?;
+    same_origin(sessions, &req)?;
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -255,7 +227,7 @@ async fn dev_sign_in(sessions: &Sessions, req: Request) -> Result<Response, ApiE
     }
     let secure = over_https(&req);
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, 4096).await?;
+    let body = read_body(body, &parts.headers, 4096, SIGN_IN_BODY_TIMEOUT).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the sign-in is not valid JSON: {e}")))?;
     let member = v["memberId"].as_str().unwrap_or_default().trim();
@@ -269,13 +241,14 @@ async fn dev_sign_in(sessions: &Sessions, req: Request) -> Result<Response, ApiE
             )));
         }
     };
-    let token = mint(&secret.0, &member, role, DEV_TOKEN_TTL).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            tonic::Code::Internal,
-            format!("could not mint a token: {e}"),
-        )
-    })?;
+    let token =
+        mint_for(&secret.0, &member, role, DEV_TOKEN_TTL, &sessions.scope).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                format!("could not mint a token: {e}"),
+            )
+        })?;
     tracing::info!(member = member.as_str(), ?role, "dev sign-in");
     let claimed = claims(&token);
     let body = session_json(sessions, claimed.as_ref());
@@ -288,7 +261,7 @@ async fn dev_sign_in(sessions: &Sessions, req: Request) -> Result<Response, ApiE
 }
 
 fn logout(sessions: &Sessions, req: &Request) -> Result<Response, ApiError> {
-    same_origin(req)?;
+    same_origin(sessions, req)?;
     let body = session_json(sessions, None);
     let mut res = json_response(StatusCode::OK, body.to_string().into());
     res.headers_mut()
@@ -495,17 +468,5 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
         assert!(set.starts_with("rentalbook_token=;") && set.contains("Max-Age=0"));
-    }
-
-    #[test]
-    fn claims_are_read_from_unexpired_tokens_only() {
-        let alice = MemberId::parse("alice").unwrap();
-        let t = mint("k", &alice, Role::Member, Duration::from_secs(60)).unwrap();
-        let c = claims(&t).unwrap();
-        assert_eq!((c.member.as_str(), c.role.as_str()), ("alice", "member"));
-        let expired = mint("k", &alice, Role::Member, Duration::ZERO).unwrap();
-        assert!(claims(&expired).is_none());
-        assert!(claims("not-a-jwt").is_none());
-        assert!(claims("a.!!!.c").is_none());
     }
 }

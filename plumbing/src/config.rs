@@ -81,6 +81,9 @@ pub struct CommonArgs {
     #[arg(long, env = "RENTALBOOK_SERVICE_SECRET", hide_env_values = true)]
     pub service_secret: Option<String>,
 
+    #[command(flatten)]
+    pub tokens: crate::auth::TokenRules,
+
     /// Requests served at once; beyond it requests are turned away at once with RESOURCE_EXHAUSTED and a retry hint.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,

@@ -454,12 +454,18 @@ impl Lending {
         }
     }
 
+    /// A rental the caller may see: their own, or any for a librarian.
+    /// Another member's is, to a member, no rental at all (SPEC §6): the
+    /// same NOT_FOUND as an unknown id, so that ids cannot be probed.
     async fn find_visible(&self, caller: &Caller, rental_id: Id) -> ServiceResult<rentals::Model> {
+        let not_found = || Status::not_found(format!("no rental with id {rental_id}"));
         let r = find(self.db.conn(), &rental_id.to_string())
             .await?
-            .ok_or_else(|| Status::not_found(format!("no rental with id {rental_id}")))?;
+            .ok_or_else(not_found)?;
         let owner = MemberId::parse(&r.member_id).map_err(anyhow::Error::msg)?;
-        caller.require_may_see(&owner, "rental")?;
+        if !caller.may_see(&owner) {
+            return Err(not_found().into());
+        }
         Ok(r)
     }
 

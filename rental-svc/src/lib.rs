@@ -119,7 +119,12 @@ impl App {
             .clone()
             .or(config.common.jwt_secret.clone())
             .unwrap_or_default();
-        let token = Arc::new(ServiceToken::new(&service_secret, NAME)?);
+        // Its token carries the audience and issuer every service requires.
+        let token = Arc::new(ServiceToken::new(
+            &service_secret,
+            NAME,
+            config.common.tokens.scope.clone(),
+        )?);
         let desk = Arc::new(desk_client::DeskClient::new(
             desk_client::DeskSettings {
                 url: config.reserve_svc_url.clone(),

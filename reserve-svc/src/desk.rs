@@ -407,18 +407,23 @@ impl Desk {
     }
 
     /// A reservation the caller may see: their own, or any for a librarian.
+    /// Another member's is, to a member, no reservation at all (SPEC §6):
+    /// the same NOT_FOUND as an unknown id, so that ids cannot be probed.
     async fn find_visible<C: ConnectionTrait>(
         &self,
         conn: &C,
         caller: &Caller,
         reservation_id: Id,
     ) -> ServiceResult<reservations::Model> {
+        let not_found = || Status::not_found(format!("no reservation with id {reservation_id}"));
         let r = reservations::Entity::find_by_id(reservation_id.to_string())
             .one(conn)
             .await?
-            .ok_or_else(|| Status::not_found(format!("no reservation with id {reservation_id}")))?;
+            .ok_or_else(not_found)?;
         let owner = MemberId::parse(&r.member_id).map_err(anyhow::Error::msg)?;
-        caller.require_may_see(&owner, "reservation")?;
+        if !caller.may_see(&owner) {
+            return Err(not_found().into());
+        }
         Ok(r)
     }
 

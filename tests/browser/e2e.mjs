@@ -8,14 +8,17 @@
 // it; B's page turns READY live, without a reload; B picks it up. Also: a
 // refusal and an overload are shown as sentences, the pages follow the
 // browser's language (English, Korean) and switch, the sign-in works from the
-// keyboard, axe-core finds no serious or critical violation on the main
-// screens, no page logs a console error, and nothing is wider than a phone.
+// keyboard, a page on another port of the host cannot reserve with the
+// member's cookie (cross-site request forgery), axe-core finds no serious or
+// critical violation on the main screens, no page logs a console error, and
+// nothing is wider than a phone.
 //
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
 // Page one is copied to docs/images/mypage.png when that file is missing or
 // UPDATE_DOCS_SCREENSHOTS=1.
 
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -408,6 +411,49 @@ try {
   await carol.getByRole('button', { name: '로그아웃' }).press('Enter');
   await carol.getByRole('heading', { name: '로그인' }).waitFor();
   step('carol signed in and out with the keyboard');
+
+  // Cross-site request forgery: a page on another port of this host is
+  // same-site, so the browser sends it the SameSite=Strict cookie; its
+  // text/plain form and no-cors fetch must still reserve nothing.
+  const dave = await newPage('dave');
+  await signIn(dave, 'dave', 'member');
+  const kindredId = await dave.evaluate(async (title) => {
+    const res = await fetch(`/v1/books?query=${encodeURIComponent(title)}`);
+    return (await res.json()).books[0].bookId;
+  }, KINDRED);
+  const attacker = createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><title>win a prize</title>
+<iframe name="sink"></iframe>
+<form id="f" method="POST" action="${base}/v1/reservations" enctype="text/plain" target="sink">
+<input name='{"bookId":"${kindredId}","x":"' value='"}'></form>
+<script>
+window.fetched = false;
+window.posted = false;
+fetch('${base}/v1/reservations', { method: 'POST', mode: 'no-cors', credentials: 'include',
+  headers: { 'Content-Type': 'text/plain' }, body: JSON.stringify({ bookId: '${kindredId}' }) })
+  .finally(() => { window.fetched = true; });
+const sink = document.querySelector('iframe');
+sink.addEventListener('load', () => {
+  // The edge's answer is another origin's: reading its location throws.
+  try { sink.contentWindow.location.href; } catch { window.posted = true; }
+});
+document.getElementById('f').submit();
+</script>`);
+  });
+  await new Promise((ok) => attacker.listen(0, '127.0.0.1', ok));
+  const evil = await dave.context().newPage();
+  await evil.goto(`http://127.0.0.1:${attacker.address().port}/`);
+  await evil.waitForFunction(() => window.fetched && window.posted);
+  await evil.close();
+  attacker.close();
+  const daveHolds = await dave.evaluate(async () => {
+    const res = await fetch('/v1/reservations');
+    return (await res.json()).reservations?.length ?? 0;
+  });
+  check(daveHolds === 0, `a page on another port reserved for dave (${daveHolds} reservations)`);
+  await reserve(dave, KINDRED, /Reserved/);
+  step('a same-site page could not reserve with the cookie; the page itself can');
 
   // A sign-in that is gone: the page asks for a new one instead of failing.
   expectedFailures.add(`${base}/v1/books`);

@@ -73,6 +73,9 @@ pub struct Options {
     pub recovery_interval: &'static str,
     /// Tries of a poison event before it is dead-lettered.
     pub event_max_deliver: u32,
+    /// Flags every service gets besides the usual ones (the token rules:
+    /// `--jwt-audience`, `--jwt-issuer`, `--jwt-leeway`).
+    pub common_args: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             breaker_open_for: "1s",
             recovery_interval: "200ms",
             event_max_deliver: 8,
+            common_args: Vec::new(),
         }
     }
 }
@@ -103,6 +107,7 @@ macro_rules! launch {
             "--event-max-deliver".to_owned(),
             $mesh.options.event_max_deliver.to_string(),
         ]);
+        args.extend($mesh.options.common_args.iter().map(|a| a.to_string()));
         let config = <$svc::Config as clap::Parser>::try_parse_from(args).unwrap();
         let bus = $mesh.bus_for($name).await;
         let app = $svc::App::build_with(config, $listener, bus)
@@ -659,30 +664,7 @@ impl Mesh {
     /// The REST edge in this process on a free port, pointed at this mesh's
     /// services; cancel the token to stop it.
     pub async fn start_edge(&self) -> (SocketAddr, CancellationToken) {
-        let args = [
-            "edge".to_owned(),
-            "--listen-addr".into(),
-            "127.0.0.1:0".into(),
-            "--book-svc-url".into(),
-            format!("http://{}", self.book.addr),
-            "--reserve-svc-url".into(),
-            format!("http://{}", self.reserve.addr),
-            "--rental-svc-url".into(),
-            format!("http://{}", self.rental.addr),
-            "--view-svc-url".into(),
-            format!("http://{}", self.view.addr),
-        ];
-        let config = <edge::Config as clap::Parser>::try_parse_from(args).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the edge");
-        let app = edge::App::build_with(config, listener)
-            .await
-            .expect("the edge");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        tokio::spawn(app.run(stop.clone()));
-        (addr, stop)
+        self.start_edge_with(self.view.addr, &[]).await
     }
 }
 

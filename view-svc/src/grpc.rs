@@ -34,6 +34,10 @@ const LONGEST_WAIT: Duration = Duration::from_secs(86_400);
 /// Pages a slow watcher may have queued before it holds up only itself.
 const WATCH_BUFFER: usize = 4;
 
+/// How long the end of a stream whose token expired waits for room behind
+/// a slow watcher's queued pages before the stream just ends.
+const EXPIRY_NOTICE: Duration = Duration::from_secs(5);
+
 #[tonic::async_trait]
 impl MyPageService for MyPages {
     async fn get_my_page(
@@ -56,6 +60,9 @@ impl MyPageService for MyPages {
     ) -> Result<Response<Self::WatchMyPageStream>, Status> {
         let caller = Caller::of(&request)?;
         let member = caller.subject(&request.get_ref().member_id)?.to_string();
+        // The stream lives as long as the token it was opened with would be
+        // taken: a watcher whose sign-in has expired must sign in again.
+        let expires = Instant::now().checked_add(caller.valid_for());
         let watchers = self.watchers.clone();
         let shutdown = self.shutdown.clone();
         let heartbeat = self.heartbeat;
@@ -108,6 +115,16 @@ impl MyPageService for MyPages {
                                 break 'build;
                             }
                             sent_at = Instant::now();
+                        }
+                        // Armed once the expiry comes before the next rebuild
+                        // (a day at most away).
+                        _ = tokio::time::sleep_until(expires.unwrap_or(rebuild_at)),
+                            if expires.is_some_and(|e| e <= rebuild_at) => {
+                            let expired = Status::unauthenticated(
+                                "the sign-in has expired: sign in again to keep following this page",
+                            );
+                            let _ = tokio::time::timeout(EXPIRY_NOTICE, out.send(Err(expired))).await;
+                            break 'build;
                         }
                         _ = out.closed() => break 'build,
                         _ = shutdown.cancelled() => break 'build,
