@@ -32,6 +32,7 @@ use rentalbook_proto::events::v1::envelope::Body;
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use tokio_util::sync::CancellationToken;
 
+use book_svc::domain::Isbn;
 use book_svc::store::books;
 use rental_svc::domain::confirmation;
 use rental_svc::domain::status as rental_status;
@@ -49,6 +50,10 @@ pub enum Invariant {
     Capacity,
     /// book-svc's numbers equal the lending desk's and the stream's latest snapshot.
     Catalogue,
+    /// No two books of the catalogue share an ISBN. Books registered twice
+    /// before RegisterBook refused a known ISBN stay until a librarian
+    /// merges them; this lists them.
+    DuplicateIsbn,
     /// A book's waiting reservations hold distinct places (positions 1..n),
     /// and nobody waits while a copy is free.
     Queue,
@@ -182,6 +187,7 @@ pub async fn differences(args: &CheckArgs) -> anyhow::Result<Findings> {
     one_open(&truth, &mut found);
     confirmed(&truth, &mut found);
     pages(&truth, &mut found);
+    duplicate_isbns(&truth, &mut found);
     if let Some(path) = &args.history {
         acknowledged(&truth, &read_history(path)?, &mut found);
     }
@@ -472,6 +478,37 @@ fn copies<'a>(truth: &'a Truth, found: &mut Findings) -> BTreeMap<&'a str, Copie
         }
     }
     tally
+}
+
+/// Books sharing an ISBN, each group named once.
+fn duplicate_isbns(truth: &Truth, found: &mut Findings) {
+    let mut holders: BTreeMap<String, Vec<&books::Model>> = BTreeMap::new();
+    for b in &truth.catalogue {
+        let Some(isbn) = b.isbn.as_deref().filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        // Stored ISBN-13 since it is normalised; parsed again all the same.
+        let isbn = Isbn::parse(isbn).map_or_else(|_| isbn.to_owned(), |i| i.as_str().to_owned());
+        holders.entry(isbn).or_default().push(b);
+    }
+    for (isbn, mut books) in holders {
+        if books.len() < 2 {
+            continue;
+        }
+        books.sort_by(|a, b| a.book_id.cmp(&b.book_id));
+        let named: Vec<String> = books
+            .iter()
+            .map(|b| format!("{} \"{}\"", b.book_id, b.title))
+            .collect();
+        found.push(
+            Invariant::DuplicateIsbn,
+            format!(
+                "ISBN {isbn} is shared by {} books: {}",
+                books.len(),
+                named.join(", ")
+            ),
+        );
+    }
 }
 
 /// Queue places are distinct per book, and the head of a queue is served

@@ -340,6 +340,22 @@ async fn the_catalogue_counts_differently_from_the_desk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_books_with_one_isbn() {
+    let f = all_in_one().await;
+    // As two registrations of one book before RegisterBook refused a known
+    // ISBN left it, once the migration made both ISBN-13.
+    f.sql(
+        "book",
+        &[format!(
+            "UPDATE books SET isbn = '9780807083697' WHERE book_id IN ('{}', '{}')",
+            f.book_a, f.book_b
+        )],
+    )
+    .await;
+    f.caught("duplicate-isbn", "books A and B given one ISBN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_waiting_members_in_one_queue_place() {
     let f = all_in_one().await;
     f.sql(

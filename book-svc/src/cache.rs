@@ -101,13 +101,15 @@ mod tests {
             isbn: None,
             title: "Dune".into(),
             author: "Frank Herbert".into(),
-            search_text: "dune frank herbert".into(),
+            title_key: "dune".into(),
+            search_text: "dune\nfrank herbert\n".into(),
             total_copies: total,
             held_copies: 0,
             on_loan_copies: 0,
             waiting: 0,
             availability_seq: 0,
             registered_at: rentalbook_plumbing::time::now(),
+            revision: 0,
         }
     }
 

@@ -5,39 +5,55 @@ use rentalbook_proto::book::v1::BookStatus;
 
 pub const MAX_COPIES: i32 = 1000;
 
-/// An ISBN-10 or ISBN-13 with a correct checksum, kept without separators.
+/// An ISBN with a correct checksum, kept as ISBN-13 digits: an ISBN-10 is
+/// converted (978 and its first nine digits, with the ISBN-13 check digit),
+/// so one book has one ISBN however it was typed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Isbn(String);
 
 impl Isbn {
+    /// Accepts an ISBN-10 or ISBN-13 with or without hyphens and spaces.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let digits: String = raw.chars().filter(|c| *c != '-' && *c != ' ').collect();
-        let valid = match digits.len() {
-            10 => isbn10_ok(&digits),
-            13 => isbn13_ok(&digits),
-            _ => false,
+        let digits: String = raw
+            .chars()
+            .filter(|c| *c != '-' && *c != ' ')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let normalised = match digits.len() {
+            10 if isbn10_ok(&digits) => Some(isbn13_of_isbn10(&digits)),
+            13 if isbn13_ok(&digits) => Some(digits),
+            _ => None,
         };
-        if valid {
-            Ok(Self(digits.to_ascii_uppercase()))
-        } else {
-            Err(format!(
+        normalised.map(Self).ok_or_else(|| {
+            format!(
                 "isbn `{}` is not a valid ISBN-10 or ISBN-13 (check the digits)",
                 raw.chars().take(40).collect::<String>()
-            ))
-        }
+            )
+        })
     }
 
+    /// The 13 digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+impl std::fmt::Display for Isbn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn digit(c: char) -> u32 {
+    c as u32 - '0' as u32
 }
 
 fn isbn10_ok(s: &str) -> bool {
     let mut sum = 0;
     for (i, c) in s.chars().enumerate() {
         let v = match (i, c) {
-            (_, '0'..='9') => c as u32 - '0' as u32,
-            (9, 'X' | 'x') => 10,
+            (_, '0'..='9') => digit(c),
+            (9, 'X') => 10,
             _ => return false,
         };
         sum += v * (10 - i as u32);
@@ -45,16 +61,23 @@ fn isbn10_ok(s: &str) -> bool {
     sum % 11 == 0
 }
 
-fn isbn13_ok(s: &str) -> bool {
-    if !s.chars().all(|c| c.is_ascii_digit()) {
-        return false;
-    }
-    let sum: u32 = s
-        .chars()
+/// The ISBN-13 weighted sum of the digits: 1, 3, 1, 3, ...
+fn isbn13_sum(s: &str) -> u32 {
+    s.chars()
         .enumerate()
-        .map(|(i, c)| (c as u32 - '0' as u32) * if i % 2 == 0 { 1 } else { 3 })
-        .sum();
-    sum.is_multiple_of(10)
+        .map(|(i, c)| digit(c) * if i % 2 == 0 { 1 } else { 3 })
+        .sum()
+}
+
+fn isbn13_ok(s: &str) -> bool {
+    s.chars().all(|c| c.is_ascii_digit()) && isbn13_sum(s).is_multiple_of(10)
+}
+
+/// `s` is a valid ISBN-10.
+fn isbn13_of_isbn10(s: &str) -> String {
+    let stem = format!("978{}", &s[..9]);
+    let check = (10 - isbn13_sum(&stem) % 10) % 10;
+    format!("{stem}{check}")
 }
 
 /// Text of 1..=max characters, trimmed.
@@ -75,12 +98,40 @@ fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// A book's title: 1..=300 characters, trimmed, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Title(String);
+
+impl Title {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        bounded_text("title", raw, 300).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A book's author: 1..=200 characters, trimmed, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Author(String);
+
+impl Author {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        bounded_text("author", raw, 200).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A book as a librarian registers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewBook {
     pub isbn: Option<Isbn>,
-    pub title: String,
-    pub author: String,
+    pub title: Title,
+    pub author: Author,
     pub total_copies: i32,
 }
 
@@ -93,10 +144,41 @@ impl NewBook {
         };
         Ok(Self {
             isbn,
-            title: bounded_text("title", title, 300)?,
-            author: bounded_text("author", author, 200)?,
+            title: Title::parse(title)?,
+            author: Author::parse(author)?,
             total_copies: copies("total_copies", total_copies)?,
         })
+    }
+}
+
+/// A librarian's correction of a book: a new title, a new author, or both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Correction {
+    pub title: Option<Title>,
+    pub author: Option<Author>,
+}
+
+impl Correction {
+    /// Empty (or blank) fields are kept as they are; at least one is given.
+    pub fn parse(title: &str, author: &str) -> Result<Self, String> {
+        let given = |s: &str| !s.trim().is_empty();
+        let correction = Self {
+            title: given(title).then(|| Title::parse(title)).transpose()?,
+            author: given(author).then(|| Author::parse(author)).transpose()?,
+        };
+        if correction.title.is_none() && correction.author.is_none() {
+            return Err("give a corrected title or author (or both)".into());
+        }
+        Ok(correction)
+    }
+
+    /// The title and author after the correction, or None when it changes
+    /// nothing.
+    pub fn applied_to(&self, title: &str, author: &str) -> Option<(String, String)> {
+        let new_title = self.title.as_ref().map_or(title, Title::as_str);
+        let new_author = self.author.as_ref().map_or(author, Author::as_str);
+        (new_title != title || new_author != author)
+            .then(|| (new_title.to_owned(), new_author.to_owned()))
     }
 }
 
@@ -148,21 +230,6 @@ impl Copies {
     }
 }
 
-/// What the text query of ListBooks matches against: lower-case title,
-/// author and ISBN.
-pub fn search_text(book: &NewBook) -> String {
-    format!(
-        "{}\n{}\n{}",
-        book.title.to_lowercase(),
-        book.author.to_lowercase(),
-        book.isbn
-            .as_ref()
-            .map(Isbn::as_str)
-            .unwrap_or_default()
-            .to_lowercase()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,16 +241,92 @@ mod tests {
             "9780306406157"
         );
         assert!(Isbn::parse("978-0-306-40615-8").is_err());
-        assert_eq!(Isbn::parse("0-8044-2957-X").unwrap().as_str(), "080442957X");
         assert!(Isbn::parse("0-8044-2957-5").is_err());
         assert!(Isbn::parse("12345").is_err());
         assert!(Isbn::parse("97803064061X7").is_err());
+        assert!(Isbn::parse("080442957X0").is_err());
+        assert!(
+            Isbn::parse("X804429575").is_err(),
+            "X only as the last digit"
+        );
+    }
+
+    #[test]
+    fn isbns_are_kept_as_isbn_13_however_they_are_typed() {
+        let kindred = "9780807083697";
+        for typed in [
+            "978-0-8070-8369-7",
+            "978 0 8070 8369 7",
+            "9780807083697",
+            "0807083690",
+            "0-8070-8369-0",
+        ] {
+            assert_eq!(Isbn::parse(typed).unwrap().as_str(), kindred, "{typed}");
+        }
+        // An ISBN-10 ending in X, in either case.
+        assert_eq!(
+            Isbn::parse("0-8044-2957-X").unwrap().as_str(),
+            "9780804429573"
+        );
+        assert_eq!(
+            Isbn::parse("080442957x").unwrap(),
+            Isbn::parse("978-0-8044-2957-3").unwrap()
+        );
+        assert_eq!(
+            Isbn::parse("0-306-40615-2").unwrap().as_str(),
+            "9780306406157"
+        );
+        // The ISBN-13 check digit of a converted ISBN-10 may come out as 0.
+        assert_eq!(
+            Isbn::parse("3-06-406104-6").unwrap().as_str(),
+            "9783064061040"
+        );
+    }
+
+    #[test]
+    fn corrections_keep_what_is_not_given() {
+        let both = Correction::parse(" Kindred ", "Octavia E. Butler").unwrap();
+        assert_eq!(
+            both.applied_to("Kindrid", "Octavia Butler"),
+            Some(("Kindred".into(), "Octavia E. Butler".into()))
+        );
+        let title = Correction::parse("Kindred", "  ").unwrap();
+        assert_eq!(title.author, None);
+        assert_eq!(
+            title.applied_to("Kindrid", "Octavia E. Butler"),
+            Some(("Kindred".into(), "Octavia E. Butler".into()))
+        );
+        assert_eq!(
+            title.applied_to("Kindred", "Anyone"),
+            None,
+            "no change, nothing to do"
+        );
+        assert!(
+            Correction::parse("", "")
+                .unwrap_err()
+                .contains("title or author")
+        );
+        assert!(
+            Correction::parse(&"t".repeat(301), "")
+                .unwrap_err()
+                .contains("300")
+        );
+        assert!(
+            Correction::parse("", &"a".repeat(201))
+                .unwrap_err()
+                .contains("author")
+        );
+        assert!(
+            Correction::parse("a\u{7}b", "")
+                .unwrap_err()
+                .contains("control")
+        );
     }
 
     #[test]
     fn books_are_validated_field_by_field() {
         let ok = NewBook::parse("", " Dune ", "Frank Herbert", 3).unwrap();
-        assert_eq!(ok.title, "Dune");
+        assert_eq!(ok.title.as_str(), "Dune");
         assert_eq!(ok.isbn, None);
         assert!(
             NewBook::parse("", "  ", "A", 1)

@@ -11,19 +11,19 @@ use rentalbook_plumbing::ids::{self, Id};
 use rentalbook_plumbing::{outbox, time};
 use rentalbook_proto::book::v1::{
     AddCopiesRequest, Book, GetBookRequest, ListBooksRequest, ListBooksResponse,
-    RegisterBookRequest, book_service_server::BookService,
+    RegisterBookRequest, UpdateBookRequest, book_service_server::BookService,
 };
-use rentalbook_proto::events::v1::{BookRegistered, CopiesAdded, envelope::Body};
-use sea_orm::sea_query::ExprTrait;
+use rentalbook_proto::events::v1::{BookRegistered, BookUpdated, CopiesAdded, envelope::Body};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use tonic::{Request, Response, Status};
 
 use crate::cache::BookCache;
-use crate::domain::{self, Copies, NewBook};
-use crate::store::books;
+use crate::domain::{self, Copies, Correction, Isbn, NewBook};
+use crate::search::{self, Query};
+use crate::store::{self, books};
 
 pub const PRODUCER: &str = "book-svc";
 
@@ -57,6 +57,24 @@ fn not_found(book_id: &Id) -> Status {
     Status::not_found(format!("no book with id {book_id} in the catalogue"))
 }
 
+/// ALREADY_EXISTS naming the book that has the ISBN, if one has; the oldest
+/// when books registered before ISBNs were checked share it.
+async fn refuse_a_second_isbn<C: ConnectionTrait>(db: &C, isbn: &Isbn) -> ServiceResult<()> {
+    let holder = books::Entity::find()
+        .filter(books::Column::Isbn.eq(isbn.as_str()))
+        .order_by_asc(books::Column::BookId)
+        .one(db)
+        .await?;
+    match holder {
+        None => Ok(()),
+        Some(b) => Err(Status::already_exists(format!(
+            "ISBN {isbn} is already in the catalogue: \"{}\" by {} (book {}); add copies to it instead",
+            b.title, b.author, b.book_id
+        ))
+        .into()),
+    }
+}
+
 impl Catalogue {
     async fn register(&self, caller: Caller, req: RegisterBookRequest) -> ServiceResult<Book> {
         caller.require_librarian("register books")?;
@@ -74,23 +92,34 @@ impl Catalogue {
         {
             return Ok(done);
         }
+        if let Some(isbn) = &book.isbn {
+            // Two librarians registering one ISBN at once: the second waits
+            // for the first to commit, then finds its book.
+            tx.lock("isbn", isbn.as_str()).await?;
+            refuse_a_second_isbn(&*tx, isbn).await?;
+        }
         let now = time::now();
         let book_id = Id::new().to_string();
+        let isbn = book.isbn.as_ref().map(Isbn::as_str);
+        let indexed = search::index(book.title.as_str(), book.author.as_str(), isbn);
         let row = books::ActiveModel {
             book_id: Set(book_id.clone()),
-            isbn: Set(book.isbn.as_ref().map(|i| i.as_str().to_owned())),
-            title: Set(book.title.clone()),
-            author: Set(book.author.clone()),
-            search_text: Set(domain::search_text(&book)),
+            isbn: Set(isbn.map(str::to_owned)),
+            title: Set(book.title.as_str().to_owned()),
+            author: Set(book.author.as_str().to_owned()),
+            title_key: Set(indexed.title_key),
+            search_text: Set(indexed.search_text),
             total_copies: Set(book.total_copies),
             held_copies: Set(0),
             on_loan_copies: Set(0),
             waiting: Set(0),
             availability_seq: Set(0),
             registered_at: Set(now),
+            revision: Set(0),
         }
         .insert(&*tx)
         .await?;
+        store::index_book(&*tx, &book_id, &Default::default(), &indexed.terms).await?;
         outbox::stage(
             &mut tx,
             PRODUCER,
@@ -173,24 +202,100 @@ impl Catalogue {
         Ok(to_proto(book))
     }
 
+    async fn update(&self, caller: Caller, req: UpdateBookRequest) -> ServiceResult<Book> {
+        caller.require_librarian("correct books")?;
+        let book_id = Id::parse_field("book_id", &req.book_id)?;
+        let correction =
+            Correction::parse(&req.title, &req.author).map_err(Status::invalid_argument)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "UpdateBook",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        let mut tx = self.db.begin().await?;
+        if let Some(key) = &key
+            && let Some(done) = key.recall::<Book>(&tx).await?
+        {
+            return Ok(done);
+        }
+        tx.lock("book", &book_id.to_string()).await?;
+        let book = books::Entity::find_by_id(book_id.to_string())
+            .one(&*tx)
+            .await?
+            .ok_or_else(|| not_found(&book_id))?;
+        let row = match correction.applied_to(&book.title, &book.author) {
+            // Already so: nothing to record, nothing to tell.
+            None => book,
+            Some((title, author)) => {
+                let before = search::index(&book.title, &book.author, book.isbn.as_deref());
+                let indexed = search::index(&title, &author, book.isbn.as_deref());
+                let revision = book.revision + 1;
+                let mut active = book.into_active_model();
+                active.title = Set(title);
+                active.author = Set(author);
+                active.title_key = Set(indexed.title_key);
+                active.search_text = Set(indexed.search_text);
+                active.revision = Set(revision);
+                let row = active.update(&*tx).await?;
+                store::index_book(&*tx, &row.book_id, &before.terms, &indexed.terms).await?;
+                outbox::stage(
+                    &mut tx,
+                    PRODUCER,
+                    time::now(),
+                    Body::BookUpdated(BookUpdated {
+                        book_id: row.book_id.clone(),
+                        title: row.title.clone(),
+                        author: row.author.clone(),
+                        revision,
+                    }),
+                )
+                .await?;
+                row
+            }
+        };
+        let answer = to_proto(row);
+        if let Some(key) = &key {
+            key.remember(&tx, &answer).await?;
+        }
+        tx.commit().await?;
+        self.cache.forget(&answer.book_id);
+        Ok(answer)
+    }
+
     async fn list(&self, req: ListBooksRequest) -> ServiceResult<ListBooksResponse> {
         let page_size = ids::page_size(req.page_size)?;
-        let query = req.query.trim().to_lowercase();
-        if query.chars().count() > 300 {
-            return Err(Status::invalid_argument("query must be at most 300 characters").into());
-        }
-        let mut select = books::Entity::find().order_by_asc(books::Column::BookId);
-        if let Some(after) = ids::page_token(&req.page_token)? {
-            select = select.filter(books::Column::BookId.gt(after.to_string()));
-        }
-        if !query.is_empty() {
-            // The member's text, matched literally.
-            select = select.filter(
-                sea_orm::sea_query::Expr::col(books::Column::SearchText)
-                    .like(rentalbook_plumbing::db::like_containing(&query)),
-            );
-        }
-        let mut rows = select.limit(page_size + 1).all(self.db.conn()).await?;
+        let query = Query::parse(&req.query).map_err(Status::invalid_argument)?;
+        let after = ids::page_token(&req.page_token)?;
+        let mut rows = match &query {
+            None => {
+                // The whole catalogue, in registration order (ids are UUIDv7).
+                let mut select = books::Entity::find().order_by_asc(books::Column::BookId);
+                if let Some(after) = after {
+                    select = select.filter(books::Column::BookId.gt(after.to_string()));
+                }
+                select.limit(page_size + 1).all(self.db.conn()).await?
+            }
+            Some(query) => {
+                // The token is the last book of the previous page; where it
+                // stands for this query is worked out again from its title.
+                let after = match after {
+                    None => None,
+                    Some(id) => {
+                        let book = books::Entity::find_by_id(id.to_string())
+                            .one(self.db.conn())
+                            .await?
+                            .ok_or_else(|| {
+                                Status::invalid_argument(
+                                    "page_token is not one this service gave out",
+                                )
+                            })?;
+                        Some(query.position(&book.title_key, &book.book_id))
+                    }
+                };
+                store::search(self.db.conn(), query, after.as_ref(), page_size + 1).await?
+            }
+        };
         let next_page_token = if rows.len() as u64 > page_size {
             rows.truncate(page_size as usize);
             rows.last().map(|b| b.book_id.clone()).unwrap_or_default()
@@ -237,5 +342,15 @@ impl BookService for Catalogue {
     ) -> Result<Response<ListBooksResponse>, Status> {
         Caller::of(&request)?;
         Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    async fn update_book(
+        &self,
+        request: Request<UpdateBookRequest>,
+    ) -> Result<Response<Book>, Status> {
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(
+            self.update(caller, request.into_inner()).await?,
+        ))
     }
 }

@@ -1,10 +1,13 @@
-//! book-svc: the catalogue (SPEC §2). Librarians register books and add
-//! copies; anyone signed in can look books up. Each book's status (AVAILABLE,
-//! RESERVED, ON_LOAN) is a projection of the lending desk's events, so this
-//! service may be down while lending goes on.
+//! book-svc: the catalogue (SPEC §2). Librarians register books, add copies
+//! and correct titles and authors; anyone signed in can look books up and
+//! search them. Each book's status (AVAILABLE, RESERVED, ON_LOAN) is a
+//! projection of the lending desk's events, so this service may be down
+//! while lending goes on.
 //!
-//! - [`domain`]: what a valid book is, and its status from its copies.
-//! - [`store`]: tables and migrations.
+//! - [`domain`]: what a valid book, ISBN and correction are, and a book's
+//!   status from its copies.
+//! - [`search`]: what a book and a query become for searching, and ranking.
+//! - [`store`]: tables, migrations and the search query.
 //! - [`grpc`]: the BookService handlers.
 //! - [`cache`]: books as GetBook last read them.
 //! - [`events`]: the status projection fed by reserve-svc's events.
@@ -13,6 +16,7 @@ pub mod cache;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod search;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -710,7 +710,7 @@ mod tests {
             );
         }
         assert_eq!(backends_in(&t).len(), 4);
-        assert_eq!(t.routes().len(), 15);
+        assert_eq!(t.routes().len(), 16);
     }
 
     #[test]

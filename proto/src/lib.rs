@@ -58,6 +58,7 @@ pub mod events {
                 match self {
                     Body::BookRegistered(_) => "book.registered",
                     Body::CopiesAdded(_) => "book.copies_added",
+                    Body::BookUpdated(_) => "book.updated",
                     Body::ReservationPlaced(_) => "reservation.placed",
                     Body::ReservationReady(_) => "reservation.ready",
                     Body::ReservationCancelled(_) => "reservation.cancelled",

@@ -162,8 +162,18 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             owns: Some(StepKind::ReturnConfirmed),
             ..Default::default()
         },
-        Body::BookRegistered(_) | Body::CopiesAdded(_) => return None,
+        Body::BookRegistered(_) | Body::CopiesAdded(_) | Body::BookUpdated(_) => return None,
     })
+}
+
+/// The book, title and revision an event tells: BookRegistered the title
+/// as registered (revision 0), BookUpdated a librarian's correction.
+fn title_of(body: &Body) -> Option<(&str, &str, i64)> {
+    match body {
+        Body::BookRegistered(e) => Some((&e.book_id, &e.title, 0)),
+        Body::BookUpdated(e) => Some((&e.book_id, &e.title, e.revision)),
+        _ => None,
+    }
 }
 
 /// The journey after a change: each field moves one way only, so changes
@@ -283,12 +293,20 @@ impl EventHandler for Projection {
             return Ok(());
         };
         let at = ts(&event.occurred_at).unwrap_or_else(time::now);
-        if let Body::BookRegistered(e) = body {
+        if let Some((book_id, title, revision)) = title_of(body) {
+            // One statement, so replicas applying a book's events at once
+            // need no lock: the newest revision wins in any order.
             titles::Entity::insert(titles::ActiveModel {
-                book_id: Set(e.book_id.clone()),
-                title: Set(e.title.clone()),
+                book_id: Set(book_id.to_owned()),
+                title: Set(title.to_owned()),
+                revision: Set(revision),
             })
-            .on_conflict_do_nothing()
+            .on_conflict(
+                OnConflict::column(titles::Column::BookId)
+                    .update_columns([titles::Column::Title, titles::Column::Revision])
+                    .action_and_where(titles::Column::Revision.lt(revision))
+                    .to_owned(),
+            )
             .exec_without_returning(&**tx)
             .await?;
             return Ok(());
@@ -313,9 +331,9 @@ impl EventHandler for Projection {
         let Some(body) = &event.body else {
             return;
         };
-        if let Body::BookRegistered(e) = body {
+        if let Some((book_id, _, _)) = title_of(body) {
             // A title arrived: every page with this book may change.
-            self.notify_book(&e.book_id, false).await;
+            self.notify_book(book_id, false).await;
             return;
         }
         let Some(change) = change_of(body) else {
@@ -361,8 +379,8 @@ mod tests {
     use super::*;
     use rentalbook_plumbing::db::Db;
     use rentalbook_proto::events::v1::{
-        BookRented, BookReturned, ReservationCancelled, ReservationFulfilled, ReservationPlaced,
-        ReservationReady, ReturnRecorded,
+        BookRegistered, BookRented, BookReturned, BookUpdated, ReservationCancelled,
+        ReservationFulfilled, ReservationPlaced, ReservationReady, ReturnRecorded,
     };
     use rentalbook_proto::view::v1::MyPage;
     use sea_orm_migration::MigratorTrait;
@@ -564,6 +582,55 @@ mod tests {
                 let expected = expected.get_or_insert_with(|| got.clone());
                 assert_eq!(&got, expected, "events applied in the order {order:?}");
             }
+        }
+    }
+
+    /// A book's registration and two corrections of its title, applied in
+    /// every order (replicas, redelivery): the page shows the latest title.
+    #[tokio::test]
+    async fn a_title_follows_its_latest_correction_whatever_the_order() {
+        let (db, projection) = read_model().await;
+        for (n, order) in orders(3).into_iter().enumerate() {
+            let i = ids(n);
+            let corrected = |secs, title: &str, revision| {
+                event(
+                    secs,
+                    Body::BookUpdated(BookUpdated {
+                        book_id: i.b.clone(),
+                        title: title.into(),
+                        author: "Octavia E. Butler".into(),
+                        revision,
+                    }),
+                )
+            };
+            let events = [
+                event(
+                    1,
+                    Body::BookRegistered(BookRegistered {
+                        book_id: i.b.clone(),
+                        isbn: String::new(),
+                        title: "Kindrid".into(),
+                        author: "Octavia Butler".into(),
+                        total_copies: 1,
+                    }),
+                ),
+                corrected(2, "Kindred?", 1),
+                corrected(3, "Kindred", 2),
+            ];
+            let mut tx = db.begin().await.unwrap();
+            projection
+                .apply(&mut tx, &a_whole_loan(&i)[0])
+                .await
+                .unwrap();
+            for &k in &order {
+                projection.apply(&mut tx, &events[k]).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            let page = page(&db, &i).await;
+            assert_eq!(
+                page.journeys[0].book_title, "Kindred",
+                "events applied in the order {order:?}"
+            );
         }
     }
 }

@@ -115,6 +115,7 @@ mod tests {
         titles::ActiveModel {
             book_id: Set("b1".into()),
             title: Set("A title".into()),
+            revision: Set(0),
         }
         .insert(db.conn())
         .await

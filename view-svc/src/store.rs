@@ -60,13 +60,16 @@ pub mod steps {
 pub mod titles {
     use sea_orm::entity::prelude::*;
 
-    /// Book titles from BookRegistered.
+    /// Book titles from BookRegistered, corrected by BookUpdated.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "book_titles")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub book_id: String,
         pub title: String,
+        /// The revision of the book this title is from (0: as registered);
+        /// an older one never replaces it.
+        pub revision: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -92,6 +95,32 @@ impl MigrationTrait for CreateReadModel {
     }
 }
 
+/// The titles' revision, for read models made before librarians could
+/// correct titles.
+struct TitleRevisions;
+
+impl MigrationName for TitleRevisions {
+    fn name(&self) -> &str {
+        "m0003_title_revisions"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for TitleRevisions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.has_column("book_titles", "revision").await? {
+            return Ok(());
+        }
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE book_titles ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -100,6 +129,7 @@ impl MigratorTrait for Migrator {
             Box::new(PlumbingTables),
             Box::new(CreateReadModel),
             Box::new(OutboxTraceparent),
+            Box::new(TitleRevisions),
         ]
     }
 }

@@ -528,10 +528,13 @@ impl System {
         if self.pg.is_none()
             && let Ok(admin) = self.pg_admin().await
         {
+            // Cleanup only: a busy server (a DROP waits for a checkpoint)
+            // must not hold the run up; what is left is named by the run.
             for (_, name) in self.databases.values() {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await;
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), admin.execute_unprepared(&sql))
+                        .await;
             }
             let _ = admin.close().await;
         }
