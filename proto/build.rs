@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "rentalbook/rental/v1/rental.proto",
     "rentalbook/view/v1/view.proto",
     "rentalbook/events/v1/events.proto",
+    "rentalbook/errors/v1/errors.proto",
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",
 ];

@@ -100,6 +100,14 @@ async fn isbns_are_kept_as_isbn_13_and_a_known_isbn_is_refused_naming_its_book(s
                 refused.message()
             );
         }
+        let meta = |key| rentalbook_plumbing::error::reason_metadata(&refused, key);
+        assert_eq!(
+            rentalbook_plumbing::error::reason(&refused).as_deref(),
+            Some("DUPLICATE_ISBN")
+        );
+        assert_eq!(meta("bookId"), Some(kindred.book_id.clone()));
+        assert_eq!(meta("isbn").as_deref(), Some("9780807083697"));
+        assert_eq!(meta("title").as_deref(), Some("Kindred"));
     }
     // A retry of the registration itself is its first answer, not a refusal.
     let again = register(

@@ -15,6 +15,16 @@ use rentalbook_proto::reserve::v1::{
 use support::{Mesh, Options, Store, eventually, librarian, member, req};
 use tonic::Code;
 
+/// The reason of a refusal's `google.rpc.ErrorInfo`, and one of its metadata
+/// values.
+fn reason(status: &tonic::Status) -> String {
+    rentalbook_plumbing::error::reason(status).unwrap_or_else(|| format!("none in {status:?}"))
+}
+
+fn metadata(status: &tonic::Status, key: &str) -> String {
+    rentalbook_plumbing::error::reason_metadata(status, key).unwrap_or_default()
+}
+
 async fn rent(mesh: &Mesh, token: &str, book_id: &str) -> Result<Rental, tonic::Status> {
     mesh.rentals()
         .await
@@ -96,6 +106,7 @@ async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books(store: Store) 
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(reason(&unknown), "BOOK_NOT_FOUND");
     assert!(
         unknown.message().contains("not known"),
         "{}",
@@ -137,10 +148,14 @@ async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit
     mesh.reserve(&alice, &one.book_id).await.unwrap();
     let again = mesh.reserve(&alice, &one.book_id).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
+    assert_eq!(reason(&again), "ALREADY_RESERVED");
+    assert_eq!(metadata(&again, "bookId"), one.book_id);
 
     mesh.reserve(&alice, &two.book_id).await.unwrap();
     let limit = mesh.reserve(&alice, &three.book_id).await.unwrap_err();
     assert_eq!(limit.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&limit), "TOO_MANY_RESERVATIONS");
+    assert_eq!(metadata(&limit, "limit"), "2");
     assert!(
         limit.message().contains('2'),
         "names the limit: {}",
@@ -151,6 +166,7 @@ async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit
     rent(&mesh, &alice, &one.book_id).await.unwrap();
     let on_loan = mesh.reserve(&alice, &one.book_id).await.unwrap_err();
     assert_eq!(on_loan.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&on_loan), "ALREADY_ON_LOAN");
     assert!(on_loan.message().contains("loan"), "{}", on_loan.message());
 }
 
@@ -267,6 +283,7 @@ async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy(store:
     // An expired hold cannot be picked up.
     let late = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&late), "NO_READY_RESERVATION");
 }
 
 both_backends!(r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit);
@@ -286,6 +303,7 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit(store: St
 
     let refused = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "NO_READY_RESERVATION");
     assert!(
         refused.message().contains("no reservation ready for you"),
         "{}",
@@ -318,6 +336,8 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit(store: St
     mesh.reserve(&alice, &other.book_id).await.unwrap();
     let limit = rent(&mesh, &alice, &other.book_id).await.unwrap_err();
     assert_eq!(limit.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&limit), "TOO_MANY_RENTALS");
+    assert_eq!(metadata(&limit, "limit"), "1");
     assert!(limit.message().contains('1'), "{}", limit.message());
 }
 
@@ -337,6 +357,7 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(st
     // Another member's rental is, to bob, no rental at all (SPEC §6).
     let denied = give_back(&mesh, &bob, &loan.rental_id).await.unwrap_err();
     assert_eq!(denied.code(), Code::NotFound);
+    assert_eq!(reason(&denied), "RENTAL_NOT_FOUND");
     let peek = mesh
         .rentals()
         .await

@@ -122,7 +122,9 @@ fn is_rfc3339(v: &Value) -> bool {
         .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok())
 }
 
-fn assert_error(a: &Answer, status: StatusCode, code: i64) {
+/// An error answer in the one JSON shape, with `reason` as the reason of its
+/// `google.rpc.ErrorInfo` detail (none when `reason` is empty).
+fn assert_error(a: &Answer, status: StatusCode, code: i64, reason: &str) {
     assert_eq!(a.status, status, "{}", a.body);
     assert_eq!(a.body["code"], code, "{}", a.body);
     assert!(
@@ -130,7 +132,17 @@ fn assert_error(a: &Answer, status: StatusCode, code: i64) {
         "{}",
         a.body
     );
-    assert!(a.body["details"].is_array(), "{}", a.body);
+    let details = a.body["details"].as_array().expect("details");
+    let reasons: Vec<&str> = details
+        .iter()
+        .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .map(|d| {
+            assert_eq!(d["domain"], "rentalbook", "{}", a.body);
+            d["reason"].as_str().unwrap_or_default()
+        })
+        .collect();
+    let expected: Vec<&str> = Some(reason).filter(|r| !r.is_empty()).into_iter().collect();
+    assert_eq!(reasons, expected, "{}", a.body);
     assert_eq!(
         a.headers.get("content-type").unwrap(),
         "application/json",
@@ -256,12 +268,11 @@ async fn errors_have_http_statuses_and_one_json_shape() {
     let a = edge
         .send(edge.request(Method::GET, "/v1/books", None))
         .await;
-    assert_error(&a, StatusCode::UNAUTHORIZED, 16);
+    assert_error(&a, StatusCode::UNAUTHORIZED, 16, "SIGN_IN_REQUIRED");
     assert!(a.headers.contains_key("www-authenticate"));
-    assert_eq!(a.body["details"], json!([]));
     // A bad token: 401 from the service.
     let a = edge.get("/v1/books", "not-a-token").await;
-    assert_error(&a, StatusCode::UNAUTHORIZED, 16);
+    assert_error(&a, StatusCode::UNAUTHORIZED, 16, "SIGN_IN_REQUIRED");
 
     // A member may not register books: 403.
     let a = edge
@@ -271,21 +282,22 @@ async fn errors_have_http_statuses_and_one_json_shape() {
             json!({"title": "Mine", "totalCopies": 1}),
         )
         .await;
-    assert_error(&a, StatusCode::FORBIDDEN, 7);
+    assert_error(&a, StatusCode::FORBIDDEN, 7, "LIBRARIANS_ONLY");
 
     // No such book: 404; a malformed id: 400.
     let a = edge
         .get(&format!("/v1/books/{}", uuid::Uuid::now_v7()), &alice)
         .await;
-    assert_error(&a, StatusCode::NOT_FOUND, 5);
+    assert_error(&a, StatusCode::NOT_FOUND, 5, "BOOK_NOT_FOUND");
     let a = edge.get("/v1/books/not-an-id", &alice).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "INVALID_FIELD");
 
     // Reserving twice: 409.
     let first = edge.reserve(&alice, &book_id, None).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     let a = edge.reserve(&alice, &book_id, None).await;
-    assert_error(&a, StatusCode::CONFLICT, 6);
+    assert_error(&a, StatusCode::CONFLICT, 6, "ALREADY_RESERVED");
+    assert_eq!(a.body["details"][0]["metadata"]["bookId"], book_id.as_str());
 
     // Another member's reservation is, to bob, no reservation at all: 404,
     // as for an unknown id, so that ids cannot be probed.
@@ -295,7 +307,7 @@ async fn errors_have_http_statuses_and_one_json_shape() {
         format!("/v1/reservations/{}", uuid::Uuid::now_v7()),
     ] {
         let a = edge.get(&path, &member("bob")).await;
-        assert_error(&a, StatusCode::NOT_FOUND, 5);
+        assert_error(&a, StatusCode::NOT_FOUND, 5, "RESERVATION_NOT_FOUND");
     }
     let a = edge
         .post(
@@ -304,13 +316,13 @@ async fn errors_have_http_statuses_and_one_json_shape() {
             json!({}),
         )
         .await;
-    assert_error(&a, StatusCode::NOT_FOUND, 5);
+    assert_error(&a, StatusCode::NOT_FOUND, 5, "RESERVATION_NOT_FOUND");
 
     // Renting without a READY reservation: 400 (FAILED_PRECONDITION).
     let a = edge
         .post("/v1/rentals", &member("bob"), json!({"bookId": book_id}))
         .await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 9);
+    assert_error(&a, StatusCode::BAD_REQUEST, 9, "NO_READY_RESERVATION");
 
     // Bodies the edge refuses, each naming the problem.
     let raw = |body: &'static str| {
@@ -319,37 +331,37 @@ async fn errors_have_http_statuses_and_one_json_shape() {
             .body(body)
     };
     let a = edge.send(raw("{\"bookId\":")).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
     assert!(a.body["message"].as_str().unwrap().contains("JSON"));
     let a = edge
         .send(raw("{\"bookId\":\"x\",\"colour\":\"red\"}"))
         .await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
     assert!(a.body["message"].as_str().unwrap().contains("colour"));
     let a = edge.send(raw("{\"bookId\":42}")).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
     let a = edge.get("/v1/reservations?openOnly=perhaps", &alice).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
     assert!(a.body["message"].as_str().unwrap().contains("openOnly"));
     let a = edge.get("/v1/books?colour=red", &alice).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
     let a = edge
         .send(
             edge.request(Method::POST, "/v1/books", Some(&librarian()))
                 .body(vec![b' '; 2 * 1024 * 1024]),
         )
         .await;
-    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, 3);
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, 3, "MALFORMED_REQUEST");
 
     // Unknown paths and wrong methods.
     let a = edge.get("/v1/nothing/here", &alice).await;
-    assert_error(&a, StatusCode::NOT_FOUND, 5);
+    assert_error(&a, StatusCode::NOT_FOUND, 5, "");
     let a = edge.get("/v1/books/a/b", &alice).await;
-    assert_error(&a, StatusCode::NOT_FOUND, 5);
+    assert_error(&a, StatusCode::NOT_FOUND, 5, "");
     let a = edge
         .send(edge.request(Method::DELETE, "/v1/books", Some(&alice)))
         .await;
-    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12);
+    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12, "");
     assert_eq!(a.headers.get("allow").unwrap(), "GET, POST, OPTIONS");
     // Internal RPCs have no route.
     let a = edge
@@ -359,7 +371,7 @@ async fn errors_have_http_statuses_and_one_json_shape() {
             Some(&alice),
         ))
         .await;
-    assert_error(&a, StatusCode::NOT_FOUND, 5);
+    assert_error(&a, StatusCode::NOT_FOUND, 5, "");
 }
 
 #[tokio::test]
@@ -377,7 +389,7 @@ async fn an_idempotency_key_makes_a_retry_safe() {
     assert_eq!(again.body["reservationId"], first.body["reservationId"]);
     // Without the key it is a second attempt, which the rules refuse.
     let other = edge.reserve(&carol, book_id, None).await;
-    assert_error(&other, StatusCode::CONFLICT, 6);
+    assert_error(&other, StatusCode::CONFLICT, 6, "ALREADY_RESERVED");
     // The key and a different request id in the body contradict each other.
     let a = edge
         .send(
@@ -386,7 +398,7 @@ async fn an_idempotency_key_makes_a_retry_safe() {
                 .json(&json!({"bookId": book_id, "requestId": "k-2"})),
         )
         .await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "MALFORMED_REQUEST");
 }
 
 /// Reads SSE `data:` payloads from a streaming response.
@@ -490,11 +502,11 @@ async fn my_page_streams_as_server_sent_events() {
             Some(&member("eve")),
         ))
         .await;
-    assert_error(&a, StatusCode::FORBIDDEN, 7);
+    assert_error(&a, StatusCode::FORBIDDEN, 7, "OTHER_MEMBER");
     let a = edge
         .send(edge.request(Method::GET, "/v1/mypage:watch", None))
         .await;
-    assert_error(&a, StatusCode::UNAUTHORIZED, 16);
+    assert_error(&a, StatusCode::UNAUTHORIZED, 16, "SIGN_IN_REQUIRED");
 
     // Shutting the edge down ends the open stream cleanly.
     edge.stop.cancel();
@@ -528,6 +540,14 @@ async fn the_edge_describes_and_reports_itself() {
         doc.body["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
+    // The refusals' reasons are listed, so that clients can act on them.
+    let reasons = doc.body["components"]["schemas"]["ErrorInfo"]["properties"]["reason"]["enum"]
+        .as_array()
+        .expect("ErrorInfo reasons")
+        .clone();
+    for reason in ["ALREADY_RESERVED", "NO_READY_RESERVATION", "DUPLICATE_ISBN"] {
+        assert!(reasons.contains(&json!(reason)), "{reason} in {reasons:?}");
+    }
     // proto3 JSON takes integers as numbers or as strings of digits, and
     // the document says so.
     let copies = &doc.body["components"]["schemas"]["rentalbook.book.v1.RegisterBookRequest"]["properties"]
@@ -622,7 +642,12 @@ async fn a_backend_that_is_down_is_a_quick_503_with_retry_after() {
             "took {:?}",
             started.elapsed()
         );
-        assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, 14);
+        assert_error(
+            &a,
+            StatusCode::SERVICE_UNAVAILABLE,
+            14,
+            "TEMPORARILY_UNAVAILABLE",
+        );
         assert_eq!(a.headers.get("retry-after").unwrap(), "1");
     }
     // The other services are still served.
@@ -676,12 +701,12 @@ async fn allow_names_the_methods_each_path_answers() {
         let a = edge
             .send(edge.request(method.clone(), &path, Some(&alice)))
             .await;
-        assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12);
+        assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, 12, "");
         assert_eq!(a.headers["allow"], allow, "{method} {path}");
     }
     // An unknown verb is no path at all; the book itself is still there.
     let a = edge.get(&format!("/v1/books/{id}:burn"), &alice).await;
-    assert_error(&a, StatusCode::BAD_REQUEST, 3);
+    assert_error(&a, StatusCode::BAD_REQUEST, 3, "INVALID_FIELD");
     let a = edge.get(&format!("/v1/books/{id}"), &alice).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }

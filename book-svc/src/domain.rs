@@ -5,6 +5,33 @@ use rentalbook_proto::book::v1::BookStatus;
 
 pub const MAX_COPIES: i32 = 1000;
 
+/// A request value the catalogue does not take, naming its field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why copies cannot be added.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CopiesRefusal {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The book would have more than [`MAX_COPIES`].
+    #[error("a book has at most {MAX_COPIES} copies; it has {total}, so at most {} more", MAX_COPIES - .total)]
+    TooMany { total: i32 },
+}
+
 /// An ISBN with a correct checksum, kept as ISBN-13 digits: an ISBN-10 is
 /// converted (978 and its first nine digits, with the ISBN-13 check digit),
 /// so one book has one ISBN however it was typed.
@@ -13,7 +40,7 @@ pub struct Isbn(String);
 
 impl Isbn {
     /// Accepts an ISBN-10 or ISBN-13 with or without hyphens and spaces.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let digits: String = raw
             .chars()
             .filter(|c| *c != '-' && *c != ' ')
@@ -25,9 +52,12 @@ impl Isbn {
             _ => None,
         };
         normalised.map(Self).ok_or_else(|| {
-            format!(
-                "isbn `{}` is not a valid ISBN-10 or ISBN-13 (check the digits)",
-                raw.chars().take(40).collect::<String>()
+            Invalid::new(
+                "isbn",
+                format!(
+                    "isbn `{}` is not a valid ISBN-10 or ISBN-13 (check the digits)",
+                    raw.chars().take(40).collect::<String>()
+                ),
             )
         })
     }
@@ -81,19 +111,23 @@ fn isbn13_of_isbn10(s: &str) -> String {
 }
 
 /// Text of 1..=max characters, trimmed.
-fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String, String> {
+fn bounded_text(field: &'static str, raw: &str, max: usize) -> Result<String, Invalid> {
     let text = raw.trim();
     let len = text.chars().count();
     if len == 0 {
-        return Err(format!("{field} must not be empty"));
+        return Err(Invalid::new(field, format!("{field} must not be empty")));
     }
     if len > max {
-        return Err(format!(
-            "{field} must be at most {max} characters (it has {len})"
+        return Err(Invalid::new(
+            field,
+            format!("{field} must be at most {max} characters (it has {len})"),
         ));
     }
     if text.chars().any(char::is_control) {
-        return Err(format!("{field} must not contain control characters"));
+        return Err(Invalid::new(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
     }
     Ok(text.to_owned())
 }
@@ -103,7 +137,7 @@ fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String, String> {
 pub struct Title(String);
 
 impl Title {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         bounded_text("title", raw, 300).map(Self)
     }
 
@@ -117,7 +151,7 @@ impl Title {
 pub struct Author(String);
 
 impl Author {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         bounded_text("author", raw, 200).map(Self)
     }
 
@@ -136,7 +170,12 @@ pub struct NewBook {
 }
 
 impl NewBook {
-    pub fn parse(isbn: &str, title: &str, author: &str, total_copies: i32) -> Result<Self, String> {
+    pub fn parse(
+        isbn: &str,
+        title: &str,
+        author: &str,
+        total_copies: i32,
+    ) -> Result<Self, Invalid> {
         let isbn = if isbn.trim().is_empty() {
             None
         } else {
@@ -160,14 +199,17 @@ pub struct Correction {
 
 impl Correction {
     /// Empty (or blank) fields are kept as they are; at least one is given.
-    pub fn parse(title: &str, author: &str) -> Result<Self, String> {
+    pub fn parse(title: &str, author: &str) -> Result<Self, Invalid> {
         let given = |s: &str| !s.trim().is_empty();
         let correction = Self {
             title: given(title).then(|| Title::parse(title)).transpose()?,
             author: given(author).then(|| Author::parse(author)).transpose()?,
         };
         if correction.title.is_none() && correction.author.is_none() {
-            return Err("give a corrected title or author (or both)".into());
+            return Err(Invalid::new(
+                "title",
+                "give a corrected title or author (or both)",
+            ));
         }
         Ok(correction)
     }
@@ -183,25 +225,23 @@ impl Correction {
 }
 
 /// A number of copies: 1..=1000.
-pub fn copies(field: &str, n: i32) -> Result<i32, String> {
+pub fn copies(field: &'static str, n: i32) -> Result<i32, Invalid> {
     if (1..=MAX_COPIES).contains(&n) {
         Ok(n)
     } else {
-        Err(format!(
-            "{field} must be between 1 and {MAX_COPIES} (got {n})"
+        Err(Invalid::new(
+            field,
+            format!("{field} must be between 1 and {MAX_COPIES} (got {n})"),
         ))
     }
 }
 
 /// The total after adding copies, if it stays within the limit.
-pub fn add_copies(total: i32, added: i32) -> Result<i32, String> {
+pub fn add_copies(total: i32, added: i32) -> Result<i32, CopiesRefusal> {
     let added = copies("copies", added)?;
     let new_total = total + added;
     if new_total > MAX_COPIES {
-        return Err(format!(
-            "a book has at most {MAX_COPIES} copies; it has {total}, so at most {} more",
-            MAX_COPIES - total
-        ));
+        return Err(CopiesRefusal::TooMany { total });
     }
     Ok(new_total)
 }
@@ -304,21 +344,25 @@ mod tests {
         assert!(
             Correction::parse("", "")
                 .unwrap_err()
+                .to_string()
                 .contains("title or author")
         );
         assert!(
             Correction::parse(&"t".repeat(301), "")
                 .unwrap_err()
+                .to_string()
                 .contains("300")
         );
         assert!(
             Correction::parse("", &"a".repeat(201))
                 .unwrap_err()
+                .to_string()
                 .contains("author")
         );
         assert!(
             Correction::parse("a\u{7}b", "")
                 .unwrap_err()
+                .to_string()
                 .contains("control")
         );
     }
@@ -331,31 +375,37 @@ mod tests {
         assert!(
             NewBook::parse("", "  ", "A", 1)
                 .unwrap_err()
+                .to_string()
                 .contains("title")
         );
         assert!(
             NewBook::parse("", &"t".repeat(301), "A", 1)
                 .unwrap_err()
+                .to_string()
                 .contains("300")
         );
         assert!(
             NewBook::parse("", "T", "", 1)
                 .unwrap_err()
+                .to_string()
                 .contains("author")
         );
         assert!(
             NewBook::parse("", "T", "A", 0)
                 .unwrap_err()
+                .to_string()
                 .contains("total_copies")
         );
         assert!(
             NewBook::parse("", "T", "A", 100_000)
                 .unwrap_err()
+                .to_string()
                 .contains("total_copies")
         );
         assert!(
             NewBook::parse("123", "T", "A", 1)
                 .unwrap_err()
+                .to_string()
                 .contains("isbn")
         );
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rentalbook_plumbing::auth::Caller;
 use rentalbook_plumbing::db::Db;
-use rentalbook_plumbing::error::ServiceResult;
+use rentalbook_plumbing::error::{Reason, Refusal, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id};
 use rentalbook_plumbing::{outbox, time};
@@ -21,7 +21,7 @@ use sea_orm::{
 use tonic::{Request, Response, Status};
 
 use crate::cache::BookCache;
-use crate::domain::{self, Copies, Correction, Isbn, NewBook};
+use crate::domain::{self, Copies, CopiesRefusal, Correction, Invalid, Isbn, NewBook};
 use crate::search::{self, Query};
 use crate::store::{self, books};
 
@@ -53,8 +53,16 @@ fn to_proto(b: books::Model) -> Book {
     }
 }
 
-fn not_found(book_id: &Id) -> Status {
-    Status::not_found(format!("no book with id {book_id} in the catalogue"))
+fn not_found(book_id: &Id) -> Refusal {
+    Refusal::not_found(
+        Reason::BookNotFound,
+        format!("no book with id {book_id} in the catalogue"),
+    )
+    .with("bookId", book_id)
+}
+
+fn invalid(e: Invalid) -> Refusal {
+    Refusal::invalid_field(e.field, e.message)
 }
 
 /// ALREADY_EXISTS naming the book that has the ISBN, if one has; the oldest
@@ -67,10 +75,16 @@ async fn refuse_a_second_isbn<C: ConnectionTrait>(db: &C, isbn: &Isbn) -> Servic
         .await?;
     match holder {
         None => Ok(()),
-        Some(b) => Err(Status::already_exists(format!(
-            "ISBN {isbn} is already in the catalogue: \"{}\" by {} (book {}); add copies to it instead",
-            b.title, b.author, b.book_id
-        ))
+        Some(b) => Err(Refusal::already_exists(
+            Reason::DuplicateIsbn,
+            format!(
+                "ISBN {isbn} is already in the catalogue: \"{}\" by {} (book {}); add copies to it instead",
+                b.title, b.author, b.book_id
+            ),
+        )
+        .with("isbn", isbn.as_str())
+        .with("bookId", &b.book_id)
+        .with("title", &b.title)
         .into()),
     }
 }
@@ -79,7 +93,7 @@ impl Catalogue {
     async fn register(&self, caller: Caller, req: RegisterBookRequest) -> ServiceResult<Book> {
         caller.require_librarian("register books")?;
         let book = NewBook::parse(&req.isbn, &req.title, &req.author, req.total_copies)
-            .map_err(Status::invalid_argument)?;
+            .map_err(invalid)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             "RegisterBook",
@@ -144,7 +158,7 @@ impl Catalogue {
     async fn add_copies(&self, caller: Caller, req: AddCopiesRequest) -> ServiceResult<Book> {
         caller.require_librarian("add copies")?;
         let book_id = Id::parse_field("book_id", &req.book_id)?;
-        domain::copies("copies", req.copies).map_err(Status::invalid_argument)?;
+        domain::copies("copies", req.copies).map_err(invalid)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             "AddCopies",
@@ -162,8 +176,13 @@ impl Catalogue {
             .one(&*tx)
             .await?
             .ok_or_else(|| not_found(&book_id))?;
-        let total = domain::add_copies(book.total_copies, req.copies)
-            .map_err(Status::failed_precondition)?;
+        let total = domain::add_copies(book.total_copies, req.copies).map_err(|e| match e {
+            CopiesRefusal::Invalid(e) => invalid(e),
+            CopiesRefusal::TooMany { .. } => {
+                Refusal::failed_precondition(Reason::TooManyCopies, e.to_string())
+                    .with("max", domain::MAX_COPIES)
+            }
+        })?;
         let mut active = book.into_active_model();
         active.total_copies = Set(total);
         let row = active.update(&*tx).await?;
@@ -205,8 +224,7 @@ impl Catalogue {
     async fn update(&self, caller: Caller, req: UpdateBookRequest) -> ServiceResult<Book> {
         caller.require_librarian("correct books")?;
         let book_id = Id::parse_field("book_id", &req.book_id)?;
-        let correction =
-            Correction::parse(&req.title, &req.author).map_err(Status::invalid_argument)?;
+        let correction = Correction::parse(&req.title, &req.author).map_err(invalid)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             "UpdateBook",
@@ -265,7 +283,7 @@ impl Catalogue {
 
     async fn list(&self, req: ListBooksRequest) -> ServiceResult<ListBooksResponse> {
         let page_size = ids::page_size(req.page_size)?;
-        let query = Query::parse(&req.query).map_err(Status::invalid_argument)?;
+        let query = Query::parse(&req.query).map_err(|e| Refusal::invalid_field("query", e))?;
         let after = ids::page_token(&req.page_token)?;
         let mut rows = match &query {
             None => {
@@ -286,7 +304,8 @@ impl Catalogue {
                             .one(self.db.conn())
                             .await?
                             .ok_or_else(|| {
-                                Status::invalid_argument(
+                                Refusal::invalid_argument(
+                                    Reason::InvalidPageToken,
                                     "page_token is not one this service gave out",
                                 )
                             })?;

@@ -2,6 +2,8 @@
 //! backend or its own, has the same JSON body, `{"code", "message",
 //! "details"}` with the gRPC code as a number, so clients parse one shape;
 //! the HTTP status follows the gRPC code the way the contract documents.
+//! Every refusal carries a `google.rpc.ErrorInfo` among its details: the
+//! backend's, or one the edge adds for its own refusals.
 //! [`json_response`] is every JSON answer's envelope, errors or not.
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
+use rentalbook_plumbing::error::{DOMAIN, Reason};
 use rentalbook_proto::google::rpc;
 use tonic::{Code, Status};
 
@@ -52,6 +55,21 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Methods for `Allow` (405).
     pub allow: Vec<Method>,
+    /// The reason the edge gives when the details carry none.
+    pub reason: Option<Reason>,
+}
+
+const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+
+/// The reason of an answer that has none of its own, by its code.
+fn default_reason(code: Code) -> Option<Reason> {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => Some(Reason::MalformedRequest),
+        Code::Unauthenticated => Some(Reason::SignInRequired),
+        Code::Unavailable | Code::DeadlineExceeded => Some(Reason::TemporarilyUnavailable),
+        Code::ResourceExhausted => Some(Reason::Overloaded),
+        _ => None,
+    }
 }
 
 impl ApiError {
@@ -63,7 +81,14 @@ impl ApiError {
             details: Vec::new(),
             retry_after: None,
             allow: Vec::new(),
+            reason: default_reason(code),
         }
+    }
+
+    /// The same, with this reason.
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -116,6 +141,18 @@ impl ApiError {
             status.message().to_owned(),
         );
         e.details = details_of(status, pool);
+        // A backend's refusal names its own reason; the edge only fills in
+        // one for answers made on the way (an unreachable backend, a
+        // deadline), never a guess for a business code.
+        if !matches!(
+            status.code(),
+            Code::Unauthenticated
+                | Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+        ) {
+            e.reason = None;
+        }
         let hint = rentalbook_plumbing::error::retry_after(status).map(whole_seconds);
         // A peer that is down or shedding load always says when to come back.
         e.retry_after = match status.code() {
@@ -127,10 +164,23 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
+        let has_reason = self
+            .details
+            .iter()
+            .any(|d| d["@type"].as_str() == Some(ERROR_INFO_TYPE));
+        let mut details = self.details.clone();
+        if let Some(reason) = self.reason.filter(|_| !has_reason) {
+            details.push(serde_json::json!({
+                "@type": ERROR_INFO_TYPE,
+                "reason": reason.as_str_name(),
+                "domain": DOMAIN,
+                "metadata": {},
+            }));
+        }
         serde_json::json!({
             "code": self.code as i32,
             "message": self.message,
-            "details": self.details,
+            "details": details,
         })
     }
 }
@@ -267,6 +317,29 @@ mod tests {
         let res = e.into_response();
         assert_eq!(res.headers()[header::RETRY_AFTER], "3");
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_reason_and_the_edge_adds_its_own() {
+        let s: Status = rentalbook_plumbing::error::Refusal::already_exists(
+            Reason::AlreadyReserved,
+            "you already have an open reservation for this book",
+        )
+        .with("bookId", "b-1")
+        .into();
+        let body = ApiError::from_status(&s, &pool()).body();
+        assert_eq!(body["code"], 6);
+        assert_eq!(body["details"].as_array().unwrap().len(), 1, "{body}");
+        let info = &body["details"][0];
+        assert_eq!(info["@type"], ERROR_INFO_TYPE);
+        assert_eq!(info["reason"], "ALREADY_RESERVED");
+        assert_eq!(info["domain"], "rentalbook");
+        assert_eq!(info["metadata"]["bookId"], "b-1");
+
+        let body = ApiError::bad_request("the request body is not valid JSON").body();
+        assert_eq!(body["details"][0]["reason"], "MALFORMED_REQUEST");
+        let body = ApiError::from_status(&Status::unavailable("down"), &pool()).body();
+        assert_eq!(body["details"][0]["reason"], "TEMPORARILY_UNAVAILABLE");
     }
 
     #[test]

@@ -145,9 +145,10 @@ pub fn document(table: &RouteTable) -> Value {
             "type": "object",
             "properties": {
                 "code": {"type": "integer", "format": "int32", "description": "The gRPC status code"},
-                "message": {"type": "string"},
+                "message": {"type": "string", "description": "A sentence for people, in English"},
                 "details": {
                     "type": "array",
+                    "description": "google.rpc details with their @type: every refusal has an ErrorInfo (see the ErrorInfo schema), an answer worth retrying a RetryInfo",
                     "items": {
                         "type": "object",
                         "properties": {"@type": {"type": "string"}},
@@ -156,6 +157,24 @@ pub fn document(table: &RouteTable) -> Value {
                 },
             },
             "required": ["code", "message", "details"],
+        }),
+    );
+    let reasons: Vec<&str> = (1..=i32::from(u8::MAX))
+        .filter_map(|n| rentalbook_plumbing::error::Reason::try_from(n).ok())
+        .map(|r| r.as_str_name())
+        .collect();
+    components.insert(
+        "ErrorInfo".into(),
+        json!({
+            "type": "object",
+            "description": "Why a request was refused, for programs: the reasons and their metadata keys are rentalbook.errors.v1.Reason in the contracts",
+            "properties": {
+                "@type": {"type": "string", "enum": ["type.googleapis.com/google.rpc.ErrorInfo"]},
+                "reason": {"type": "string", "enum": reasons},
+                "domain": {"type": "string", "enum": [rentalbook_plumbing::error::DOMAIN]},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+            "required": ["@type", "reason", "domain"],
         }),
     );
 

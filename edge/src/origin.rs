@@ -21,6 +21,8 @@ use std::str::FromStr;
 
 use http::{HeaderMap, StatusCode, Uri, header};
 
+use rentalbook_plumbing::error::Reason;
+
 use crate::errors::ApiError;
 
 /// Where browsers load the pages from, as they write it in `Origin`:
@@ -112,6 +114,7 @@ pub fn from_own_pages(
                 crate::request::TOKEN_COOKIE
             ),
         )
+        .with_reason(Reason::CrossSiteRequest)
     };
     if evidence == Evidence::Required && origin.is_none() && fetch_site.is_none() {
         return Err(refused(
@@ -169,7 +172,8 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
                 declared
             }
         ),
-    ))
+    )
+    .with_reason(Reason::CrossSiteRequest))
 }
 
 #[cfg(test)]

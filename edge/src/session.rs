@@ -24,6 +24,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use rentalbook_plumbing::auth::{Role, TokenScope, mint_for};
+use rentalbook_plumbing::error::Reason;
 use rentalbook_plumbing::ids::MemberId;
 use serde_json::{Value, json};
 
@@ -212,7 +213,8 @@ async fn dev_sign_in(sessions: &Sessions, req: Request) -> Result<Response, ApiE
             StatusCode::FORBIDDEN,
             tonic::Code::PermissionDenied,
             "dev sign-in answers only at a loopback address such as http://127.0.0.1",
-        ));
+        )
+        .with_reason(Reason::CrossSiteRequest));
     }
     same_origin(sessions, &req)?;
     let is_json = req

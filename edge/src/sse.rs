@@ -21,6 +21,8 @@ use http::HeaderValue;
 use prost_reflect::DynamicMessage;
 
 use crate::Shared;
+use rentalbook_plumbing::error::Reason;
+
 use crate::errors::ApiError;
 use crate::routes::Route;
 use crate::transcode;
@@ -59,7 +61,8 @@ pub async fn stream(
                  device) and try again",
                 shared.watchers.max()
             ),
-        );
+        )
+        .with_reason(Reason::TooManyStreams);
         e.retry_after = Some(AT_CAP_RETRY.as_secs());
         e
     })?;

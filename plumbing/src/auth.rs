@@ -31,6 +31,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::config::CommonArgs;
+use crate::error::{Reason, Refusal, unauthenticated};
 use crate::ids::MemberId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,7 +259,7 @@ impl TokenRules {
                   trusts); sign in again"
                 .to_owned(),
         };
-        Status::unauthenticated(message)
+        unauthenticated(message)
     }
 }
 
@@ -287,7 +288,7 @@ impl Caller {
         req.extensions()
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))
+            .ok_or_else(|| unauthenticated("a bearer token is required"))
     }
 
     pub fn is_librarian(&self) -> bool {
@@ -305,9 +306,11 @@ impl Caller {
         if self.is_librarian() {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "only a librarian may {what}"
-            )))
+            Err(Refusal::permission_denied(
+                Reason::LibrariansOnly,
+                format!("only a librarian may {what}"),
+            )
+            .into())
         }
     }
 
@@ -315,9 +318,11 @@ impl Caller {
         if self.role == Role::Service {
             Ok(())
         } else {
-            Err(Status::permission_denied(
+            Err(Refusal::permission_denied(
+                Reason::ServicesOnly,
                 "this operation is internal to the lending desk",
-            ))
+            )
+            .into())
         }
     }
 
@@ -335,11 +340,13 @@ impl Caller {
             return Ok(self.member.clone());
         }
         let member = MemberId::parse(requested)
-            .map_err(|e| Status::invalid_argument(format!("member_id: {e}")))?;
+            .map_err(|e| Refusal::invalid_field("member_id", format!("member_id: {e}")))?;
         if !self.may_see(&member) {
-            return Err(Status::permission_denied(
+            return Err(Refusal::permission_denied(
+                Reason::OtherMember,
                 "members may only see their own reservations, rentals and page",
-            ));
+            )
+            .into());
         }
         Ok(member)
     }
@@ -402,9 +409,9 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Caller, Status> {
         let claims = self.verify_claims(token)?;
         let member = MemberId::parse(&claims.sub)
-            .map_err(|e| Status::unauthenticated(format!("the token's subject: {e}")))?;
+            .map_err(|e| unauthenticated(format!("the token's subject: {e}")))?;
         if claims.exp > LAST_EXP {
-            return Err(Status::unauthenticated(
+            return Err(unauthenticated(
                 "the token's `exp` is past the year 9999; sign in again",
             ));
         }
@@ -416,11 +423,8 @@ impl Verifier {
     }
 
     fn verify_claims(&self, token: &str) -> Result<Claims, Status> {
-        let invalid = || {
-            Status::unauthenticated(
-                "the token is not a JWT (header.claims.signature); sign in again",
-            )
-        };
+        let invalid =
+            || unauthenticated("the token is not a JWT (header.claims.signature); sign in again");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let hs256 = self.rules.validation(Algorithm::HS256);
         // A service token is only good with the shared service secret.
@@ -438,7 +442,7 @@ impl Verifier {
                     *alg == header.alg && (header.kid.is_none() || header.kid == *kid)
                 });
                 let first = candidates.next().ok_or_else(|| {
-                    Status::unauthenticated(format!(
+                    unauthenticated(format!(
                         "the token is signed with a key ({:?}{}) this service does not know; \
                          sign in again",
                         header.alg,
@@ -471,7 +475,7 @@ impl Verifier {
         };
         let claims = decoded.map_err(|e| self.rules.refusal(&e))?.claims;
         if claims.role == Role::Service {
-            return Err(Status::unauthenticated(
+            return Err(unauthenticated(
                 "a `service` token must be signed with the service secret",
             ));
         }
@@ -591,7 +595,7 @@ impl Interceptor for Authenticator {
         let header = req
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+            .ok_or_else(|| unauthenticated("a bearer token is required"))?;
         let token = header
             .to_str()
             .ok()
@@ -600,9 +604,7 @@ impl Interceptor for Authenticator {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
-            })?;
+            .ok_or_else(|| unauthenticated("the authorization header must be `Bearer <token>`"))?;
         let caller = self.verifier.verify(token)?;
         req.extensions_mut().insert(caller);
         Ok(req)

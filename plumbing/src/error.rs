@@ -10,12 +10,16 @@
 //! hint instead (SPEC §5): the mesh treats UNAVAILABLE as a gateway error and
 //! would retry it at once, adding load where there is too much.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use prost::Message;
-use rentalbook_proto::google::rpc;
+pub use rentalbook_proto::errors::v1::Reason;
 use sea_orm::DbErr;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `domain` of every `google.rpc.ErrorInfo` rentalbook sends.
+pub const DOMAIN: &str = "rentalbook";
 
 /// What a handler's inner steps return.
 #[derive(Debug, thiserror::Error)]
@@ -50,47 +54,132 @@ impl From<ServiceError> for Status {
     }
 }
 
-const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+/// A refusal: a precise gRPC code, an English sentence for people, and the
+/// [`Reason`] with its metadata for programs (a `google.rpc.ErrorInfo` in
+/// the status details), so that pages can say it in the member's language.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Refusal {
+    code: Code,
+    reason: Reason,
+    message: String,
+    metadata: HashMap<String, String>,
+}
+
+impl Refusal {
+    pub fn new(code: Code, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            metadata: HashMap::new(),
+        }
+    }
+
+    pub fn invalid_argument(reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, reason, message)
+    }
+
+    pub fn failed_precondition(reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(Code::FailedPrecondition, reason, message)
+    }
+
+    pub fn not_found(reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, reason, message)
+    }
+
+    pub fn already_exists(reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(Code::AlreadyExists, reason, message)
+    }
+
+    pub fn permission_denied(reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, reason, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, Reason::SignInRequired, message)
+    }
+
+    /// INVALID_ARGUMENT about one field of the request.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::invalid_argument(Reason::InvalidField, message).with("field", field)
+    }
+
+    /// Adds a metadata value (keys in lowerCamelCase, like the JSON fields).
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        let details = ErrorDetails::with_error_info(r.reason.as_str_name(), DOMAIN, r.metadata);
+        Status::with_error_details(r.code, r.message, details)
+    }
+}
+
+impl From<Refusal> for ServiceError {
+    fn from(r: Refusal) -> ServiceError {
+        ServiceError::Status(r.into())
+    }
+}
+
+/// UNAUTHENTICATED: no token, or one that is not good here.
+pub fn unauthenticated(message: impl Into<String>) -> Status {
+    Refusal::unauthenticated(message).into()
+}
 
 /// UNAVAILABLE with a `google.rpc.RetryInfo` detail saying when to come back.
 pub fn unavailable_retry_after(message: impl Into<String>, after: Duration) -> Status {
-    with_retry_info(Code::Unavailable, message.into(), after)
+    with_retry_info(
+        Code::Unavailable,
+        Reason::TemporarilyUnavailable,
+        message.into(),
+        after,
+    )
 }
 
 /// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail: the answer of a
 /// server that sheds load.
 pub fn resource_exhausted_retry_after(message: impl Into<String>, after: Duration) -> Status {
-    with_retry_info(Code::ResourceExhausted, message.into(), after)
+    with_retry_info(
+        Code::ResourceExhausted,
+        Reason::Overloaded,
+        message.into(),
+        after,
+    )
 }
 
-fn with_retry_info(code: Code, message: String, after: Duration) -> Status {
-    let info = rpc::RetryInfo {
-        retry_delay: Some(prost_types::Duration {
-            seconds: after.as_secs() as i64,
-            nanos: after.subsec_nanos() as i32,
-        }),
-    };
-    let details = rpc::Status {
-        code: code as i32,
-        message: message.clone(),
-        details: vec![prost_types::Any {
-            type_url: RETRY_INFO_TYPE.to_owned(),
-            value: info.encode_to_vec(),
-        }],
-    };
-    Status::with_details(code, message, details.encode_to_vec().into())
+fn with_retry_info(code: Code, reason: Reason, message: String, after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(after));
+    details.set_error_info(reason.as_str_name(), DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
 }
 
 /// The retry hint of a status, if it carries one.
 pub fn retry_after(status: &Status) -> Option<Duration> {
-    let details = rpc::Status::decode(status.details()).ok()?;
-    details
-        .details
-        .iter()
-        .filter(|any| any.type_url == RETRY_INFO_TYPE)
-        .find_map(|any| rpc::RetryInfo::decode(any.value.as_slice()).ok())
-        .and_then(|info| info.retry_delay)
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+    status.get_details_retry_info()?.retry_delay
+}
+
+/// The reason of a refusal, as its `google.rpc.ErrorInfo` names it.
+pub fn reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The metadata value `key` of a refusal's `google.rpc.ErrorInfo`.
+pub fn reason_metadata(status: &Status, key: &str) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|mut info| info.metadata.remove(key))
 }
 
 /// Whether a status from a peer is an infrastructure failure (worth a retry,
@@ -122,6 +211,28 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(retry_after(&s), Some(Duration::from_secs(1)));
         assert!(is_infrastructure(&s), "a peer's shedding is not a refusal");
+        assert_eq!(reason(&s).as_deref(), Some("OVERLOADED"));
+    }
+
+    #[test]
+    fn refusals_carry_their_reason_and_metadata() {
+        let s: Status = Refusal::already_exists(
+            Reason::AlreadyReserved,
+            "you already have an open reservation for this book",
+        )
+        .with("bookId", "b-1")
+        .into();
+        assert_eq!(s.code(), Code::AlreadyExists);
+        assert_eq!(
+            s.message(),
+            "you already have an open reservation for this book"
+        );
+        assert_eq!(reason(&s).as_deref(), Some("ALREADY_RESERVED"));
+        assert_eq!(reason_metadata(&s, "bookId").as_deref(), Some("b-1"));
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(info.domain, DOMAIN);
+        assert_eq!(retry_after(&s), None);
+        assert_eq!(reason(&Status::not_found("x")), None);
     }
 
     #[test]

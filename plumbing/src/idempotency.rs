@@ -6,12 +6,11 @@
 use chrono::Duration;
 use prost::Message;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
-use tonic::Status;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, WriteTx};
-use crate::error::{ServiceError, ServiceResult};
+use crate::error::{Reason, Refusal, ServiceError, ServiceResult};
 use crate::schema::idempotency;
 
 /// A request id in the scope of one caller and method.
@@ -51,7 +50,8 @@ impl IdempotencyKey {
             return Ok(None);
         };
         if found.request != self.request {
-            return Err(Status::invalid_argument(
+            return Err(Refusal::invalid_argument(
+                Reason::RequestIdReused,
                 "this request_id was already used for a different request",
             )
             .into());

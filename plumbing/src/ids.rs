@@ -7,6 +7,8 @@ use std::fmt;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::error::{Reason, Refusal};
+
 /// A member's id: 1..64 characters of `[A-Za-z0-9._-]` (the token's `sub`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId(String);
@@ -51,13 +53,17 @@ impl Id {
     /// Parses a request field, naming it in the refusal.
     pub fn parse_field(field: &str, value: &str) -> Result<Self, Status> {
         if value.is_empty() {
-            return Err(Status::invalid_argument(format!("{field} is required")));
+            return Err(Refusal::invalid_field(field, format!("{field} is required")).into());
         }
         Self::parse(value).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{field} `{}` is not a valid id",
-                value.chars().take(80).collect::<String>()
-            ))
+            Refusal::invalid_field(
+                field,
+                format!(
+                    "{field} `{}` is not a valid id",
+                    value.chars().take(80).collect::<String>()
+                ),
+            )
+            .into()
         })
     }
 }
@@ -81,9 +87,11 @@ pub fn request_id(value: &str) -> Result<Option<String>, Status> {
         return Ok(None);
     }
     if value.len() > 128 || !value.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(
+        return Err(Refusal::invalid_argument(
+            Reason::InvalidRequestId,
             "request_id must be 1 to 128 printable characters without spaces",
-        ));
+        )
+        .into());
     }
     Ok(Some(value.to_owned()))
 }
@@ -94,9 +102,13 @@ pub fn page_token(value: &str) -> Result<Option<Id>, Status> {
     if value.is_empty() {
         return Ok(None);
     }
-    Id::parse(value)
-        .map(Some)
-        .ok_or_else(|| Status::invalid_argument("page_token is not one this service gave out"))
+    Id::parse(value).map(Some).ok_or_else(|| {
+        Refusal::invalid_argument(
+            Reason::InvalidPageToken,
+            "page_token is not one this service gave out",
+        )
+        .into()
+    })
 }
 
 /// Page size of a list request: 0 means the default of 20; at most 100.
@@ -104,9 +116,7 @@ pub fn page_size(value: i32) -> Result<u64, Status> {
     match value {
         0 => Ok(20),
         1..=100 => Ok(value as u64),
-        _ => Err(Status::invalid_argument(
-            "page_size must be between 1 and 100",
-        )),
+        _ => Err(Refusal::invalid_field("page_size", "page_size must be between 1 and 100").into()),
     }
 }
 

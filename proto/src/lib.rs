@@ -40,6 +40,12 @@ pub mod view {
     }
 }
 
+pub mod errors {
+    pub mod v1 {
+        tonic::include_proto!("rentalbook.errors.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("rentalbook.events.v1");

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rentalbook_plumbing::auth::Caller;
 use rentalbook_plumbing::db::{Db, WriteTx};
-use rentalbook_plumbing::error::ServiceResult;
+use rentalbook_plumbing::error::{self, Reason, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{Id, MemberId};
 use rentalbook_plumbing::outbox;
@@ -32,7 +32,6 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::desk_client::{Admitted, CallError, DeskClient};
 use crate::domain::{self, Policy, Refusal, confirmation, status};
@@ -74,8 +73,23 @@ pub fn to_proto(r: rentals::Model, now: Timestamp) -> Rental {
     }
 }
 
-fn refusal(r: Refusal) -> Status {
-    Status::failed_precondition(r.to_string())
+fn refusal(r: Refusal) -> error::Refusal {
+    let message = r.to_string();
+    match r {
+        Refusal::TooManyActive(limit) => {
+            error::Refusal::failed_precondition(Reason::TooManyRentals, message)
+                .with("limit", limit)
+        }
+        Refusal::NotActive => error::Refusal::failed_precondition(Reason::RentalNotActive, message),
+    }
+}
+
+fn no_rental(rental_id: impl std::fmt::Display) -> error::Refusal {
+    error::Refusal::not_found(
+        Reason::RentalNotFound,
+        format!("no rental with id {rental_id}"),
+    )
+    .with("rentalId", rental_id)
 }
 
 async fn find<C: ConnectionTrait>(
@@ -190,10 +204,12 @@ impl Lending {
         };
         match r.status.as_str() {
             status::PENDING => Ok(Opened::Pending(r, self.desk.admit()?)),
-            status::REJECTED => Err(Status::failed_precondition(
+            status::REJECTED => Err(error::Refusal::failed_precondition(
+                Reason::NoReadyReservation,
                 "no reservation was ready for you when this loan was asked for; \
                  reserve the book and wait until it is READY, then rent it again",
             )
+            .with("bookId", &r.book_id)
             .into()),
             _ => Ok(Opened::Answer(to_proto(r, time::now()))),
         }
@@ -385,7 +401,7 @@ impl Lending {
         let r = self
             .mark_returned(&mut tx, &rental_id.to_string(), returned_at, confirmed)
             .await?
-            .ok_or_else(|| Status::not_found("no such rental"))?;
+            .ok_or_else(|| no_rental(rental_id))?;
         let answer = to_proto(r, time::now());
         if let Some(key) = &key {
             key.remember(&tx, &answer).await?;
@@ -458,7 +474,7 @@ impl Lending {
     /// Another member's is, to a member, no rental at all (SPEC §6): the
     /// same NOT_FOUND as an unknown id, so that ids cannot be probed.
     async fn find_visible(&self, caller: &Caller, rental_id: Id) -> ServiceResult<rentals::Model> {
-        let not_found = || Status::not_found(format!("no rental with id {rental_id}"));
+        let not_found = || no_rental(rental_id);
         let r = find(self.db.conn(), &rental_id.to_string())
             .await?
             .ok_or_else(not_found)?;

@@ -6,7 +6,7 @@
 
 use rentalbook_plumbing::auth::Caller;
 use rentalbook_plumbing::db::{Db, WriteTx};
-use rentalbook_plumbing::error::ServiceResult;
+use rentalbook_plumbing::error::{self, Reason, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{Id, MemberId};
 use rentalbook_plumbing::outbox;
@@ -21,7 +21,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
-use tonic::Status;
 
 use crate::domain::{self, MemberStanding, Placement, Policy, Refusal, Stock};
 use crate::store::{book_stock, reservations, status};
@@ -59,17 +58,43 @@ fn to_proto(r: reservations::Model, queue_position: i32) -> Reservation {
     }
 }
 
-fn refusal(r: Refusal) -> Status {
+fn refusal(r: Refusal, book_id: &Id) -> error::Refusal {
+    let message = r.to_string();
     match r {
-        Refusal::AlreadyReserved => Status::already_exists(r.to_string()),
-        Refusal::OnLoan | Refusal::TooManyOpen(_) => Status::failed_precondition(r.to_string()),
+        Refusal::AlreadyReserved => {
+            error::Refusal::already_exists(Reason::AlreadyReserved, message).with("bookId", book_id)
+        }
+        Refusal::OnLoan => error::Refusal::failed_precondition(Reason::AlreadyOnLoan, message)
+            .with("bookId", book_id),
+        Refusal::TooManyOpen(limit) => {
+            error::Refusal::failed_precondition(Reason::TooManyReservations, message)
+                .with("limit", limit)
+        }
     }
 }
 
-fn unknown_book(book_id: &Id) -> Status {
-    Status::not_found(format!(
-        "book {book_id} is not known to the lending desk; if it was registered a moment ago, try again in a second"
-    ))
+fn unknown_book(book_id: &Id) -> error::Refusal {
+    error::Refusal::not_found(
+        Reason::BookNotFound,
+        format!(
+            "book {book_id} is not known to the lending desk; if it was registered a moment ago, try again in a second"
+        ),
+    )
+    .with("bookId", book_id)
+}
+
+/// A stored book id that has no stock row: the catalogue and the desk disagree.
+fn unknown_book_row(book_id: &str) -> error::Refusal {
+    error::Refusal::not_found(Reason::BookNotFound, "the reservation's book is gone")
+        .with("bookId", book_id)
+}
+
+fn no_reservation(reservation_id: impl std::fmt::Display) -> error::Refusal {
+    error::Refusal::not_found(
+        Reason::ReservationNotFound,
+        format!("no reservation with id {reservation_id}"),
+    )
+    .with("reservationId", reservation_id)
 }
 
 /// 1-based place of a WAITING reservation in its book's queue; 0 otherwise.
@@ -247,7 +272,8 @@ impl Desk {
 
         let standing = standing(&*tx, member, &book_key).await?;
         let now = time::now();
-        let placement = domain::place(book.stock, standing, &self.policy, now).map_err(refusal)?;
+        let placement = domain::place(book.stock, standing, &self.policy, now)
+            .map_err(|r| refusal(r, &book_id))?;
         let (state, deadline, position) = match placement {
             Placement::Ready { pickup_deadline } => {
                 book.stock.held += 1;
@@ -313,12 +339,12 @@ impl Desk {
         let found = self.find_visible(&*tx, caller, reservation_id).await?;
         let mut book = Book::load(&tx, &found.book_id)
             .await?
-            .ok_or_else(|| Status::not_found("the reservation's book is gone"))?;
+            .ok_or_else(|| unknown_book_row(&found.book_id))?;
         // Re-read under the book's lock: the status may have moved meanwhile.
-        let r = reservations::Entity::find_by_id(found.reservation_id)
+        let r = reservations::Entity::find_by_id(found.reservation_id.clone())
             .one(&*tx)
             .await?
-            .ok_or_else(|| Status::not_found("no such reservation"))?;
+            .ok_or_else(|| no_reservation(&found.reservation_id))?;
         let previous = r.status.clone();
         let answer = match previous.as_str() {
             status::CANCELLED => to_proto(r, 0),
@@ -349,10 +375,14 @@ impl Desk {
                 to_proto(r, 0)
             }
             other => {
-                return Err(Status::failed_precondition(format!(
-                    "this reservation is {} and can no longer be cancelled",
-                    other.to_lowercase()
-                ))
+                return Err(error::Refusal::failed_precondition(
+                    Reason::ReservationClosed,
+                    format!(
+                        "this reservation is {} and can no longer be cancelled",
+                        other.to_lowercase()
+                    ),
+                )
+                .with("status", other)
                 .into());
             }
         };
@@ -415,7 +445,7 @@ impl Desk {
         caller: &Caller,
         reservation_id: Id,
     ) -> ServiceResult<reservations::Model> {
-        let not_found = || Status::not_found(format!("no reservation with id {reservation_id}"));
+        let not_found = || no_reservation(reservation_id);
         let r = reservations::Entity::find_by_id(reservation_id.to_string())
             .one(conn)
             .await?
@@ -489,7 +519,8 @@ impl Desk {
             .await?
         {
             if done.member_id != member.as_str() || done.book_id != book_key {
-                return Err(Status::invalid_argument(
+                return Err(error::Refusal::invalid_argument(
+                    Reason::RequestIdReused,
                     "this rental_id already fulfilled another reservation",
                 )
                 .into());
@@ -505,9 +536,11 @@ impl Desk {
             .await?
             .filter(|r| !domain::pickup_expired(r.pickup_deadline, now))
             .ok_or_else(|| {
-                Status::failed_precondition(
+                error::Refusal::failed_precondition(
+                    Reason::NoReadyReservation,
                     "no reservation ready for you: reserve the book and wait until it is READY",
                 )
+                .with("bookId", &book_key)
             })?;
         book.stock.held -= 1;
         book.stock.on_loan += 1;
@@ -554,15 +587,19 @@ impl Desk {
             .one(&**tx)
             .await?
             .ok_or_else(|| {
-                Status::not_found(format!("no fulfilled reservation for rental {rental_id}"))
+                error::Refusal::not_found(
+                    Reason::RentalNotFound,
+                    format!("no fulfilled reservation for rental {rental_id}"),
+                )
+                .with("rentalId", rental_id)
             })?;
         let mut book = Book::load(tx, &found.book_id)
             .await?
-            .ok_or_else(|| Status::not_found("the rental's book is gone"))?;
-        let r = reservations::Entity::find_by_id(found.reservation_id)
+            .ok_or_else(|| unknown_book_row(&found.book_id))?;
+        let r = reservations::Entity::find_by_id(found.reservation_id.clone())
             .one(&**tx)
             .await?
-            .ok_or_else(|| Status::not_found("no such reservation"))?;
+            .ok_or_else(|| no_reservation(&found.reservation_id))?;
         if let Some(at) = r.returned_at {
             return Ok(RecordReturnResponse {
                 reservation_id: r.reservation_id,

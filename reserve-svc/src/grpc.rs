@@ -1,6 +1,7 @@
 //! ReservationService over gRPC: parse, check the caller, hand to the desk.
 
 use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::error::Refusal;
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id, MemberId};
 use rentalbook_proto::reserve::v1::{
@@ -18,7 +19,8 @@ pub struct Reservations {
 }
 
 fn member_field(value: &str) -> Result<MemberId, Status> {
-    MemberId::parse(value).map_err(|e| Status::invalid_argument(format!("member_id: {e}")))
+    MemberId::parse(value)
+        .map_err(|e| Refusal::invalid_field("member_id", format!("member_id: {e}")).into())
 }
 
 #[tonic::async_trait]

@@ -120,7 +120,7 @@ impl MyPageService for MyPages {
                         // (a day at most away).
                         _ = tokio::time::sleep_until(expires.unwrap_or(rebuild_at)),
                             if expires.is_some_and(|e| e <= rebuild_at) => {
-                            let expired = Status::unauthenticated(
+                            let expired = rentalbook_plumbing::error::unauthenticated(
                                 "the sign-in has expired: sign in again to keep following this page",
                             );
                             let _ = tokio::time::timeout(EXPIRY_NOTICE, out.send(Err(expired))).await;
