@@ -37,7 +37,7 @@ use book_svc::store::books;
 use rental_svc::domain::confirmation;
 use rental_svc::domain::status as rental_status;
 use rental_svc::store::rentals;
-use reserve_svc::store::{book_stock, reservations, status};
+use reserve_svc::store::{book_stock, item_state, items as desk_items, reservations, status};
 use view_svc::domain::stage;
 use view_svc::store::{journeys, steps, titles};
 
@@ -68,6 +68,11 @@ pub enum Invariant {
     AppliedOnce,
     /// No consumer gave up on an event.
     DeadLetters,
+    /// Every item serves at most one reservation: the READY one held for
+    /// its member (R9) or the loan it is out on, whose barcode it has, and
+    /// only while in service; every hold and loan of a book with items has
+    /// one; an ACTIVE rental records the barcode the desk lent.
+    Items,
     /// Every returned rental is CONFIRMED by the lending desk.
     Confirmed,
     /// Every event the services committed has been published.
@@ -177,6 +182,7 @@ pub async fn differences(args: &CheckArgs) -> anyhow::Result<Findings> {
     let truth = Truth {
         holds: reservations::Entity::find().all(reserve.conn()).await?,
         stock: book_stock::Entity::find().all(reserve.conn()).await?,
+        items: desk_items::Entity::find().all(reserve.conn()).await?,
         loans: rentals::Entity::find().all(rental.conn()).await?,
         catalogue: books::Entity::find().all(book.conn()).await?,
         pages: journeys::Entity::find().all(view.conn()).await?,
@@ -185,6 +191,7 @@ pub async fn differences(args: &CheckArgs) -> anyhow::Result<Findings> {
     let tally = copies(&truth, &mut found);
     queues(&truth, &tally, &mut found);
     one_open(&truth, &mut found);
+    items(&truth, &mut found);
     confirmed(&truth, &mut found);
     pages(&truth, &mut found);
     duplicate_isbns(&truth, &mut found);
@@ -280,6 +287,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
 struct Truth {
     holds: Vec<reservations::Model>,
     stock: Vec<book_stock::Model>,
+    items: Vec<desk_items::Model>,
     loans: Vec<rentals::Model>,
     catalogue: Vec<books::Model>,
     pages: Vec<journeys::Model>,
@@ -300,6 +308,92 @@ fn is_open(r: &reservations::Model) -> bool {
 
 fn on_loan(r: &reservations::Model) -> bool {
     r.status == status::FULFILLED && r.returned_at.is_none()
+}
+
+/// R9: items and the holds and loans they serve agree.
+fn items(truth: &Truth, found: &mut Findings) {
+    let hold_of: HashMap<&str, &reservations::Model> = truth
+        .holds
+        .iter()
+        .map(|r| (r.reservation_id.as_str(), r))
+        .collect();
+    let mut served: HashMap<&str, &desk_items::Model> = HashMap::new();
+    for i in &truth.items {
+        let Some(rid) = i.reservation_id.as_deref() else {
+            continue;
+        };
+        served.insert(rid, i);
+        let what = format!("item {} (book {})", i.barcode, i.book_id);
+        if i.state != item_state::IN_SERVICE {
+            found.push(
+                Invariant::Items,
+                format!("{what} is {} but serves reservation {rid}", i.state),
+            );
+        }
+        match hold_of.get(rid) {
+            None => found.push(
+                Invariant::Items,
+                format!("{what} serves reservation {rid}, which does not exist"),
+            ),
+            Some(r) if r.status != status::READY && !on_loan(r) => found.push(
+                Invariant::Items,
+                format!(
+                    "{what} serves reservation {rid}, which is {} (neither held nor on loan)",
+                    r.status
+                ),
+            ),
+            Some(r)
+                if r.barcode.as_deref() != Some(i.barcode.as_str()) || r.book_id != i.book_id =>
+            {
+                found.push(
+                    Invariant::Items,
+                    format!(
+                        "{what} serves reservation {rid}, which names item {:?} of book {}",
+                        r.barcode, r.book_id
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let with_items: BTreeSet<&str> = truth.items.iter().map(|i| i.book_id.as_str()).collect();
+    let loan_of = truth.loan_of();
+    for r in &truth.holds {
+        let serves = r.status == status::READY || on_loan(r);
+        if serves && with_items.contains(r.book_id.as_str()) && r.barcode.is_some() {
+            if !served.contains_key(r.reservation_id.as_str()) {
+                found.push(
+                    Invariant::Items,
+                    format!(
+                        "reservation {} ({}) names item {:?}, which does not serve it",
+                        r.reservation_id, r.status, r.barcode
+                    ),
+                );
+            }
+        } else if serves && with_items.contains(r.book_id.as_str()) && r.status == status::READY {
+            found.push(
+                Invariant::Items,
+                format!(
+                    "reservation {} is READY with no item held for it",
+                    r.reservation_id
+                ),
+            );
+        }
+        if on_loan(r)
+            && let Some(l) = r.rental_id.as_deref().and_then(|id| loan_of.get(id))
+            && l.status == rental_status::ACTIVE
+            && l.barcode.is_some()
+            && l.barcode != r.barcode
+        {
+            found.push(
+                Invariant::Items,
+                format!(
+                    "rental {} records item {:?}, the desk lent {:?}",
+                    l.rental_id, l.barcode, r.barcode
+                ),
+            );
+        }
+    }
 }
 
 /// R7 and R8: reservations and rentals agree.
@@ -448,7 +542,7 @@ fn copies<'a>(truth: &'a Truth, found: &mut Findings) -> BTreeMap<&'a str, Copie
             ),
             Some(b) => {
                 let shown = Copies {
-                    total: b.total_copies,
+                    total: b.circulating_copies,
                     held: b.held_copies,
                     on_loan: b.on_loan_copies,
                     waiting: b.waiting,
@@ -1123,7 +1217,7 @@ async fn applied_once(
     let stock: HashMap<&str, i32> = truth
         .stock
         .iter()
-        .map(|s| (s.book_id.as_str(), s.total_copies))
+        .map(|s| (s.book_id.as_str(), s.registered_copies))
         .collect();
     for (book_id, total) in &totals {
         match stock.get(book_id) {
@@ -1212,7 +1306,7 @@ fn snapshots(truth: &Truth, stream: &Stream, found: &mut Findings) {
         }
         if let Some(b) = listed.get(book_id) {
             let shown = Copies {
-                total: b.total_copies,
+                total: b.circulating_copies,
                 held: b.held_copies,
                 on_loan: b.on_loan_copies,
                 waiting: b.waiting,

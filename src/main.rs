@@ -4,6 +4,7 @@
 mod all_in_one;
 mod check;
 mod dead_letters;
+mod items;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,9 @@ enum Command {
     /// Compares the services' truth with the projections and lists every difference
     /// (exit status 1 when there are any).
     Check(check::CheckArgs),
+    /// The copies' barcodes (`rentalbook items export > items.csv`), to print
+    /// labels.
+    Items(items::ItemsArgs),
     /// Lists the events consumers gave up on, or replays them
     /// (`rentalbook dead-letters list`, `rentalbook dead-letters replay --all`).
     DeadLetters(dead_letters::DeadLetterArgs),
@@ -91,6 +95,12 @@ fn main() -> anyhow::Result<()> {
             } else {
                 std::process::exit(1)
             }
+        }
+        Some(Command::Items(args)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(items::run(args))
         }
         Some(Command::DeadLetters(args)) => {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -87,6 +87,7 @@ fn book_request(isbn: &str, title: &str, author: &str, copies: i32) -> RegisterB
         author: author.into(),
         total_copies: copies,
         request_id: String::new(),
+        barcodes: Vec::new(),
     }
 }
 
@@ -363,6 +364,7 @@ async fn every_service_refuses_calls_without_a_valid_bearer_token(store: Store) 
                         book_id: book.book_id.clone(),
                         copies: 5,
                         request_id: String::new(),
+                        barcodes: Vec::new(),
                     },
                 ))
                 .await,
@@ -483,6 +485,7 @@ async fn roles_and_ownership_are_enforced_and_refusals_change_nothing(store: Sto
                     book_id: book.book_id.clone(),
                     copies: 3,
                     request_id: String::new(),
+                    barcodes: Vec::new(),
                 },
             ))
             .await,
@@ -809,6 +812,7 @@ async fn every_field_is_validated_with_a_message_naming_it(store: Store) {
                         book_id: book.book_id.clone(),
                         copies,
                         request_id: String::new(),
+                        barcodes: Vec::new(),
                     },
                 ))
                 .await,
@@ -840,6 +844,7 @@ async fn every_field_is_validated_with_a_message_naming_it(store: Store) {
                         book_id: bad.into(),
                         copies: 1,
                         request_id: String::new(),
+                        barcodes: Vec::new(),
                     },
                 ))
                 .await,
@@ -1029,6 +1034,7 @@ async fn business_refusals_use_precise_codes_and_change_nothing(store: Store) {
         book_id: book_id.into(),
         copies,
         request_id: String::new(),
+        barcodes: Vec::new(),
     };
 
     // At most 1000 copies of a book.

@@ -167,6 +167,27 @@ impl ReservationService for Desk {
     ) -> Result<Response<ListReservationsResponse>, Status> {
         Err(Status::unimplemented("not part of this stand-in"))
     }
+
+    async fn list_items(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::ListItemsRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::ListItemsResponse>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
+
+    async fn withdraw_item(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::ItemRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::Item>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
+
+    async fn mark_item_lost(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::ItemRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::Item>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
 }
 
 /// rental-svc in this process on a free port and a database of its own,

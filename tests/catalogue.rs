@@ -21,6 +21,7 @@ fn book(isbn: &str, title: &str, author: &str) -> RegisterBookRequest {
         author: author.into(),
         total_copies: 1,
         request_id: String::new(),
+        barcodes: Vec::new(),
     }
 }
 

@@ -326,6 +326,20 @@ async fn more_copies_out_than_the_book_has() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lent_copy_back_on_the_open_shelf() {
+    let f = all_in_one().await;
+    f.sql(
+        "reserve",
+        &[format!(
+            "UPDATE items SET reservation_id = NULL WHERE book_id = '{}'",
+            f.book_a
+        )],
+    )
+    .await;
+    f.caught("items", "book A's lent copy free on the shelf");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalogue_counts_differently_from_the_desk() {
     let f = all_in_one().await;
     f.sql(

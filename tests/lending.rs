@@ -6,70 +6,12 @@ mod support;
 use std::time::Duration;
 
 use rentalbook_proto::book::v1::{AddCopiesRequest, BookStatus, GetBookRequest};
-use rentalbook_proto::rental::v1::{
-    GetRentalRequest, RentRequest, Rental, RentalStatus, ReturnConfirmation, ReturnRentalRequest,
-};
+use rentalbook_proto::rental::v1::{GetRentalRequest, RentalStatus, ReturnConfirmation};
 use rentalbook_proto::reserve::v1::{
-    CancelReservationRequest, GetReservationRequest, ListReservationsRequest, ReservationStatus,
+    CancelReservationRequest, ListReservationsRequest, ReservationStatus,
 };
-use support::{Mesh, Options, Store, eventually, librarian, member, req};
+use support::{Mesh, Options, Store, eventually, librarian, member, metadata, reason, req};
 use tonic::Code;
-
-/// The reason of a refusal's `google.rpc.ErrorInfo`, and one of its metadata
-/// values.
-fn reason(status: &tonic::Status) -> String {
-    rentalbook_plumbing::error::reason(status).unwrap_or_else(|| format!("none in {status:?}"))
-}
-
-fn metadata(status: &tonic::Status, key: &str) -> String {
-    rentalbook_plumbing::error::reason_metadata(status, key).unwrap_or_default()
-}
-
-async fn rent(mesh: &Mesh, token: &str, book_id: &str) -> Result<Rental, tonic::Status> {
-    mesh.rentals()
-        .await
-        .rent(req(
-            token,
-            RentRequest {
-                book_id: book_id.into(),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn give_back(mesh: &Mesh, token: &str, rental_id: &str) -> Result<Rental, tonic::Status> {
-    mesh.rentals()
-        .await
-        .return_rental(req(
-            token,
-            ReturnRentalRequest {
-                rental_id: rental_id.into(),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn reservation(
-    mesh: &Mesh,
-    token: &str,
-    id: &str,
-) -> rentalbook_proto::reserve::v1::Reservation {
-    mesh.reservations()
-        .await
-        .get_reservation(req(
-            token,
-            GetReservationRequest {
-                reservation_id: id.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 both_backends!(r1_ready_at_once_then_waiting_in_order_and_unknown_books);
 async fn r1_ready_at_once_then_waiting_in_order_and_unknown_books(store: Store) {
@@ -163,7 +105,7 @@ async fn r2_one_open_reservation_per_book_no_reserving_what_you_hold_and_a_limit
     );
 
     // Rent book one; reserving it again while it is on loan is refused.
-    rent(&mesh, &alice, &one.book_id).await.unwrap();
+    mesh.rent(&alice, &one.book_id).await.unwrap();
     let on_loan = mesh.reserve(&alice, &one.book_id).await.unwrap_err();
     assert_eq!(on_loan.code(), Code::FailedPrecondition);
     assert_eq!(reason(&on_loan), "ALREADY_ON_LOAN");
@@ -199,29 +141,29 @@ async fn r3_a_freed_copy_goes_to_the_head_of_the_queue(store: Store) {
         .unwrap()
         .into_inner();
     assert_eq!(cancelled.status(), ReservationStatus::Cancelled);
-    let b = reservation(&mesh, &bob, &b.reservation_id).await;
+    let b = mesh.reservation(&bob, &b.reservation_id).await;
     assert_eq!(b.status(), ReservationStatus::Ready);
     assert!(b.pickup_deadline.is_some());
     assert_eq!(
-        reservation(&mesh, &carol, &c.reservation_id)
+        mesh.reservation(&carol, &c.reservation_id)
             .await
             .queue_position,
         1
     );
 
     // A return hands the copy to carol.
-    let loan = rent(&mesh, &bob, &book.book_id).await.unwrap();
+    let loan = mesh.rent(&bob, &book.book_id).await.unwrap();
     assert_eq!(
-        reservation(&mesh, &bob, &b.reservation_id).await.status(),
+        mesh.reservation(&bob, &b.reservation_id).await.status(),
         ReservationStatus::Fulfilled
     );
     assert_eq!(
-        reservation(&mesh, &carol, &c.reservation_id).await.status(),
+        mesh.reservation(&carol, &c.reservation_id).await.status(),
         ReservationStatus::Waiting
     );
-    give_back(&mesh, &bob, &loan.rental_id).await.unwrap();
+    mesh.give_back(&bob, &loan.rental_id).await.unwrap();
     assert_eq!(
-        reservation(&mesh, &carol, &c.reservation_id).await.status(),
+        mesh.reservation(&carol, &c.reservation_id).await.status(),
         ReservationStatus::Ready
     );
 
@@ -237,6 +179,7 @@ async fn r3_a_freed_copy_goes_to_the_head_of_the_queue(store: Store) {
                 book_id: book.book_id.clone(),
                 copies: 1,
                 request_id: String::new(),
+                barcodes: Vec::new(),
             },
         ))
         .await
@@ -245,7 +188,7 @@ async fn r3_a_freed_copy_goes_to_the_head_of_the_queue(store: Store) {
         let mesh = &mesh;
         let (dave, id) = (dave.clone(), d.reservation_id.clone());
         async move {
-            (reservation(mesh, &dave, &id).await.status() == ReservationStatus::Ready).then_some(())
+            (mesh.reservation(&dave, &id).await.status() == ReservationStatus::Ready).then_some(())
         }
     })
     .await;
@@ -270,18 +213,18 @@ async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy(store:
         let mesh = &mesh;
         let (bob, id) = (bob.clone(), b.reservation_id.clone());
         async move {
-            let r = reservation(mesh, &bob, &id).await;
+            let r = mesh.reservation(&bob, &id).await;
             (r.status() == ReservationStatus::Ready).then_some(r)
         }
     })
     .await;
     assert_eq!(
-        reservation(&mesh, &alice, &a.reservation_id).await.status(),
+        mesh.reservation(&alice, &a.reservation_id).await.status(),
         ReservationStatus::Expired
     );
     assert!(b.pickup_deadline.is_some());
     // An expired hold cannot be picked up.
-    let late = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
+    let late = mesh.rent(&alice, &book.book_id).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition);
     assert_eq!(reason(&late), "NO_READY_RESERVATION");
 }
@@ -301,7 +244,7 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit(store: St
     // carol's hold makes sure the desk knows the book before alice tries.
     mesh.reserve(&member("carol"), &book.book_id).await.unwrap();
 
-    let refused = rent(&mesh, &alice, &book.book_id).await.unwrap_err();
+    let refused = mesh.rent(&alice, &book.book_id).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(reason(&refused), "NO_READY_RESERVATION");
     assert!(
@@ -313,28 +256,28 @@ async fn r6_rent_needs_a_ready_reservation_and_respects_the_loan_limit(store: St
     // bob waits behind nobody (two copies) but alice's reservation is hers only.
     let r = mesh.reserve(&alice, &book.book_id).await.unwrap();
     assert_eq!(
-        rent(&mesh, &bob, &book.book_id).await.unwrap_err().code(),
+        mesh.rent(&bob, &book.book_id).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
 
-    let loan = rent(&mesh, &alice, &book.book_id).await.unwrap();
+    let loan = mesh.rent(&alice, &book.book_id).await.unwrap();
     assert_eq!(loan.status(), RentalStatus::Active);
     assert_eq!(loan.reservation_id, r.reservation_id);
     let due = loan.due_at.unwrap().seconds - loan.rented_at.unwrap().seconds;
     assert_eq!(due, 14 * 86_400);
-    let r = reservation(&mesh, &alice, &r.reservation_id).await;
+    let r = mesh.reservation(&alice, &r.reservation_id).await;
     assert_eq!(r.status(), ReservationStatus::Fulfilled);
     assert_eq!(r.rental_id, loan.rental_id);
 
     // Renting the same book again answers the same loan.
     assert_eq!(
-        rent(&mesh, &alice, &book.book_id).await.unwrap().rental_id,
+        mesh.rent(&alice, &book.book_id).await.unwrap().rental_id,
         loan.rental_id
     );
 
     // The loan limit (1) refuses a second book.
     mesh.reserve(&alice, &other.book_id).await.unwrap();
-    let limit = rent(&mesh, &alice, &other.book_id).await.unwrap_err();
+    let limit = mesh.rent(&alice, &other.book_id).await.unwrap_err();
     assert_eq!(limit.code(), Code::FailedPrecondition);
     assert_eq!(reason(&limit), "TOO_MANY_RENTALS");
     assert_eq!(metadata(&limit, "limit"), "1");
@@ -352,10 +295,10 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(st
     let (alice, bob) = (member("alice"), member("bob"));
     mesh.reserve(&alice, &book.book_id).await.unwrap();
     let b = mesh.reserve(&bob, &book.book_id).await.unwrap();
-    let loan = rent(&mesh, &alice, &book.book_id).await.unwrap();
+    let loan = mesh.rent(&alice, &book.book_id).await.unwrap();
 
     // Another member's rental is, to bob, no rental at all (SPEC §6).
-    let denied = give_back(&mesh, &bob, &loan.rental_id).await.unwrap_err();
+    let denied = mesh.give_back(&bob, &loan.rental_id).await.unwrap_err();
     assert_eq!(denied.code(), Code::NotFound);
     assert_eq!(reason(&denied), "RENTAL_NOT_FOUND");
     let peek = mesh
@@ -371,23 +314,24 @@ async fn r8_return_at_once_idempotently_and_only_by_the_member_or_a_librarian(st
         .unwrap_err();
     assert_eq!(peek.code(), Code::NotFound);
 
-    let returned = give_back(&mesh, &alice, &loan.rental_id).await.unwrap();
+    let returned = mesh.give_back(&alice, &loan.rental_id).await.unwrap();
     assert_eq!(returned.status(), RentalStatus::Returned);
     assert_eq!(
         returned.return_confirmation(),
         ReturnConfirmation::Confirmed
     );
     assert_eq!(
-        reservation(&mesh, &bob, &b.reservation_id).await.status(),
+        mesh.reservation(&bob, &b.reservation_id).await.status(),
         ReservationStatus::Ready
     );
 
-    let twice = give_back(&mesh, &alice, &loan.rental_id).await.unwrap();
+    let twice = mesh.give_back(&alice, &loan.rental_id).await.unwrap();
     assert_eq!(twice, returned);
 
     // A librarian may return on a member's behalf.
-    let bob_loan = rent(&mesh, &bob, &book.book_id).await.unwrap();
-    let by_librarian = give_back(&mesh, &librarian(), &bob_loan.rental_id)
+    let bob_loan = mesh.rent(&bob, &book.book_id).await.unwrap();
+    let by_librarian = mesh
+        .give_back(&librarian(), &bob_loan.rental_id)
         .await
         .unwrap();
     assert_eq!(by_librarian.status(), RentalStatus::Returned);

@@ -560,6 +560,7 @@ fn waiting(reservation_id: &str, book_id: &str, member_id: &str, book_seq: i64) 
         status: ReservationStatus::Waiting as i32,
         queue_position: 1,
         pickup_deadline: None,
+        barcode: String::new(),
         availability: Some(Availability {
             book_seq,
             total: 1,
@@ -598,6 +599,7 @@ async fn late_and_repeated_events_never_move_a_journey_back_and_unknown_titles_s
             book_id: book.book_id.clone(),
             member_id: "alice".into(),
             pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
+            barcode: String::new(),
             availability: Some(Availability {
                 book_seq: 1,
                 total: 1,
@@ -781,6 +783,7 @@ impl Loan {
                 status: ReservationStatus::Ready as i32,
                 queue_position: 0,
                 pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
+                barcode: String::new(),
                 availability: Some(Availability {
                     book_seq: 2,
                     total: 1,
@@ -802,6 +805,7 @@ impl Loan {
                 member_id: self.member.clone(),
                 rented_at: Some(at),
                 due_at: self.due_at,
+                barcode: String::new(),
             }),
         )
     }
@@ -817,6 +821,7 @@ impl Loan {
                 returned_at: Some(at),
                 return_confirmation: ReturnConfirmation::Confirmed as i32,
                 reservation_id: self.reservation.clone(),
+                barcode: String::new(),
             }),
         )
     }

@@ -324,6 +324,7 @@ async fn a_second_book_returned_for_the_same_rental_changes_nothing(store: Store
                 returned_at: before.rental.returned_at,
                 return_confirmation: confirmation as i32,
                 reservation_id: lent.reservations[0].clone(),
+                barcode: String::new(),
             })),
         };
         bus.publish(&[Outgoing {

@@ -180,6 +180,7 @@ async fn fill(db: &Db, wanted: u64) -> anyhow::Result<()> {
                 title_key: Set(indexed.title_key),
                 search_text: Set(indexed.search_text),
                 total_copies: Set(1),
+                circulating_copies: Set(1),
                 held_copies: Set(0),
                 on_loan_copies: Set(0),
                 waiting: Set(0),

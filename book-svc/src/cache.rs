@@ -104,6 +104,7 @@ mod tests {
             title_key: "dune".into(),
             search_text: "dune\nfrank herbert\n".into(),
             total_copies: total,
+            circulating_copies: total,
             held_copies: 0,
             on_loan_copies: 0,
             waiting: 0,

@@ -160,6 +160,86 @@ impl Author {
     }
 }
 
+/// An item's barcode: 1..=32 printable ASCII characters without spaces,
+/// unique in the library.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Barcode(String);
+
+impl Barcode {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let ok =
+            (1..=Self::MAX_LEN).contains(&raw.len()) && raw.chars().all(|c| c.is_ascii_graphic());
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(Invalid::new(
+                "barcodes",
+                format!(
+                    "barcode `{}` must be 1 to {} printable ASCII characters without spaces",
+                    raw.chars().take(40).collect::<String>(),
+                    Self::MAX_LEN
+                ),
+            ))
+        }
+    }
+
+    /// The barcode generated from a number of the library's sequence: eight
+    /// digits (more past 99,999,999).
+    pub fn generated(n: i64) -> Self {
+        Self(format!("{n:08}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The items a registration or AddCopies makes: `count` copies, with the
+/// librarian's barcodes (`given`, one per copy) or generated ones (`given`
+/// empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewItems {
+    pub count: i32,
+    pub given: Vec<Barcode>,
+}
+
+impl NewItems {
+    /// `copies` may be left 0 when barcodes are given; when both are given
+    /// they must agree. Barcodes in one request are distinct.
+    pub fn parse(field: &'static str, copies: i32, barcodes: &[String]) -> Result<Self, Invalid> {
+        if barcodes.is_empty() {
+            return Ok(Self {
+                count: self::copies(field, copies)?,
+                given: Vec::new(),
+            });
+        }
+        let given = barcodes
+            .iter()
+            .map(|b| Barcode::parse(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = self::copies("barcodes", i32::try_from(given.len()).unwrap_or(i32::MAX))?;
+        if copies != 0 && copies != count {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "{field} is {copies} but {count} barcodes are given; give one barcode per copy"
+                ),
+            ));
+        }
+        let mut sorted: Vec<&Barcode> = given.iter().collect();
+        sorted.sort();
+        if let Some(twice) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Invalid::new(
+                "barcodes",
+                format!("barcode `{}` is given twice", twice[0].as_str()),
+            ));
+        }
+        Ok(Self { count, given })
+    }
+}
+
 /// A book as a librarian registers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewBook {
@@ -364,6 +444,34 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("control")
+        );
+    }
+
+    #[test]
+    fn barcodes_are_printable_ascii_and_one_per_copy() {
+        assert_eq!(Barcode::parse("0001234").unwrap().as_str(), "0001234");
+        assert!(Barcode::parse("LIB-2026/17").is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(33), "a\tb"] {
+            assert!(Barcode::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Barcode::generated(42).as_str(), "00000042");
+        assert_eq!(Barcode::generated(123_456_789).as_str(), "123456789");
+
+        let generated = NewItems::parse("copies", 3, &[]).unwrap();
+        assert_eq!((generated.count, generated.given.len()), (3, 0));
+        let given = NewItems::parse("copies", 0, &["A1".into(), "A2".into()]).unwrap();
+        assert_eq!(given.count, 2);
+        assert!(NewItems::parse("copies", 2, &["A1".into(), "A2".into()]).is_ok());
+        let disagree = NewItems::parse("copies", 3, &["A1".into(), "A2".into()]).unwrap_err();
+        assert_eq!(disagree.field, "copies");
+        let twice = NewItems::parse("copies", 0, &["A1".into(), "A1".into()]).unwrap_err();
+        assert!(twice.message.contains("twice"), "{twice}");
+        assert!(NewItems::parse("copies", 0, &[]).is_err());
+        assert_eq!(
+            NewItems::parse("copies", 0, &["a b".into()])
+                .unwrap_err()
+                .field,
+            "barcodes"
         );
     }
 

@@ -27,6 +27,11 @@ pub fn snapshot(body: &Body) -> Option<(&str, &Availability)> {
         Body::ReservationExpired(e) => (&e.book_id, &e.availability),
         Body::ReservationFulfilled(e) => (&e.book_id, &e.availability),
         Body::ReturnRecorded(e) => (&e.book_id, &e.availability),
+        Body::ReservationRequeued(e) => (&e.book_id, &e.availability),
+        Body::ReservationRetrapped(e) => (&e.book_id, &e.availability),
+        Body::ItemWithdrawn(e) => (&e.book_id, &e.availability),
+        Body::ItemLost(e) => (&e.book_id, &e.availability),
+        Body::ItemFound(e) => (&e.book_id, &e.availability),
         _ => return None,
     };
     availability.as_ref().map(|a| (book_id.as_str(), a))
@@ -51,6 +56,7 @@ impl EventHandler for StatusProjection {
             return Ok(());
         }
         let mut book = book.into_active_model();
+        book.circulating_copies = Set(a.total);
         book.held_copies = Set(a.held);
         book.on_loan_copies = Set(a.on_loan);
         book.waiting = Set(a.waiting);

@@ -10,7 +10,7 @@ use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id};
 use rentalbook_plumbing::{outbox, time};
 use rentalbook_proto::book::v1::{
-    AddCopiesRequest, Book, GetBookRequest, ListBooksRequest, ListBooksResponse,
+    AddCopiesRequest, Book, GetBookRequest, Item, ListBooksRequest, ListBooksResponse,
     RegisterBookRequest, UpdateBookRequest, book_service_server::BookService,
 };
 use rentalbook_proto::events::v1::{BookRegistered, BookUpdated, CopiesAdded, envelope::Body};
@@ -21,7 +21,8 @@ use sea_orm::{
 use tonic::{Request, Response, Status};
 
 use crate::cache::BookCache;
-use crate::domain::{self, Copies, CopiesRefusal, Correction, Invalid, Isbn, NewBook};
+use crate::domain::{self, Copies, CopiesRefusal, Correction, Invalid, Isbn, NewBook, NewItems};
+use crate::items;
 use crate::search::{self, Query};
 use crate::store::{self, books};
 
@@ -34,7 +35,7 @@ pub struct Catalogue {
 
 fn to_proto(b: books::Model) -> Book {
     let copies = Copies {
-        total: b.total_copies,
+        total: b.circulating_copies,
         held: b.held_copies,
         on_loan: b.on_loan_copies,
     };
@@ -43,13 +44,14 @@ fn to_proto(b: books::Model) -> Book {
         isbn: b.isbn.unwrap_or_default(),
         title: b.title,
         author: b.author,
-        total_copies: b.total_copies,
+        total_copies: b.circulating_copies,
         status: copies.status() as i32,
         free_copies: copies.free(),
         held_copies: b.held_copies,
         on_loan_copies: b.on_loan_copies,
         waiting: b.waiting,
         registered_at: Some(time::to_proto(b.registered_at)),
+        items: Vec::new(),
     }
 }
 
@@ -59,6 +61,19 @@ fn not_found(book_id: &Id) -> Refusal {
         format!("no book with id {book_id} in the catalogue"),
     )
     .with("bookId", book_id)
+}
+
+/// The book with its items, as RegisterBook and AddCopies answer it.
+fn with_items(mut book: Book, items: &[store::items::Model]) -> Book {
+    book.items = items
+        .iter()
+        .map(|i| Item {
+            item_id: i.item_id.clone(),
+            barcode: i.barcode.clone(),
+        })
+        .collect();
+    book.items.sort_by(|a, b| a.barcode.cmp(&b.barcode));
+    book
 }
 
 fn invalid(e: Invalid) -> Refusal {
@@ -92,8 +107,10 @@ async fn refuse_a_second_isbn<C: ConnectionTrait>(db: &C, isbn: &Isbn) -> Servic
 impl Catalogue {
     async fn register(&self, caller: Caller, req: RegisterBookRequest) -> ServiceResult<Book> {
         caller.require_librarian("register books")?;
-        let book = NewBook::parse(&req.isbn, &req.title, &req.author, req.total_copies)
-            .map_err(invalid)?;
+        let new_items =
+            NewItems::parse("total_copies", req.total_copies, &req.barcodes).map_err(invalid)?;
+        let book =
+            NewBook::parse(&req.isbn, &req.title, &req.author, new_items.count).map_err(invalid)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             "RegisterBook",
@@ -124,6 +141,7 @@ impl Catalogue {
             title_key: Set(indexed.title_key),
             search_text: Set(indexed.search_text),
             total_copies: Set(book.total_copies),
+            circulating_copies: Set(book.total_copies),
             held_copies: Set(0),
             on_loan_copies: Set(0),
             waiting: Set(0),
@@ -134,6 +152,7 @@ impl Catalogue {
         .insert(&*tx)
         .await?;
         store::index_book(&*tx, &book_id, &Default::default(), &indexed.terms).await?;
+        let made = items::create(&tx, &book_id, &new_items, now).await?;
         outbox::stage(
             &mut tx,
             PRODUCER,
@@ -144,10 +163,11 @@ impl Catalogue {
                 title: row.title.clone(),
                 author: row.author.clone(),
                 total_copies: row.total_copies,
+                items: items::to_event(&made),
             }),
         )
         .await?;
-        let answer = to_proto(row);
+        let answer = with_items(to_proto(row), &made);
         if let Some(key) = &key {
             key.remember(&tx, &answer).await?;
         }
@@ -158,7 +178,7 @@ impl Catalogue {
     async fn add_copies(&self, caller: Caller, req: AddCopiesRequest) -> ServiceResult<Book> {
         caller.require_librarian("add copies")?;
         let book_id = Id::parse_field("book_id", &req.book_id)?;
-        domain::copies("copies", req.copies).map_err(invalid)?;
+        let new_items = NewItems::parse("copies", req.copies, &req.barcodes).map_err(invalid)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             "AddCopies",
@@ -176,28 +196,35 @@ impl Catalogue {
             .one(&*tx)
             .await?
             .ok_or_else(|| not_found(&book_id))?;
-        let total = domain::add_copies(book.total_copies, req.copies).map_err(|e| match e {
-            CopiesRefusal::Invalid(e) => invalid(e),
-            CopiesRefusal::TooMany { .. } => {
-                Refusal::failed_precondition(Reason::TooManyCopies, e.to_string())
-                    .with("max", domain::MAX_COPIES)
-            }
-        })?;
+        let total =
+            domain::add_copies(book.total_copies, new_items.count).map_err(|e| match e {
+                CopiesRefusal::Invalid(e) => invalid(e),
+                CopiesRefusal::TooMany { .. } => {
+                    Refusal::failed_precondition(Reason::TooManyCopies, e.to_string())
+                        .with("max", domain::MAX_COPIES)
+                }
+            })?;
+        let circulating = book.circulating_copies + new_items.count;
         let mut active = book.into_active_model();
         active.total_copies = Set(total);
+        active.circulating_copies = Set(circulating);
         let row = active.update(&*tx).await?;
+        let now = time::now();
+        let made = items::create(&tx, &row.book_id, &new_items, now).await?;
         outbox::stage(
             &mut tx,
             PRODUCER,
-            time::now(),
+            now,
             Body::CopiesAdded(CopiesAdded {
                 book_id: row.book_id.clone(),
-                added: req.copies,
+                added: new_items.count,
                 total_copies: total,
+                items: items::to_event(&made),
             }),
         )
         .await?;
-        let answer = to_proto(row);
+        let all = items::of_book(&*tx, &row.book_id).await?;
+        let answer = with_items(to_proto(row), &all);
         if let Some(key) = &key {
             key.remember(&tx, &answer).await?;
         }

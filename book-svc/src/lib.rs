@@ -16,6 +16,7 @@ pub mod cache;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod items;
 pub mod search;
 pub mod store;
 
@@ -123,7 +124,11 @@ impl App {
             },
             Arc::new(events::StatusProjection { cache }),
         );
+        let backfill_db = db.clone();
         let tasks: Vec<Task> = vec![
+            Box::new(|stop: CancellationToken| {
+                Box::pin(items::backfill_at_start(backfill_db, stop))
+            }),
             Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(consumer.run(stop))),
         ];

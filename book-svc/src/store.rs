@@ -32,7 +32,12 @@ pub mod books {
         pub title_key: String,
         /// Normalised title, author and ISBN, for the text query.
         pub search_text: String,
+        /// Copies registered (RegisterBook and AddCopies).
         pub total_copies: i32,
+        /// Copies in circulation: those registered less the ones the desk
+        /// withdrew or lost, from its latest snapshot (and counted up at
+        /// once by AddCopies). What Book.total_copies shows.
+        pub circulating_copies: i32,
         /// From the latest availability snapshot of the lending desk.
         pub held_copies: i32,
         pub on_loan_copies: i32,
@@ -42,6 +47,47 @@ pub mod books {
         pub registered_at: DateTimeUtc,
         /// Corrections of title or author so far (BookUpdated's revision).
         pub revision: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod items {
+    use sea_orm::entity::prelude::*;
+
+    /// A copy of a book with its barcode. Its circulation state (in
+    /// service, withdrawn, lost; held, on loan) is reserve-svc's.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "items")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub item_id: String,
+        #[sea_orm(indexed)]
+        pub book_id: String,
+        #[sea_orm(unique)]
+        pub barcode: String,
+        pub registered_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod sequences {
+    use sea_orm::entity::prelude::*;
+
+    /// Named counters: `barcode` numbers the generated barcodes.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sequences")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub next: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -428,6 +474,35 @@ async fn index_every_book<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     recount_terms(db).await
 }
 
+/// Items: a copy with a barcode, and the barcode sequence. Books
+/// registered before get their items from [`crate::items::backfill`] at
+/// start, with an event, so that the lending desk learns them too.
+struct Items;
+
+impl MigrationName for Items {
+    fn name(&self) -> &str {
+        "m0004_items"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Items {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, items::Entity).await?;
+        create_entity_table(manager, sequences::Entity).await?;
+        if !manager.has_column("books", "circulating_copies").await? {
+            let db = manager.get_connection();
+            db.execute_unprepared(
+                "ALTER TABLE books ADD COLUMN circulating_copies INTEGER NOT NULL DEFAULT 0",
+            )
+            .await?;
+            db.execute_unprepared("UPDATE books SET circulating_copies = total_copies")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -437,6 +512,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateBooks),
             Box::new(OutboxTraceparent),
             Box::new(CatalogueSearch),
+            Box::new(Items),
         ]
     }
 }
@@ -455,6 +531,7 @@ mod tests {
         for ddl in [
             "ALTER TABLE books DROP COLUMN title_key",
             "ALTER TABLE books DROP COLUMN revision",
+            "ALTER TABLE books DROP COLUMN circulating_copies",
         ] {
             conn.execute_unprepared(ddl).await.unwrap();
         }
@@ -544,6 +621,7 @@ mod tests {
                 title_key: Set(indexed.title_key),
                 search_text: Set(indexed.search_text),
                 total_copies: Set(1),
+                circulating_copies: Set(1),
                 held_copies: Set(0),
                 on_loan_copies: Set(0),
                 waiting: Set(0),

@@ -70,6 +70,7 @@ pub fn to_proto(r: rentals::Model, now: Timestamp) -> Rental {
         due_at: time::opt_to_proto(r.due_at),
         returned_at: time::opt_to_proto(r.returned_at),
         return_confirmation: return_confirmation as i32,
+        barcode: r.barcode.unwrap_or_default(),
     }
 }
 
@@ -182,6 +183,7 @@ impl Lending {
                     due_at: Set(None),
                     returned_at: Set(None),
                     return_confirmation: Set(None),
+                    barcode: Set(None),
                     created_at: Set(now),
                     updated_at: Set(now),
                 }
@@ -236,7 +238,12 @@ impl Lending {
         {
             Ok(reservation) => {
                 let rental = self
-                    .activate(&member, &pending.rental_id, &reservation.reservation_id)
+                    .activate(
+                        &member,
+                        &pending.rental_id,
+                        &reservation.reservation_id,
+                        &reservation.barcode,
+                    )
                     .await?;
                 Ok(to_proto(rental, time::now()))
             }
@@ -255,6 +262,7 @@ impl Lending {
         member: &MemberId,
         rental_id: &str,
         reservation_id: &str,
+        barcode: &str,
     ) -> ServiceResult<rentals::Model> {
         let mut tx = self.db.begin().await?;
         // The member's lock first, as in step (1), which opens rentals.
@@ -286,6 +294,7 @@ impl Lending {
         am.reservation_id = Set(Some(reservation_id.to_owned()));
         am.rented_at = Set(Some(now));
         am.due_at = Set(Some(due));
+        am.barcode = Set(Some(barcode.to_owned()).filter(|b| !b.is_empty()));
         am.updated_at = Set(now);
         let r = am.update(&*tx).await?;
         outbox::stage(
@@ -299,6 +308,7 @@ impl Lending {
                 member_id: r.member_id.clone(),
                 rented_at: Some(time::to_proto(now)),
                 due_at: Some(time::to_proto(due)),
+                barcode: barcode.to_owned(),
             }),
         )
         .await?;
@@ -452,6 +462,7 @@ impl Lending {
                         returned_at: Some(time::to_proto(at)),
                         return_confirmation: confirmation as i32,
                         reservation_id: r.reservation_id.clone().unwrap_or_default(),
+                        barcode: r.barcode.clone().unwrap_or_default(),
                     }),
                 )
                 .await?;

@@ -1,6 +1,8 @@
 //! rental-svc's tables and migrations.
 
-use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{
+    OutboxTraceparent, PlumbingTables, add_text_column_if_missing, create_entity_table,
+};
 use sea_orm_migration::prelude::*;
 
 pub mod rentals {
@@ -24,6 +26,9 @@ pub mod rentals {
         pub returned_at: Option<DateTimeUtc>,
         /// One of [`crate::domain::confirmation`] once returned.
         pub return_confirmation: Option<String>,
+        /// The item lent, as the desk said when it fulfilled.
+        #[sea_orm(indexed)]
+        pub barcode: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -58,6 +63,29 @@ impl MigrationTrait for CreateRentals {
     }
 }
 
+/// The lent item's barcode (SPEC §10), for databases made before it.
+struct RentalBarcode;
+
+impl MigrationName for RentalBarcode {
+    fn name(&self) -> &str {
+        "m0003_rental_barcode"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RentalBarcode {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_text_column_if_missing(manager, "rentals", "barcode").await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS idx_rentals_barcode ON rentals (barcode, status)",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -66,6 +94,7 @@ impl MigratorTrait for Migrator {
             Box::new(PlumbingTables),
             Box::new(CreateRentals),
             Box::new(OutboxTraceparent),
+            Box::new(RentalBarcode),
         ]
     }
 }

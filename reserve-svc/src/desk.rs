@@ -12,10 +12,13 @@ use rentalbook_plumbing::ids::{Id, MemberId};
 use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::events::v1::{
-    Availability, ReservationCancelled, ReservationExpired, ReservationFulfilled,
-    ReservationPlaced, ReservationReady, ReturnRecorded, envelope::Body,
+    self as events, Availability, ItemLost, ItemWithdrawn, ReservationCancelled,
+    ReservationExpired, ReservationFulfilled, ReservationPlaced, ReservationReady,
+    ReservationRequeued, ReservationRetrapped, ReturnRecorded, envelope::Body,
 };
-use rentalbook_proto::reserve::v1::{RecordReturnResponse, Reservation, ReservationStatus};
+use rentalbook_proto::reserve::v1::{
+    Item, ItemState, RecordReturnResponse, Reservation, ReservationStatus,
+};
 use sea_orm::sea_query::{Expr, Func, IntoCondition};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
@@ -23,7 +26,8 @@ use sea_orm::{
 };
 
 use crate::domain::{self, MemberStanding, Placement, Policy, Refusal, Stock};
-use crate::store::{book_stock, reservations, status};
+use crate::items;
+use crate::store::{book_stock, item_state, items as stored_items, reservations, status};
 
 pub const PRODUCER: &str = "reserve-svc";
 
@@ -55,6 +59,27 @@ fn to_proto(r: reservations::Model, queue_position: i32) -> Reservation {
         rental_id: r.rental_id.unwrap_or_default(),
         created_at: Some(time::to_proto(r.created_at)),
         updated_at: Some(time::to_proto(r.updated_at)),
+        barcode: r.barcode.unwrap_or_default(),
+    }
+}
+
+fn item_to_proto(i: stored_items::Model, served: Option<&reservations::Model>) -> Item {
+    let state = match i.state.as_str() {
+        item_state::IN_SERVICE => ItemState::InService,
+        item_state::WITHDRAWN => ItemState::Withdrawn,
+        item_state::LOST => ItemState::Lost,
+        _ => ItemState::Unspecified,
+    };
+    Item {
+        item_id: i.item_id,
+        book_id: i.book_id,
+        barcode: i.barcode,
+        state: state as i32,
+        reservation_id: served.map(|r| r.reservation_id.clone()).unwrap_or_default(),
+        member_id: served.map(|r| r.member_id.clone()).unwrap_or_default(),
+        reservation_status: served
+            .map_or(ReservationStatus::Unspecified, |r| proto_status(&r.status))
+            as i32,
     }
 }
 
@@ -285,8 +310,14 @@ impl Desk {
             }
         };
         let availability = book.advance(&tx).await?;
+        let reservation_id = Id::new().to_string();
+        let barcode = if state == status::READY {
+            items::trap(&*tx, &book_key, &reservation_id, None, now).await?
+        } else {
+            None
+        };
         let row = reservations::ActiveModel {
-            reservation_id: Set(Id::new().to_string()),
+            reservation_id: Set(reservation_id),
             book_id: Set(book_key.clone()),
             member_id: Set(member.to_owned()),
             status: Set(state.to_owned()),
@@ -294,6 +325,7 @@ impl Desk {
             pickup_deadline: Set(deadline),
             rental_id: Set(None),
             returned_at: Set(None),
+            barcode: Set(barcode.clone()),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -311,6 +343,7 @@ impl Desk {
                 queue_position: position,
                 pickup_deadline: time::opt_to_proto(deadline),
                 availability: Some(availability),
+                barcode: barcode.unwrap_or_default(),
             }),
         )
         .await?;
@@ -356,6 +389,7 @@ impl Desk {
                     book.stock.waiting -= 1;
                 }
                 let availability = book.advance(&tx).await?;
+                let freed = items::release(&*tx, &r.reservation_id, now).await?;
                 let r = set_status(&tx, r, status::CANCELLED, now, |_| {}).await?;
                 outbox::stage(
                     &mut tx,
@@ -371,7 +405,8 @@ impl Desk {
                     }),
                 )
                 .await?;
-                self.promote(&mut tx, &mut book, now).await?;
+                self.promote(&mut tx, &mut book, now, freed.as_deref())
+                    .await?;
                 to_proto(r, 0)
             }
             other => {
@@ -394,12 +429,14 @@ impl Desk {
     }
 
     /// R3: while a copy is free and somebody waits, the head of the queue
-    /// becomes READY with a fresh pickup deadline.
+    /// becomes READY with a fresh pickup deadline, and a free item is held
+    /// for it (R9): `prefer` first, the copy that just came back.
     async fn promote(
         &self,
         tx: &mut WriteTx,
         book: &mut Book,
         now: Timestamp,
+        prefer: Option<&str>,
     ) -> Result<(), DbErr> {
         for _ in 0..book.stock.promotions() {
             let Some(head) = reservations::Entity::find()
@@ -415,8 +452,11 @@ impl Desk {
             book.stock.waiting -= 1;
             book.stock.held += 1;
             let availability = book.advance(tx).await?;
+            let barcode =
+                items::trap(&**tx, &book.row.book_id, &head.reservation_id, prefer, now).await?;
             let r = set_status(tx, head, status::READY, now, |am| {
                 am.pickup_deadline = Set(Some(deadline));
+                am.barcode = Set(barcode.clone());
             })
             .await?;
             outbox::stage(
@@ -429,6 +469,7 @@ impl Desk {
                     member_id: r.member_id,
                     pickup_deadline: Some(time::to_proto(deadline)),
                     availability: Some(availability),
+                    barcode: barcode.unwrap_or_default(),
                 }),
             )
             .await?;
@@ -545,8 +586,14 @@ impl Desk {
         book.stock.held -= 1;
         book.stock.on_loan += 1;
         let availability = book.advance(&tx).await?;
+        // A hold made before its book's copies had barcodes gets one now.
+        let barcode = match &ready.barcode {
+            Some(b) => Some(b.clone()),
+            None => items::trap(&*tx, &book_key, &ready.reservation_id, None, now).await?,
+        };
         let r = set_status(&tx, ready, status::FULFILLED, now, |am| {
             am.rental_id = Set(Some(rental_id.to_string()));
+            am.barcode = Set(barcode.clone());
         })
         .await?;
         outbox::stage(
@@ -559,6 +606,7 @@ impl Desk {
                 member_id: r.member_id.clone(),
                 rental_id: rental_id.to_string(),
                 availability: Some(availability),
+                barcode: barcode.unwrap_or_default(),
             }),
         )
         .await?;
@@ -610,6 +658,7 @@ impl Desk {
         let now = time::now();
         book.stock.on_loan -= 1;
         let availability = book.advance(tx).await?;
+        let back = items::release(&**tx, &r.reservation_id, now).await?;
         let mut am = r.into_active_model();
         am.returned_at = Set(Some(now));
         am.updated_at = Set(now);
@@ -624,10 +673,11 @@ impl Desk {
                 member_id: r.member_id.clone(),
                 rental_id: rental_id.to_string(),
                 availability: Some(availability),
+                barcode: r.barcode.clone().unwrap_or_default(),
             }),
         )
         .await?;
-        self.promote(tx, &mut book, now).await?;
+        self.promote(tx, &mut book, now, back.as_deref()).await?;
         Ok(RecordReturnResponse {
             reservation_id: r.reservation_id,
             recorded_at: Some(time::to_proto(now)),
@@ -668,6 +718,7 @@ impl Desk {
             }
             book.stock.held -= 1;
             let availability = book.advance(&tx).await?;
+            let freed = items::release(&*tx, &r.reservation_id, now).await?;
             let r = set_status(&tx, r, status::EXPIRED, now, |_| {}).await?;
             outbox::stage(
                 &mut tx,
@@ -681,50 +732,384 @@ impl Desk {
                 }),
             )
             .await?;
-            self.promote(&mut tx, &mut book, now).await?;
+            self.promote(&mut tx, &mut book, now, freed.as_deref())
+                .await?;
             tx.commit().await?;
             expired += 1;
         }
         Ok(expired)
     }
 
-    /// A book registered in the catalogue: its copies join circulation.
-    pub async fn book_registered(
+    /// The catalogue's copies of a book (BookRegistered, CopiesAdded,
+    /// ItemsRegistered): the registered total, absolute so that a replayed
+    /// event cannot add twice, and the items with their barcodes. Waiting
+    /// members get new copies (R3); loans and holds made before the book's
+    /// copies had barcodes get items, loans first, in order (R9).
+    pub async fn catalogue_copies(
         &self,
         tx: &mut WriteTx,
         book_id: &str,
-        total: i32,
+        registered: Option<i32>,
+        new_items: &[events::Item],
     ) -> Result<(), DbErr> {
-        self.set_total(tx, book_id, total).await
-    }
-
-    /// Copies added: the total grows and waiting members get them (R3).
-    /// Totals are absolute, so a replayed event cannot add twice.
-    pub async fn set_total(
-        &self,
-        tx: &mut WriteTx,
-        book_id: &str,
-        total: i32,
-    ) -> Result<(), DbErr> {
-        match Book::load(tx, book_id).await? {
+        let now = time::now();
+        let mut book = match Book::load(tx, book_id).await? {
+            Some(book) => book,
             None => {
                 book_stock::ActiveModel {
                     book_id: Set(book_id.to_owned()),
-                    total_copies: Set(total),
+                    total_copies: Set(0),
+                    registered_copies: Set(0),
                     book_seq: Set(0),
                 }
                 .insert(&**tx)
                 .await?;
+                Book::load(tx, book_id)
+                    .await?
+                    .ok_or_else(|| DbErr::RecordNotFound(format!("book_stock {book_id}")))?
             }
-            Some(mut book) if total > book.row.total_copies => {
-                let mut row = book.row.clone().into_active_model();
-                row.total_copies = Set(total);
-                book.row = row.update(&**tx).await?;
-                book.stock.total = total;
-                self.promote(tx, &mut book, time::now()).await?;
-            }
-            Some(_) => {}
+        };
+        items::register(&**tx, book_id, new_items, now).await?;
+        if let Some(total) = registered
+            && total > book.row.registered_copies
+        {
+            let out_of_service = book.row.registered_copies - book.row.total_copies;
+            let mut row = book.row.clone().into_active_model();
+            row.registered_copies = Set(total);
+            row.total_copies = Set(total - out_of_service);
+            book.row = row.update(&**tx).await?;
+            book.stock.total = book.row.total_copies;
         }
+        self.give_items_to_older_ones(tx, &mut book, now).await?;
+        self.promote(tx, &mut book, now, None).await
+    }
+
+    /// Loans, then READY holds, of a book that have no item yet get free
+    /// ones: loans in the order they were made, holds in queue order. A
+    /// hold's new item is announced like any move of its trap.
+    async fn give_items_to_older_ones(
+        &self,
+        tx: &mut WriteTx,
+        book: &mut Book,
+        now: Timestamp,
+    ) -> Result<(), DbErr> {
+        let without = |c: Condition| {
+            reservations::Entity::find()
+                .filter(reservations::Column::BookId.eq(&book.row.book_id))
+                .filter(reservations::Column::Barcode.is_null())
+                .filter(c)
+        };
+        let loans = without(on_loan())
+            .order_by_asc(reservations::Column::UpdatedAt)
+            .order_by_asc(reservations::Column::ReservationId)
+            .all(&**tx)
+            .await?;
+        for loan in loans {
+            let Some(barcode) =
+                items::trap(&**tx, &book.row.book_id, &loan.reservation_id, None, now).await?
+            else {
+                return Ok(());
+            };
+            let mut am = loan.into_active_model();
+            am.barcode = Set(Some(barcode));
+            am.update(&**tx).await?;
+        }
+        let holds = without(
+            reservations::Column::Status
+                .eq(status::READY)
+                .into_condition(),
+        )
+        .order_by_asc(reservations::Column::QueueSeq)
+        .all(&**tx)
+        .await?;
+        for hold in holds {
+            let Some(barcode) =
+                items::trap(&**tx, &book.row.book_id, &hold.reservation_id, None, now).await?
+            else {
+                return Ok(());
+            };
+            self.announce_trap(tx, book, hold, barcode, now).await?;
+        }
+        Ok(())
+    }
+
+    /// A READY reservation is held by another item now.
+    async fn announce_trap(
+        &self,
+        tx: &mut WriteTx,
+        book: &mut Book,
+        hold: reservations::Model,
+        barcode: String,
+        now: Timestamp,
+    ) -> Result<(), DbErr> {
+        let previous = hold.barcode.clone().unwrap_or_default();
+        let mut am = hold.into_active_model();
+        am.barcode = Set(Some(barcode.clone()));
+        am.updated_at = Set(now);
+        let hold = am.update(&**tx).await?;
+        let availability = book.advance(tx).await?;
+        outbox::stage(
+            tx,
+            PRODUCER,
+            now,
+            Body::ReservationRetrapped(ReservationRetrapped {
+                reservation_id: hold.reservation_id,
+                book_id: hold.book_id,
+                member_id: hold.member_id,
+                barcode,
+                previous_barcode: previous,
+                availability: Some(availability),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The items of a book with what each serves. Librarians only.
+    pub async fn list_items(&self, caller: &Caller, book_id: Id) -> ServiceResult<Vec<Item>> {
+        caller.require_librarian("see a book's items")?;
+        let conn = self.db.conn();
+        let book_key = book_id.to_string();
+        if book_stock::Entity::find_by_id(book_key.clone())
+            .one(conn)
+            .await?
+            .is_none()
+        {
+            return Err(unknown_book(&book_id).into());
+        }
+        let rows = items::of_book(conn, &book_key).await?;
+        let served: Vec<String> = rows
+            .iter()
+            .filter_map(|i| i.reservation_id.clone())
+            .collect();
+        let reservations = reservations::Entity::find()
+            .filter(reservations::Column::ReservationId.is_in(served))
+            .all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|i| {
+                let r = i
+                    .reservation_id
+                    .as_ref()
+                    .and_then(|id| reservations.iter().find(|r| &r.reservation_id == id));
+                item_to_proto(i, r)
+            })
+            .collect())
+    }
+
+    /// WithdrawItem and MarkItemLost (R9, R13): the item leaves circulation.
+    /// A hold it served gets another free item, or goes back to the head of
+    /// the queue; a lost item's loan ends (its rental closes as lost on
+    /// rental-svc's side). A withdrawn item on loan must be checked in first.
+    pub async fn take_out_of_service(
+        &self,
+        caller: &Caller,
+        barcode: &str,
+        target: &'static str,
+        key: Option<IdempotencyKey>,
+    ) -> ServiceResult<Item> {
+        caller.require_librarian(if target == item_state::LOST {
+            "mark copies lost"
+        } else {
+            "withdraw copies"
+        })?;
+        let mut tx = self.db.begin().await?;
+        if let Some(key) = &key
+            && let Some(done) = key.recall::<Item>(&tx).await?
+        {
+            return Ok(done);
+        }
+        let unknown = || {
+            error::Refusal::not_found(
+                Reason::ItemNotFound,
+                format!("no copy has the barcode {barcode}"),
+            )
+            .with("barcode", barcode)
+        };
+        let found = items::by_barcode(&*tx, barcode)
+            .await?
+            .ok_or_else(unknown)?;
+        let mut book = Book::load(&tx, &found.book_id)
+            .await?
+            .ok_or_else(|| unknown_book_row(&found.book_id))?;
+        // Read again under the book's lock.
+        let item = items::by_barcode(&*tx, barcode)
+            .await?
+            .ok_or_else(unknown)?;
+        let now = time::now();
+        let answer = match (item.state.as_str(), target) {
+            (state, target) if state == target => {
+                let r = match &item.reservation_id {
+                    Some(id) => {
+                        reservations::Entity::find_by_id(id.clone())
+                            .one(&*tx)
+                            .await?
+                    }
+                    None => None,
+                };
+                item_to_proto(item, r.as_ref())
+            }
+            (item_state::LOST, item_state::WITHDRAWN) => {
+                // A lost copy written off: it was out of circulation already.
+                items::set_state(&*tx, &item.item_id, target, now).await?;
+                self.stage_item_event(&mut tx, &mut book, &item, target, caller, None, now)
+                    .await?;
+                item_to_proto(
+                    items::by_barcode(&*tx, barcode)
+                        .await?
+                        .ok_or_else(unknown)?,
+                    None,
+                )
+            }
+            (item_state::IN_SERVICE, _) => {
+                let served = match &item.reservation_id {
+                    Some(id) => {
+                        reservations::Entity::find_by_id(id.clone())
+                            .one(&*tx)
+                            .await?
+                    }
+                    None => None,
+                };
+                let loan = served.as_ref().filter(|r| r.status == status::FULFILLED);
+                if loan.is_some() && target == item_state::WITHDRAWN {
+                    return Err(error::Refusal::failed_precondition(
+                        Reason::ItemOnLoan,
+                        format!("copy {barcode} is on loan; check it in before withdrawing it"),
+                    )
+                    .with("barcode", barcode)
+                    .into());
+                }
+                items::set_state(&*tx, &item.item_id, target, now).await?;
+                if let Some(served) = &item.reservation_id {
+                    items::release(&*tx, served, now).await?;
+                }
+                let mut row = book.row.clone().into_active_model();
+                row.total_copies = Set(book.row.total_copies - 1);
+                book.row = row.update(&*tx).await?;
+                book.stock.total -= 1;
+                let ended = match &served {
+                    Some(r) if r.status == status::FULFILLED => {
+                        let mut am = r.clone().into_active_model();
+                        am.returned_at = Set(Some(now));
+                        am.updated_at = Set(now);
+                        book.stock.on_loan -= 1;
+                        Some(am.update(&*tx).await?)
+                    }
+                    _ => None,
+                };
+                self.stage_item_event(
+                    &mut tx,
+                    &mut book,
+                    &item,
+                    target,
+                    caller,
+                    ended.as_ref(),
+                    now,
+                )
+                .await?;
+                if let Some(hold) = served.filter(|r| r.status == status::READY) {
+                    self.rehold(&mut tx, &mut book, hold, now).await?;
+                }
+                item_to_proto(
+                    items::by_barcode(&*tx, barcode)
+                        .await?
+                        .ok_or_else(unknown)?,
+                    None,
+                )
+            }
+            (state, _) => {
+                return Err(error::Refusal::failed_precondition(
+                    Reason::ItemNotInService,
+                    format!(
+                        "copy {barcode} is {}; only a copy in service can be marked lost",
+                        state.to_lowercase()
+                    ),
+                )
+                .with("barcode", barcode)
+                .with("state", state)
+                .into());
+            }
+        };
+        if let Some(key) = &key {
+            key.remember(&tx, &answer).await?;
+        }
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_item_event(
+        &self,
+        tx: &mut WriteTx,
+        book: &mut Book,
+        item: &stored_items::Model,
+        target: &str,
+        caller: &Caller,
+        loan: Option<&reservations::Model>,
+        now: Timestamp,
+    ) -> Result<(), DbErr> {
+        let availability = book.advance(tx).await?;
+        let body = if target == item_state::LOST {
+            Body::ItemLost(ItemLost {
+                item_id: item.item_id.clone(),
+                book_id: item.book_id.clone(),
+                barcode: item.barcode.clone(),
+                rental_id: loan.and_then(|r| r.rental_id.clone()).unwrap_or_default(),
+                member_id: loan.map(|r| r.member_id.clone()).unwrap_or_default(),
+                marked_by: caller.member.to_string(),
+                availability: Some(availability),
+            })
+        } else {
+            Body::ItemWithdrawn(ItemWithdrawn {
+                item_id: item.item_id.clone(),
+                book_id: item.book_id.clone(),
+                barcode: item.barcode.clone(),
+                withdrawn_by: caller.member.to_string(),
+                availability: Some(availability),
+            })
+        };
+        outbox::stage(tx, PRODUCER, now, body).await?;
+        Ok(())
+    }
+
+    /// A READY hold whose item left: another free item, or back to the
+    /// head of the queue as WAITING (its queue_seq is older than everyone
+    /// waiting behind it).
+    async fn rehold(
+        &self,
+        tx: &mut WriteTx,
+        book: &mut Book,
+        hold: reservations::Model,
+        now: Timestamp,
+    ) -> Result<(), DbErr> {
+        if let Some(barcode) =
+            items::trap(&**tx, &book.row.book_id, &hold.reservation_id, None, now).await?
+        {
+            return self.announce_trap(tx, book, hold, barcode, now).await;
+        }
+        book.stock.held -= 1;
+        book.stock.waiting += 1;
+        let previous = hold.barcode.clone().unwrap_or_default();
+        let hold = set_status(tx, hold, status::WAITING, now, |am| {
+            am.pickup_deadline = Set(None);
+            am.barcode = Set(None);
+        })
+        .await?;
+        let availability = book.advance(tx).await?;
+        outbox::stage(
+            tx,
+            PRODUCER,
+            now,
+            Body::ReservationRequeued(ReservationRequeued {
+                reservation_id: hold.reservation_id,
+                book_id: hold.book_id,
+                member_id: hold.member_id,
+                barcode: previous,
+                availability: Some(availability),
+            }),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use rentalbook_proto::events::v1::{Envelope, envelope::Body};
 
 use crate::desk::Desk;
 
-/// BookRegistered and CopiesAdded.
+/// BookRegistered, CopiesAdded and ItemsRegistered.
 pub struct Catalogue(pub Desk);
 
 #[async_trait]
@@ -18,9 +18,20 @@ impl EventHandler for Catalogue {
     async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()> {
         match &event.body {
             Some(Body::BookRegistered(e)) => {
-                self.0.set_total(tx, &e.book_id, e.total_copies).await?
+                self.0
+                    .catalogue_copies(tx, &e.book_id, Some(e.total_copies), &e.items)
+                    .await?
             }
-            Some(Body::CopiesAdded(e)) => self.0.set_total(tx, &e.book_id, e.total_copies).await?,
+            Some(Body::CopiesAdded(e)) => {
+                self.0
+                    .catalogue_copies(tx, &e.book_id, Some(e.total_copies), &e.items)
+                    .await?
+            }
+            Some(Body::ItemsRegistered(e)) => {
+                self.0
+                    .catalogue_copies(tx, &e.book_id, None, &e.items)
+                    .await?
+            }
             _ => {}
         }
         Ok(())
@@ -30,6 +41,7 @@ impl EventHandler for Catalogue {
         match &event.body {
             Some(Body::BookRegistered(e)) => vec![("book", e.book_id.clone())],
             Some(Body::CopiesAdded(e)) => vec![("book", e.book_id.clone())],
+            Some(Body::ItemsRegistered(e)) => vec![("book", e.book_id.clone())],
             _ => Vec::new(),
         }
     }

@@ -6,13 +6,14 @@ use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id, MemberId};
 use rentalbook_proto::reserve::v1::{
     CancelReservationRequest, FulfillReservationRequest, FulfillReservationResponse,
-    GetReservationRequest, ListReservationsRequest, ListReservationsResponse, RecordReturnRequest,
-    RecordReturnResponse, Reservation, ReserveRequest,
-    reservation_service_server::ReservationService,
+    GetReservationRequest, Item, ItemRequest, ListItemsRequest, ListItemsResponse,
+    ListReservationsRequest, ListReservationsResponse, RecordReturnRequest, RecordReturnResponse,
+    Reservation, ReserveRequest, reservation_service_server::ReservationService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::desk::Desk;
+use crate::store::item_state;
 
 pub struct Reservations {
     pub desk: Desk,
@@ -112,5 +113,70 @@ impl ReservationService for Reservations {
         let req = request.into_inner();
         let rental_id = Id::parse_field("rental_id", &req.rental_id)?;
         Ok(Response::new(self.desk.record_return(rental_id).await?))
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<ListItemsRequest>,
+    ) -> Result<Response<ListItemsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let book_id = Id::parse_field("book_id", &request.get_ref().book_id)?;
+        Ok(Response::new(ListItemsResponse {
+            items: self.desk.list_items(&caller, book_id).await?,
+        }))
+    }
+
+    async fn withdraw_item(&self, request: Request<ItemRequest>) -> Result<Response<Item>, Status> {
+        self.out_of_service(request, item_state::WITHDRAWN, "WithdrawItem")
+            .await
+    }
+
+    async fn mark_item_lost(
+        &self,
+        request: Request<ItemRequest>,
+    ) -> Result<Response<Item>, Status> {
+        self.out_of_service(request, item_state::LOST, "MarkItemLost")
+            .await
+    }
+}
+
+impl Reservations {
+    async fn out_of_service(
+        &self,
+        request: Request<ItemRequest>,
+        target: &'static str,
+        method: &str,
+    ) -> Result<Response<Item>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let barcode = barcode_field(&req.barcode)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            method,
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.desk
+                .take_out_of_service(&caller, &barcode, target, key)
+                .await?,
+        ))
+    }
+}
+
+/// A scanned barcode: 1 to 32 printable ASCII characters, surrounding
+/// spaces (a scanner's) dropped.
+fn barcode_field(value: &str) -> Result<String, Status> {
+    let b = value.trim();
+    if (1..=32).contains(&b.len()) && b.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(b.to_owned())
+    } else if b.is_empty() {
+        Err(Refusal::invalid_field("barcode", "barcode is required").into())
+    } else {
+        Err(Refusal::invalid_field(
+            "barcode",
+            "barcode must be 1 to 32 printable ASCII characters without spaces",
+        )
+        .into())
     }
 }

@@ -13,6 +13,7 @@ pub mod desk;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod items;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! reserve-svc's tables and migrations.
 
-use rentalbook_plumbing::schema::{OutboxTraceparent, PlumbingTables, create_entity_table};
+use rentalbook_plumbing::schema::{
+    OutboxTraceparent, PlumbingTables, add_text_column_if_missing, create_entity_table,
+};
 use sea_orm_migration::prelude::*;
 
 /// Reservation states as stored.
@@ -12,6 +14,13 @@ pub mod status {
     pub const EXPIRED: &str = "EXPIRED";
 }
 
+/// Item circulation states as stored.
+pub mod item_state {
+    pub const IN_SERVICE: &str = "IN_SERVICE";
+    pub const WITHDRAWN: &str = "WITHDRAWN";
+    pub const LOST: &str = "LOST";
+}
+
 pub mod book_stock {
     use sea_orm::entity::prelude::*;
 
@@ -21,7 +30,11 @@ pub mod book_stock {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub book_id: String,
+        /// Copies in circulation: those the catalogue registered less the
+        /// items withdrawn or lost.
         pub total_copies: i32,
+        /// Copies the catalogue registered (its events' totals).
+        pub registered_copies: i32,
         /// Grows by one with every change of the book's reservations; the
         /// availability snapshots carry it so consumers apply them in order.
         pub book_seq: i64,
@@ -55,7 +68,39 @@ pub mod reservations {
         pub rental_id: Option<String>,
         /// When the copy of the rental came back (the return receipt).
         pub returned_at: Option<DateTimeUtc>,
+        /// The item held while READY, lent once FULFILLED (R9); kept on
+        /// finished rows as the item's history.
+        pub barcode: Option<String>,
         pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod items {
+    use sea_orm::entity::prelude::*;
+
+    /// A copy with its barcode (from the catalogue's events) and its
+    /// circulation state, which the desk owns.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "items")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub item_id: String,
+        #[sea_orm(indexed)]
+        pub book_id: String,
+        #[sea_orm(unique)]
+        pub barcode: String,
+        /// One of [`super::item_state`].
+        pub state: String,
+        /// The reservation the item serves: READY (on the hold shelf) or
+        /// FULFILLED and not returned (on loan). None: on the open shelf.
+        #[sea_orm(unique)]
+        pub reservation_id: Option<String>,
         pub updated_at: DateTimeUtc,
     }
 
@@ -99,6 +144,37 @@ impl MigrationTrait for CreateLendingTables {
     }
 }
 
+/// Items and the trapped barcode (SPEC §10, R9). Copies registered before
+/// are given their items by the catalogue's ItemsRegistered events.
+struct Items;
+
+impl MigrationName for Items {
+    fn name(&self) -> &str {
+        "m0003_items"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Items {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, items::Entity).await?;
+        add_text_column_if_missing(manager, "reservations", "barcode").await?;
+        if !manager
+            .has_column("book_stock", "registered_copies")
+            .await?
+        {
+            let db = manager.get_connection();
+            db.execute_unprepared(
+                "ALTER TABLE book_stock ADD COLUMN registered_copies INTEGER NOT NULL DEFAULT 0",
+            )
+            .await?;
+            db.execute_unprepared("UPDATE book_stock SET registered_copies = total_copies")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -107,6 +183,52 @@ impl MigratorTrait for Migrator {
             Box::new(PlumbingTables),
             Box::new(CreateLendingTables),
             Box::new(OutboxTraceparent),
+            Box::new(Items),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rentalbook_plumbing::db::Db;
+    use sea_orm::EntityTrait;
+
+    /// A desk database as today's code made it before items: its books keep
+    /// their copies (registered and in circulation alike) and its
+    /// reservations gain an empty barcode.
+    #[tokio::test]
+    async fn migrating_keeps_every_book_and_reservation() {
+        let db = Db::connect("sqlite::memory:", 1).await.unwrap();
+        Migrator::up(db.conn(), Some(3)).await.unwrap();
+        let conn = db.conn();
+        for ddl in [
+            "ALTER TABLE book_stock DROP COLUMN registered_copies",
+            "ALTER TABLE reservations DROP COLUMN barcode",
+            "INSERT INTO book_stock (book_id, total_copies, book_seq) VALUES ('b1', 3, 7)",
+            "INSERT INTO reservations (reservation_id, book_id, member_id, status, queue_seq, \
+             pickup_deadline, rental_id, returned_at, created_at, updated_at) VALUES ('r1', 'b1', \
+             'alice', 'READY', 1, '2026-01-02 00:00:00+00:00', NULL, NULL, \
+             '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00')",
+        ] {
+            conn.execute_unprepared(ddl).await.unwrap();
+        }
+        Migrator::up(conn, None).await.unwrap();
+        let book = book_stock::Entity::find_by_id("b1".to_owned())
+            .one(conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (book.total_copies, book.registered_copies, book.book_seq),
+            (3, 3, 7)
+        );
+        let r = reservations::Entity::find_by_id("r1".to_owned())
+            .one(conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status.as_str(), r.barcode), ("READY", None));
+        assert!(items::Entity::find().all(conn).await.unwrap().is_empty());
     }
 }

@@ -18,8 +18,9 @@ use rentalbook_plumbing::ids::MemberId;
 use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
 use rentalbook_proto::book::v1::{Book, RegisterBookRequest};
 use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
+use rentalbook_proto::rental::v1::{RentRequest, Rental, ReturnRentalRequest};
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
-use rentalbook_proto::reserve::v1::{Reservation, ReserveRequest};
+use rentalbook_proto::reserve::v1::{GetReservationRequest, Reservation, ReserveRequest};
 use rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -530,6 +531,51 @@ impl Mesh {
             .into_inner()
     }
 
+    /// Rents a book for the caller (a pick-up).
+    pub async fn rent(&self, token: &str, book_id: &str) -> Result<Rental, Status> {
+        self.rentals()
+            .await
+            .rent(req(
+                token,
+                RentRequest {
+                    book_id: book_id.into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Returns a rental.
+    pub async fn give_back(&self, token: &str, rental_id: &str) -> Result<Rental, Status> {
+        self.rentals()
+            .await
+            .return_rental(req(
+                token,
+                ReturnRentalRequest {
+                    rental_id: rental_id.into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// A reservation as the caller sees it.
+    pub async fn reservation(&self, token: &str, id: &str) -> Reservation {
+        self.reservations()
+            .await
+            .get_reservation(req(
+                token,
+                GetReservationRequest {
+                    reservation_id: id.into(),
+                },
+            ))
+            .await
+            .expect("reading a reservation")
+            .into_inner()
+    }
+
     /// Reserves, waiting out the moment in which reserve-svc has not yet
     /// seen the book's registration event.
     pub async fn reserve(&self, token: &str, book_id: &str) -> Result<Reservation, Status> {
@@ -609,6 +655,16 @@ pub async fn wait_serving(addr: SocketAddr) {
 }
 
 /// A token for a member.
+/// The reason of a refusal's `google.rpc.ErrorInfo`.
+pub fn reason(status: &Status) -> String {
+    rentalbook_plumbing::error::reason(status).unwrap_or_else(|| format!("none in {status:?}"))
+}
+
+/// A metadata value of a refusal's `google.rpc.ErrorInfo`.
+pub fn metadata(status: &Status, key: &str) -> String {
+    rentalbook_plumbing::error::reason_metadata(status, key).unwrap_or_default()
+}
+
 pub fn token(sub: &str, role: Role) -> String {
     mint(
         SECRET,

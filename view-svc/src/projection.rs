@@ -162,7 +162,17 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             owns: Some(StepKind::ReturnConfirmed),
             ..Default::default()
         },
-        Body::BookRegistered(_) | Body::CopiesAdded(_) | Body::BookUpdated(_) => return None,
+        Body::BookRegistered(_)
+        | Body::CopiesAdded(_)
+        | Body::BookUpdated(_)
+        | Body::ItemsRegistered(_)
+        | Body::ItemWithdrawn(_)
+        | Body::ItemFound(_) => return None,
+        // Not on My Page yet: the trapped barcode, a hold sent back to the
+        // queue and a loan ended by a lost copy.
+        Body::ReservationRetrapped(_) | Body::ReservationRequeued(_) | Body::ItemLost(_) => {
+            return None;
+        }
     })
 }
 
@@ -443,6 +453,7 @@ mod tests {
                     queue_position: 1,
                     pickup_deadline: None,
                     availability: availability(2),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -453,6 +464,7 @@ mod tests {
                     member_id: i.m.clone(),
                     pickup_deadline: at(100),
                     availability: availability(3),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -463,6 +475,7 @@ mod tests {
                     member_id: i.m.clone(),
                     rental_id: i.l.clone(),
                     availability: availability(4),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -474,6 +487,7 @@ mod tests {
                     member_id: i.m.clone(),
                     rented_at: at(3),
                     due_at: at(10_000),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -485,6 +499,7 @@ mod tests {
                     returned_at: at(5),
                     return_confirmation: ReturnConfirmation::Confirmed as i32,
                     reservation_id: i.r.clone(),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -495,6 +510,7 @@ mod tests {
                     member_id: i.m.clone(),
                     rental_id: i.l.clone(),
                     availability: availability(5),
+                    barcode: String::new(),
                 }),
             ),
         ]
@@ -612,6 +628,7 @@ mod tests {
                         title: "Kindrid".into(),
                         author: "Octavia Butler".into(),
                         total_copies: 1,
+                        items: Vec::new(),
                     }),
                 ),
                 corrected(2, "Kindred?", 1),
