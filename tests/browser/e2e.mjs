@@ -220,6 +220,27 @@ async function focusKept(page, what) {
   return where;
 }
 
+/** The header's parts (logo, who, Sign out, language, views) do not overlap. */
+async function headerApart(page, where) {
+  const overlaps = await page.evaluate(() => {
+    const parts = ['.brand', '#who', '#sign-out', '.lang', '#nav']
+      .map((sel) => document.querySelector(sel))
+      .filter((el) => el && el.checkVisibility());
+    const found = [];
+    for (const [i, a] of parts.entries()) {
+      for (const b of parts.slice(i + 1)) {
+        const r = a.getBoundingClientRect();
+        const q = b.getBoundingClientRect();
+        if (r.left < q.right && q.left < r.right && r.top < q.bottom && q.top < r.bottom) {
+          found.push(`${a.className || a.id} and ${b.className || b.id}`);
+        }
+      }
+    }
+    return found;
+  });
+  check(overlaps.length === 0, `${where}: the header's ${overlaps.join(', ')} overlap`);
+}
+
 /** Every visible control is at least 44x44 CSS px (WCAG 2.5.5 target size). */
 async function tapTargets(page, where) {
   const small = await page.evaluate(() =>
@@ -440,6 +461,7 @@ try {
   await fillBook(DISPOSSESSED, 'Ursula K. Le Guin', '0-06-051275-X', '1');
   await form.getByRole('button', { name: 'Register' }).click();
   const offer = await notice(lib, /already in the catalogue/, '#register-notice');
+  await scan(lib, 'the desk offering to add copies');
   check(
     offer === `ISBN 9780060512750 is already in the catalogue: “${DISPOSSESSED}”. Add copies to it instead.`,
     `the duplicate ISBN, translated: ${offer}`,
@@ -506,6 +528,7 @@ try {
   await card(bob2, KINDRED).getByText('You are number 1 in the queue for this book.').waitFor();
   await focusKept(bob2, 'a refusal that took Reserve away');
   await noticesCoverNothing(bob2, 'the catalogue with a refusal');
+  await scan(bob2, 'the catalogue with a refusal');
   // The same refusal on a Korean page: translated when it carries its reason.
   await bob3.bringToFront();
   const [koAnswer] = await Promise.all([
@@ -712,6 +735,8 @@ try {
   const header = await lib.evaluate(() => document.querySelector('header.top').getBoundingClientRect().height);
   check(header <= 112, `the librarian's header takes ${header}px of an 844px screen`);
   await tapTargets(lib, 'the desk on a phone');
+  await headerApart(lib, 'the desk on a phone');
+  await scan(lib, 'the desk on a phone');
   await lib.setViewportSize(DESKTOP);
   await shot(lib, 'desk-phone.png', { phone: true });
   step(`the librarian added copies and opened bob's page; the header takes ${header}px on a phone`);
@@ -881,6 +906,7 @@ try {
   await carol.getByRole('heading', { name: '로그인' }).waitFor();
   await shot(carol, 'signin-ko-phone.png');
   await tapTargets(carol, 'the sign-in on a phone');
+  await headerApart(carol, 'the sign-in on a phone');
   step(`Korean: switched, a reservation cancelled (focus on ${afterCancel}), and picked from the browser language`);
 
   // The keyboard alone signs carol in.
@@ -896,6 +922,7 @@ try {
   const focusedAfter = await carol.evaluate(() => document.activeElement?.tagName);
   check(focusedAfter === 'H1', `focus moves to the new view's heading, not ${focusedAfter}`);
   await tapTargets(carol, 'My Page on a phone, signed in');
+  await headerApart(carol, 'My Page on a phone, signed in');
   await carol.getByRole('button', { name: '로그아웃' }).press('Enter');
   await carol.getByRole('heading', { name: '로그인' }).waitFor();
   await notice(carol, /^로그아웃했습니다\.$/, '#signin-notice');
