@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The whole browser run, with the binary's start; it takes ~15 s.
+/// The whole browser run, with the binary's start; it takes ~20-25 s.
 const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(100);
 
 fn repo() -> PathBuf {

@@ -394,6 +394,10 @@ export function replaceKeepingFocus(container, children, fallback = null) {
     return;
   }
   const card = cardKey && container.querySelector(`[data-card-key="${CSS.escape(cardKey)}"] .card-title`);
-  if (card) card.focus({ preventScroll: true });
-  else if (fallback) fallback.focus({ preventScroll: true });
+  if (card) {
+    card.focus({ preventScroll: true });
+  } else if (fallback) {
+    if (!fallback.hasAttribute('tabindex')) fallback.setAttribute('tabindex', '-1');
+    fallback.focus({ preventScroll: true });
+  }
 }

@@ -542,6 +542,9 @@ try {
   } else {
     check(/^요청을 처리할 수 없습니다: You already have/.test(koRefused), `the refusal's fallback: ${koRefused}`);
   }
+  // The Korean tab learns his place in the queue too.
+  await card(bob3, KINDRED).getByText('이 책의 대기 순번 1번입니다.').waitFor();
+  await card(bob3, KINDRED).getByRole('link', { name: '내 페이지 열기' }).waitFor();
   // The reason as the backend sends it (played here): Korean, whatever the English sentence.
   await bob3.route(`${base}/v1/reservations`, (route) =>
     route.fulfill({
