@@ -311,7 +311,7 @@ async fn serving(edge: SocketAddr) -> bool {
         if healthy {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
 }
