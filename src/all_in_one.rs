@@ -2,9 +2,10 @@
 //! SQLite file in the data directory, over the embedded durable event bus —
 //! or over NATS and PostgreSQL when their URLs are given.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -251,8 +252,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.spawn(reserve.run(shutdown.clone()));
     running.spawn(rental.run(shutdown.clone()));
     running.spawn(view.run(shutdown.clone()));
+    let edge_addr = edge.local_addr();
     running.spawn(edge.run(shutdown.clone()));
-    banner(&args, &data_dir);
+    // The banner comes last, once every service has run its migrations and
+    // serves, so that it is the last thing on a fresh terminal.
+    let banner_task = {
+        let (args, data_dir, shutdown) = (args.clone(), data_dir.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                serving = serving(edge_addr) => banner(&args, &data_dir, serving),
+                _ = shutdown.cancelled() => {}
+            }
+        })
+    };
 
     let mut result = Ok(());
     while let Some(done) = running.join_next().await {
@@ -266,10 +278,73 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             result = Err(e);
         }
     }
+    banner_task.abort();
     result
 }
 
-fn banner(args: &ServeArgs, data_dir: &Path) {
+/// The all-in-one's log filter when `RUST_LOG` says nothing: rentalbook's
+/// own lines at info, the libraries' (sqlx, sea-orm and its migrations,
+/// hyper, h2, tonic, async-nats, ...) at warn.
+pub const DEFAULT_LOG_FILTER: &str = "warn,rentalbook=info,rentalbook_plumbing=info,\
+     book_svc=info,reserve_svc=info,rental_svc=info,view_svc=info,edge=info";
+
+/// How long the banner waits for every service to serve before it is
+/// printed anyway, with a word that something is still starting.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the edge's `/healthz` says every backend is SERVING (their
+/// migrations have run); false when that has not happened within
+/// [`STARTUP_WAIT`].
+async fn serving(edge: SocketAddr) -> bool {
+    let mut edge = edge;
+    if edge.ip().is_unspecified() {
+        edge.set_ip(match edge.ip() {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let started = Instant::now();
+    while started.elapsed() < STARTUP_WAIT {
+        let healthy = tokio::task::spawn_blocking(move || healthz_all_serving(edge))
+            .await
+            .unwrap_or(false);
+        if healthy {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// One `GET /healthz` over plain HTTP/1.1: 200, and no backend other than SERVING.
+fn healthz_all_serving(edge: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let attempt = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&edge, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nHost: {edge}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let Ok(answer) = attempt() else {
+        return false;
+    };
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.starts_with("HTTP/1.1 200")
+        && body.contains("\"SERVING\"")
+        && !["NOT_SERVING", "UNREACHABLE", "UNKNOWN"]
+            .iter()
+            .any(|bad| body.contains(bad))
+}
+
+fn banner(args: &ServeArgs, data_dir: &Path, serving: bool) {
     let host = args.host;
     let (rental, reserve, book, view, edge) = (
         args.rental_port,
@@ -296,7 +371,12 @@ fn banner(args: &ServeArgs, data_dir: &Path) {
          \x20 events      {events}\n\
          \x20 a token     rentalbook token --sub alice --role member   (or --role librarian)\n\
          \x20             (cargo run --release -- token ... from a checkout)\n\
-         Stop with Ctrl-C.\n",
+         {starting}Stop with Ctrl-C.\n",
         dir = data_dir.display(),
+        starting = if serving {
+            ""
+        } else {
+            "  (some services are still starting: see the log above)\n"
+        },
     );
 }

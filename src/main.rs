@@ -81,6 +81,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Command::Serve) => {
+            if std::env::var_os("RUST_LOG").is_none() {
+                // SAFETY: no other thread runs yet; the runtime is built below.
+                unsafe { std::env::set_var("RUST_LOG", all_in_one::DEFAULT_LOG_FILTER) };
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -52,6 +52,11 @@ export function language() {
   return lang;
 }
 
+/** Whether the dictionaries have `key` (the current one or English). */
+export function has(key) {
+  return dict[key] !== undefined || fallback[key] !== undefined;
+}
+
 /**
  * The string for `key` with `{name}` replaced from `vars`. An entry may be
  * an object of plural forms (`one`, `other`, ...) chosen by `vars.n`.
@@ -68,12 +73,55 @@ export function t(key, vars = {}) {
   );
 }
 
+/**
+ * The locale dates are written in: the browser's own when it is in the
+ * page's language (en-GB gets day-month order, en-US month-day), else the
+ * page's language.
+ */
+export function dateLocale() {
+  const wanted = navigator.languages?.length ? navigator.languages : [navigator.language];
+  for (const tag of wanted) {
+    if (String(tag || '').toLowerCase().split('-')[0] !== lang) continue;
+    try {
+      return Intl.DateTimeFormat.supportedLocalesOf([tag])[0] || lang;
+    } catch {
+      // Not a tag Intl knows; try the next.
+    }
+  }
+  return lang;
+}
+
+let dateFormat = null;
+
 /** A timestamp (RFC 3339 text) as the reader's date and time. */
 export function formatTime(value) {
   if (!value) return '';
   const date = new Date(value);
   if (Number.isNaN(date.getTime())) return '';
-  return new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'short' }).format(date);
+  const locale = dateLocale();
+  if (dateFormat?.locale !== locale) {
+    dateFormat = {
+      locale,
+      format: new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeStyle: 'short' }),
+    };
+  }
+  return dateFormat.format.format(date);
+}
+
+const HANGUL = /[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]/;
+const LATIN = /[A-Za-z\u00c0-\u024f]/;
+
+/**
+ * The `lang` a piece of text (a title, an author) needs when its script is
+ * not the page's: Korean (Hangul) on an English page is "ko"; Latin letters
+ * without Hangul on a Korean page are read as English. Undefined when the
+ * page's language fits.
+ */
+export function textLang(text) {
+  const s = String(text || '');
+  if (HANGUL.test(s)) return lang === 'ko' ? undefined : 'ko';
+  if (lang === 'ko' && LATIN.test(s)) return 'en';
+  return undefined;
 }
 
 /** Fills every element marked with data-i18n (text) or data-i18n-* (attributes). */

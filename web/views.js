@@ -1,7 +1,7 @@
 // Rendering: books and journeys as DOM elements built from data (never from
 // HTML strings, so no title can inject markup).
 
-import { formatTime, t } from './i18n.js';
+import { formatTime, t, textLang } from './i18n.js';
 
 /** An element with attributes (`on*` functions become listeners) and children. */
 export function h(tag, attrs = {}, ...children) {
@@ -28,7 +28,73 @@ export function h(tag, attrs = {}, ...children) {
 }
 
 /** A stable, id-safe form of a server id. */
-const idPart = (id) => String(id).replace(/[^A-Za-z0-9_-]/g, '');
+export const idPart = (id) => String(id).replace(/[^A-Za-z0-9_-]/g, '');
+
+/**
+ * `t(key)` with `{name}` replaced by the node `node` (an author in a span of
+ * its own language), as a list of children.
+ */
+function sentenceWith(key, name, node) {
+  const mark = '\u0000';
+  const [before, after = ''] = t(key, { [name]: mark }).split(mark);
+  return [before, node, after].filter((part) => part !== '');
+}
+
+/** A card's heading: focusable by script, so that focus can land on it after an action. */
+function cardHeading(text, id, key) {
+  return h(
+    'h2',
+    { id, class: 'card-title', tabindex: '-1', lang: textLang(text), dataset: { focusKey: `head-${key}` } },
+    text,
+  );
+}
+
+/**
+ * A notice: a sentence next to what it is about, with its own Dismiss
+ * button and any further action (`actions: [{label, focusKey, onClick}]`).
+ * It is not a live region itself: the page reads outcomes out through its
+ * status and alert regions.
+ */
+export function noticeEl({ text, kind = 'problem', actions = [], onDismiss, key = '' }) {
+  const problem = kind === 'problem';
+  return h(
+    'div',
+    { class: 'notice', dataset: { kind }, tabindex: '-1' },
+    h('span', { class: 'notice-mark', 'aria-hidden': 'true' }, problem ? '!' : '✓'),
+    h(
+      'p',
+      { class: 'notice-text' },
+      problem ? h('span', { class: 'visually-hidden' }, `${t('notice.problem')}: `) : null,
+      h('span', { class: 'notice-sentence' }, text),
+    ),
+    h(
+      'div',
+      { class: 'notice-actions' },
+      actions.map((a) =>
+        h(
+          'button',
+          {
+            class: 'button',
+            type: 'button',
+            dataset: { focusKey: `${a.focusKey}-${key}` },
+            onclick: (e) => a.onClick(e.currentTarget),
+          },
+          a.label,
+        ),
+      ),
+      h(
+        'button',
+        {
+          class: 'button secondary notice-close',
+          type: 'button',
+          dataset: { focusKey: `dismiss-${key}` },
+          onclick: () => onDismiss?.(),
+        },
+        t('notice.close'),
+      ),
+    ),
+  );
+}
 
 const STATUS_CLASS = {
   BOOK_STATUS_AVAILABLE: 'ok',
@@ -54,9 +120,12 @@ export function bookTitle(journey) {
 
 /**
  * A catalogue card. `actions.reserve(book, button)` and
- * `actions.addCopies(book, copies, button)` when the caller may do them.
+ * `actions.addCopies(book, copies, button)` when the caller may do them;
+ * `holding` (`{stage, queuePosition}`) when the reader already waits for,
+ * holds or has the book, which then shows instead of Reserve; `notice` a
+ * notice element for the card.
  */
-export function bookCard(book, actions) {
+export function bookCard(book, actions, { holding = null, notice = null } = {}) {
   const key = idPart(book.bookId);
   const titleId = `book-${key}-title`;
   const status = book.status || 'BOOK_STATUS_UNSPECIFIED';
@@ -74,7 +143,35 @@ export function bookCard(book, actions) {
     ),
   );
   const buttons = h('div', { class: 'actions' });
-  if (actions.reserve) {
+  let yours = null;
+  if (actions.reserve && holding) {
+    const stage = holding.stage.replace('JOURNEY_STAGE_', '');
+    const text =
+      stage === 'WAITING'
+        ? holding.queuePosition
+          ? t('book.yours.WAITING', { n: holding.queuePosition })
+          : t('book.yours.WAITING_NO_PLACE')
+        : t(`book.yours.${stage}`);
+    yours = h(
+      'p',
+      { class: 'yours' },
+      h('span', { class: `badge ${STAGE_CLASS[holding.stage] || 'done'}` }, stageLabel(holding.stage)),
+      ' ',
+      text,
+    );
+    buttons.append(
+      h(
+        'a',
+        {
+          class: 'button secondary',
+          href: '#/mypage',
+          'aria-describedby': titleId,
+          dataset: { focusKey: `mine-${key}` },
+        },
+        t('book.toMyPage'),
+      ),
+    );
+  } else if (actions.reserve) {
     buttons.append(
       h(
         'button',
@@ -127,12 +224,16 @@ export function bookCard(book, actions) {
   }
   return h(
     'li',
-    { class: 'card book', dataset: { bookId: book.bookId } },
-    h('h2', { id: titleId, class: 'card-title' }, book.title),
+    { class: 'card book', dataset: { bookId: book.bookId, cardKey: key } },
+    cardHeading(book.title, titleId, key),
     h(
       'p',
       { class: 'byline' },
-      t('book.by', { author: book.author }),
+      h(
+        'span',
+        { class: 'author' },
+        sentenceWith('book.by', 'author', h('span', { lang: textLang(book.author) }, book.author)),
+      ),
       book.isbn ? h('span', { class: 'isbn' }, t('book.isbn', { isbn: book.isbn })) : null,
     ),
     h(
@@ -142,7 +243,9 @@ export function bookCard(book, actions) {
       h('span', { class: 'free' }, t('book.free', { free: book.freeCopies ?? 0, n: total })),
     ),
     facts,
+    yours,
     buttons,
+    notice,
   );
 }
 
@@ -154,11 +257,20 @@ function timeEl(value) {
   return h('time', { datetime: value }, formatTime(value));
 }
 
+/** Stages after which a journey is history. */
+export const FINISHED = new Set([
+  'JOURNEY_STAGE_RETURNED',
+  'JOURNEY_STAGE_CANCELLED',
+  'JOURNEY_STAGE_EXPIRED',
+]);
+
 /**
- * A My Page card. `actions.rent(journey, button)`, `actions.giveBack(...)`
- * and `actions.cancel(...)` when the viewer may do them.
+ * A My Page card. `actions.rent(journey, button)`, `actions.giveBack(...)`,
+ * `actions.cancel(...)` and `actions.reserveAgain(...)` when the viewer may
+ * do them; `open` when the member has an open journey for the same book
+ * (no "Reserve again" then); `notice` a notice element for the card.
  */
-export function journeyCard(journey, actions) {
+export function journeyCard(journey, actions, { open = false, notice = null } = {}) {
   const key = idPart(journey.reservationId);
   const titleId = `journey-${key}-title`;
   const stage = journey.stage || 'JOURNEY_STAGE_UNSPECIFIED';
@@ -224,16 +336,19 @@ export function journeyCard(journey, actions) {
   if ((stage === 'JOURNEY_STAGE_WAITING' || stage === 'JOURNEY_STAGE_READY') && actions.cancel) {
     buttons.append(button(t('journey.cancel'), 'button secondary', 'cancel', actions.cancel));
   }
+  if (FINISHED.has(stage) && actions.reserveAgain && !open && journey.bookId) {
+    buttons.append(button(t('journey.reserveAgain'), 'button secondary', 'again', actions.reserveAgain));
+  }
   return h(
     'li',
     {
       class: `card journey stage-${STAGE_CLASS[stage] || 'done'}`,
-      dataset: { reservationId: journey.reservationId, stage },
+      dataset: { reservationId: journey.reservationId, stage, cardKey: key },
     },
     h(
       'div',
       { class: 'journey-head' },
-      h('h2', { id: titleId, class: 'card-title' }, bookTitle(journey)),
+      cardHeading(bookTitle(journey), titleId, key),
       h('span', { class: `badge ${STAGE_CLASS[stage] || 'done'}` }, stageLabel(stage)),
     ),
     overdue,
@@ -248,16 +363,22 @@ export function journeyCard(journey, actions) {
         )
       : null,
     buttons.childElementCount ? buttons : null,
+    notice,
   );
 }
 
 /**
  * Replaces `container`'s children, keeping the focus on the "same" control
  * and what was typed into the same inputs (a live update must not lose them).
+ * When that control is gone (its button was pressed and the card moved on),
+ * the focus goes to the same card's heading, else to `fallback`: never to
+ * the page's body.
  */
-export function replaceKeepingFocus(container, children) {
+export function replaceKeepingFocus(container, children, fallback = null) {
   const active = document.activeElement;
-  const focusKey = active && container.contains(active) ? active.dataset.focusKey : undefined;
+  const inside = Boolean(active && active !== container && container.contains(active));
+  const focusKey = inside ? active.dataset.focusKey : undefined;
+  const cardKey = inside ? active.closest('[data-card-key]')?.dataset.cardKey : undefined;
   const typed = new Map();
   for (const input of container.querySelectorAll('input[data-focus-key]')) {
     typed.set(input.dataset.focusKey, input.value);
@@ -266,8 +387,17 @@ export function replaceKeepingFocus(container, children) {
   for (const input of container.querySelectorAll('input[data-focus-key]')) {
     if (typed.has(input.dataset.focusKey)) input.value = typed.get(input.dataset.focusKey);
   }
-  if (focusKey) {
-    const again = container.querySelector(`[data-focus-key="${CSS.escape(focusKey)}"]`);
-    if (again) again.focus({ preventScroll: true });
+  if (!inside) return;
+  const again = focusKey && container.querySelector(`[data-focus-key="${CSS.escape(focusKey)}"]`);
+  if (again) {
+    again.focus({ preventScroll: true });
+    return;
+  }
+  const card = cardKey && container.querySelector(`[data-card-key="${CSS.escape(cardKey)}"] .card-title`);
+  if (card) {
+    card.focus({ preventScroll: true });
+  } else if (fallback) {
+    if (!fallback.hasAttribute('tabindex')) fallback.setAttribute('tabindex', '-1');
+    fallback.focus({ preventScroll: true });
   }
 }
