@@ -1119,11 +1119,12 @@ async fn applied_once(
     for (service, db) in services {
         rows_of.insert(service, inbox::Entity::find().all(db.conn()).await?);
     }
-    let consumers: [(&str, &str, &str); 5] = [
+    let consumers: [(&str, &str, &str); 6] = [
         ("book-svc", "book-svc", "reservation.>"),
         ("reserve-svc-books", "reserve-svc", "book.>"),
         ("reserve-svc-returns", "reserve-svc", "rental.returned"),
         ("rental-svc", "rental-svc", "reservation.return_recorded"),
+        ("rental-svc-losses", "rental-svc", "reservation.item_lost"),
         (args.view_consumer.as_str(), "view-svc", ""),
     ];
     for (durable, service, filter) in &consumers {

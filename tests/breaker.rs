@@ -188,6 +188,34 @@ impl ReservationService for Desk {
     ) -> Result<Response<rentalbook_proto::reserve::v1::Item>, Status> {
         Err(Status::unimplemented("not part of this stand-in"))
     }
+
+    async fn get_item(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::GetItemRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::Item>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
+
+    async fn check_out_item(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::CheckOutItemRequest>,
+    ) -> Result<Response<FulfillReservationResponse>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
+
+    async fn may_renew(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::MayRenewRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::MayRenewResponse>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
+
+    async fn check_in_item(
+        &self,
+        _: Request<rentalbook_proto::reserve::v1::CheckInItemRequest>,
+    ) -> Result<Response<rentalbook_proto::reserve::v1::CheckInItemResponse>, Status> {
+        Err(Status::unimplemented("not part of this stand-in"))
+    }
 }
 
 /// rental-svc in this process on a free port and a database of its own,

@@ -561,6 +561,7 @@ fn waiting(reservation_id: &str, book_id: &str, member_id: &str, book_seq: i64) 
         queue_position: 1,
         pickup_deadline: None,
         barcode: String::new(),
+        rental_id: String::new(),
         availability: Some(Availability {
             book_seq,
             total: 1,
@@ -784,6 +785,7 @@ impl Loan {
                 queue_position: 0,
                 pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
                 barcode: String::new(),
+                rental_id: String::new(),
                 availability: Some(Availability {
                     book_seq: 2,
                     total: 1,

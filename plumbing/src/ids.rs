@@ -96,6 +96,23 @@ pub fn request_id(value: &str) -> Result<Option<String>, Status> {
     Ok(Some(value.to_owned()))
 }
 
+/// A scanned barcode: 1 to 32 printable ASCII characters; the spaces a
+/// scanner may add around it are dropped.
+pub fn barcode(value: &str) -> Result<String, Status> {
+    let b = value.trim();
+    if b.is_empty() {
+        return Err(Refusal::invalid_field("barcode", "barcode is required").into());
+    }
+    if b.len() > 32 || !b.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Refusal::invalid_field(
+            "barcode",
+            "barcode must be 1 to 32 printable ASCII characters without spaces",
+        )
+        .into());
+    }
+    Ok(b.to_owned())
+}
+
 /// A list request's page token: empty for the first page, else the last id
 /// of the previous page.
 pub fn page_token(value: &str) -> Result<Option<Id>, Status> {

@@ -79,6 +79,8 @@ pub mod events {
                     Body::ItemFound(_) => "reservation.item_found",
                     Body::BookRented(_) => "rental.rented",
                     Body::BookReturned(_) => "rental.returned",
+                    Body::LoanRenewed(_) => "rental.renewed",
+                    Body::RentalLost(_) => "rental.lost",
                 }
             }
         }

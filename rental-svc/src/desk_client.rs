@@ -15,7 +15,8 @@ use rentalbook_plumbing::error::{is_infrastructure, unavailable_retry_after};
 use rentalbook_plumbing::ids::{Id, MemberId};
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
 use rentalbook_proto::reserve::v1::{
-    FulfillReservationRequest, RecordReturnRequest, RecordReturnResponse, Reservation,
+    CheckInItemRequest, CheckInItemResponse, CheckOutItemRequest, FulfillReservationRequest,
+    GetItemRequest, Item, MayRenewRequest, RecordReturnRequest, RecordReturnResponse, Reservation,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -220,6 +221,83 @@ impl DeskClient {
             res.reservation.ok_or_else(|| {
                 Status::internal("FulfillReservation answered without a reservation")
             })
+        })
+        .await
+    }
+
+    /// R10: the desk lends the scanned item with this rental.
+    pub async fn check_out_item(
+        &self,
+        admitted: Admitted,
+        member: &MemberId,
+        barcode: &str,
+        rental_id: Id,
+        deadline: Option<Instant>,
+    ) -> Result<Reservation, CallError> {
+        let msg = CheckOutItemRequest {
+            member_id: member.to_string(),
+            barcode: barcode.to_owned(),
+            rental_id: rental_id.to_string(),
+        };
+        self.call(admitted, deadline, |mut client, timeout| async move {
+            let req = self.request(msg, timeout)?;
+            let res = client.check_out_item(req).await?.into_inner();
+            res.reservation
+                .ok_or_else(|| Status::internal("CheckOutItem answered without a reservation"))
+        })
+        .await
+    }
+
+    /// The item with a barcode (which book it is a copy of).
+    pub async fn get_item(
+        &self,
+        barcode: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Item, CallError> {
+        let admitted = self.admit().map_err(CallError::Unavailable)?;
+        let msg = GetItemRequest {
+            barcode: barcode.to_owned(),
+        };
+        self.call(admitted, deadline, |mut client, timeout| async move {
+            let req = self.request(msg, timeout)?;
+            Ok(client.get_item(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// R12: may a loan of this book be renewed?
+    pub async fn may_renew(
+        &self,
+        rental_id: Id,
+        book_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        let admitted = self.admit().map_err(CallError::Unavailable)?;
+        let msg = MayRenewRequest {
+            rental_id: rental_id.to_string(),
+            book_id: book_id.to_owned(),
+        };
+        self.call(admitted, deadline, |mut client, timeout| async move {
+            let req = self.request(msg, timeout)?;
+            client.may_renew(req).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// R11 for a copy with no ACTIVE rental here.
+    pub async fn check_in_item(
+        &self,
+        barcode: &str,
+        deadline: Option<Instant>,
+    ) -> Result<CheckInItemResponse, CallError> {
+        let admitted = self.admit().map_err(CallError::Unavailable)?;
+        let msg = CheckInItemRequest {
+            barcode: barcode.to_owned(),
+        };
+        self.call(admitted, deadline, |mut client, timeout| async move {
+            let req = self.request(msg, timeout)?;
+            Ok(client.check_in_item(req).await?.into_inner())
         })
         .await
     }

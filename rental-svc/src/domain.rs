@@ -6,6 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 pub struct Policy {
     pub loan_period: Duration,
     pub max_active_rentals: u32,
+    /// R12: renewals a loan may have.
+    pub max_renewals: u32,
 }
 
 /// Rental states as stored.
@@ -16,6 +18,8 @@ pub mod status {
     pub const RETURNED: &str = "RETURNED";
     /// reserve-svc refused: there was no READY reservation.
     pub const REJECTED: &str = "REJECTED";
+    /// The copy was marked lost while on loan (R13).
+    pub const LOST: &str = "LOST";
 }
 
 /// Return confirmation states as stored.
@@ -30,6 +34,35 @@ pub enum Refusal {
     TooManyActive(u32),
     #[error("this rental is not active, so there is nothing to return")]
     NotActive,
+    #[error("this loan is not active, so it cannot be renewed")]
+    NotRenewable,
+    #[error("this loan was renewed {0} times already, the most a loan may be; please return it")]
+    RenewalsUsedUp(u32),
+}
+
+/// R12: the due date after a renewal now (now + the loan period, never
+/// earlier than before), if an ACTIVE loan renewed `renewals` times may be
+/// renewed once more.
+pub fn renewed(
+    status: &str,
+    renewals: u32,
+    due_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<DateTime<Utc>, Refusal> {
+    if status != status::ACTIVE {
+        return Err(Refusal::NotRenewable);
+    }
+    if renewals >= policy.max_renewals {
+        return Err(Refusal::RenewalsUsedUp(policy.max_renewals));
+    }
+    let due = now + policy.loan_period;
+    Ok(due_at.map_or(due, |d| d.max(due)))
+}
+
+/// Renewals left to a loan renewed `renewals` times.
+pub fn renewals_left(renewals: u32, policy: &Policy) -> u32 {
+    policy.max_renewals.saturating_sub(renewals)
 }
 
 /// R6: may a member with `open` loans (active or being opened) open another?
@@ -68,7 +101,39 @@ mod tests {
     const POLICY: Policy = Policy {
         loan_period: Duration::days(14),
         max_active_rentals: 2,
+        max_renewals: 2,
     };
+
+    #[test]
+    fn a_renewal_moves_the_due_date_later_and_is_counted() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let overdue = now - Duration::days(3);
+        assert_eq!(
+            renewed(status::ACTIVE, 0, Some(overdue), now, &POLICY),
+            Ok(now + Duration::days(14)),
+            "an overdue loan is renewed from now"
+        );
+        let far = now + Duration::days(30);
+        assert_eq!(
+            renewed(status::ACTIVE, 1, Some(far), now, &POLICY),
+            Ok(far),
+            "never earlier than before"
+        );
+        assert_eq!(
+            renewed(status::ACTIVE, 2, Some(now), now, &POLICY),
+            Err(Refusal::RenewalsUsedUp(2))
+        );
+        for s in [status::RETURNED, status::PENDING, status::LOST] {
+            assert_eq!(
+                renewed(s, 0, None, now, &POLICY),
+                Err(Refusal::NotRenewable)
+            );
+        }
+        assert_eq!(
+            (renewals_left(0, &POLICY), renewals_left(3, &POLICY)),
+            (2, 0)
+        );
+    }
 
     #[test]
     fn members_have_at_most_the_configured_loans() {

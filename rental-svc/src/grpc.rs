@@ -1,12 +1,14 @@
 //! RentalService over gRPC: parse, check the caller, hand to the saga.
 
 use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::error::Refusal;
 use rentalbook_plumbing::idempotency::IdempotencyKey;
-use rentalbook_plumbing::ids::{self, Id};
+use rentalbook_plumbing::ids::{self, Id, MemberId};
 use rentalbook_plumbing::time::grpc_timeout;
 use rentalbook_proto::rental::v1::{
-    GetRentalRequest, ListRentalsRequest, ListRentalsResponse, RentRequest, Rental,
-    ReturnRentalRequest, rental_service_server::RentalService,
+    CheckInRequest, CheckInResponse, CheckOutRequest, GetRentalRequest, ListRentalsRequest,
+    ListRentalsResponse, RenewRentalRequest, RentRequest, Rental, ReturnRentalRequest,
+    rental_service_server::RentalService,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -91,5 +93,70 @@ impl RentalService for Rentals {
             rentals,
             next_page_token,
         }))
+    }
+
+    async fn renew_rental(
+        &self,
+        request: Request<RenewRentalRequest>,
+    ) -> Result<Response<Rental>, Status> {
+        let caller = Caller::of(&request)?;
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let rental_id = Id::parse_field("rental_id", &req.rental_id)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "RenewRental",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.lending
+                .renew(&caller, rental_id, key, deadline)
+                .await?,
+        ))
+    }
+
+    async fn check_out(
+        &self,
+        request: Request<CheckOutRequest>,
+    ) -> Result<Response<Rental>, Status> {
+        let caller = Caller::of(&request)?;
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let member = MemberId::parse(req.member_id.trim())
+            .map_err(|e| Refusal::invalid_field("member_id", format!("member_id: {e}")))?;
+        let barcode = ids::barcode(&req.barcode)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "CheckOut",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.lending
+                .check_out(&caller, &member, &barcode, key, deadline)
+                .await?,
+        ))
+    }
+
+    async fn check_in(
+        &self,
+        request: Request<CheckInRequest>,
+    ) -> Result<Response<CheckInResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let barcode = ids::barcode(&req.barcode)?;
+        let key = IdempotencyKey::new(
+            caller.member.as_str(),
+            "CheckIn",
+            ids::request_id(&req.request_id)?,
+            &req,
+        );
+        Ok(Response::new(
+            self.lending
+                .check_in(&caller, &barcode, key, deadline)
+                .await?,
+        ))
     }
 }

@@ -26,6 +26,7 @@ use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::events::v1::{BookRented, BookReturned, envelope::Body};
 use rentalbook_proto::rental::v1::{Rental, RentalStatus, ReturnConfirmation};
+use rentalbook_proto::reserve::v1::RecordReturnResponse;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
@@ -36,6 +37,8 @@ use tokio::time::Instant;
 use crate::desk_client::{Admitted, CallError, DeskClient};
 use crate::domain::{self, Policy, Refusal, confirmation, status};
 use crate::store::rentals;
+
+mod desk;
 
 pub const PRODUCER: &str = "rental-svc";
 
@@ -52,6 +55,7 @@ pub fn to_proto(r: rentals::Model, now: Timestamp) -> Rental {
         status::ACTIVE => RentalStatus::Active,
         status::RETURNED => RentalStatus::Returned,
         status::REJECTED => RentalStatus::Rejected,
+        status::LOST => RentalStatus::Lost,
         _ => RentalStatus::Unspecified,
     };
     let return_confirmation = match r.return_confirmation.as_deref() {
@@ -71,6 +75,8 @@ pub fn to_proto(r: rentals::Model, now: Timestamp) -> Rental {
         returned_at: time::opt_to_proto(r.returned_at),
         return_confirmation: return_confirmation as i32,
         barcode: r.barcode.unwrap_or_default(),
+        renewals: r.renewals,
+        renewals_left: 0,
     }
 }
 
@@ -81,7 +87,12 @@ fn refusal(r: Refusal) -> error::Refusal {
             error::Refusal::failed_precondition(Reason::TooManyRentals, message)
                 .with("limit", limit)
         }
-        Refusal::NotActive => error::Refusal::failed_precondition(Reason::RentalNotActive, message),
+        Refusal::NotActive | Refusal::NotRenewable => {
+            error::Refusal::failed_precondition(Reason::RentalNotActive, message)
+        }
+        Refusal::RenewalsUsedUp(max) => {
+            error::Refusal::failed_precondition(Reason::RenewalsUsedUp, message).with("max", max)
+        }
     }
 }
 
@@ -112,6 +123,17 @@ enum Opened {
 }
 
 impl Lending {
+    /// A rental as answered, with the renewals it has left (R12).
+    fn rental(&self, r: rentals::Model, now: Timestamp) -> Rental {
+        let mut rental = to_proto(r, now);
+        if rental.status() == RentalStatus::Active {
+            rental.renewals_left =
+                domain::renewals_left(u32::try_from(rental.renewals).unwrap_or(0), &self.policy)
+                    as i32;
+        }
+        rental
+    }
+
     /// R6: the caller takes home the book they have a READY reservation for.
     pub async fn rent(
         &self,
@@ -121,7 +143,7 @@ impl Lending {
         deadline: Option<Instant>,
     ) -> ServiceResult<Rental> {
         match self
-            .open(&caller.member, &book_id.to_string(), key.as_ref())
+            .open(&caller.member, &book_id.to_string(), None, key.as_ref())
             .await?
         {
             Opened::Answer(rental) => Ok(rental),
@@ -133,11 +155,14 @@ impl Lending {
     /// The request id is recalled and remembered in the same transaction, so
     /// it is taken exactly when a rental is, and a different request with it
     /// is refused before anything changes. The breaker is asked before the
-    /// commit: while it is open nothing is written.
+    /// commit: while it is open nothing is written. A loan made at the desk
+    /// (`barcode`) records the scanned item from the start, and a member
+    /// may not take a second copy of a book they have.
     async fn open(
         &self,
         member: &MemberId,
         book_id: &str,
+        barcode: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<Opened> {
         let tx = self.db.begin().await?;
@@ -159,7 +184,17 @@ impl Lending {
         if let Some(r) = &existing
             && r.status == status::ACTIVE
         {
-            let answer = to_proto(r.clone(), now);
+            if let Some(scanned) = barcode
+                && r.barcode.as_deref() != Some(scanned)
+            {
+                return Err(error::Refusal::failed_precondition(
+                    Reason::AlreadyOnLoan,
+                    "this member has this book on loan already",
+                )
+                .with("bookId", book_id)
+                .into());
+            }
+            let answer = self.rental(r.clone(), now);
             if let Some(key) = key {
                 key.remember(&tx, &answer).await?;
                 tx.commit().await?;
@@ -183,7 +218,8 @@ impl Lending {
                     due_at: Set(None),
                     returned_at: Set(None),
                     return_confirmation: Set(None),
-                    barcode: Set(None),
+                    barcode: Set(barcode.map(str::to_owned)),
+                    renewals: Set(0),
                     created_at: Set(now),
                     updated_at: Set(now),
                 }
@@ -192,7 +228,7 @@ impl Lending {
             }
         };
         if let Some(key) = key {
-            key.remember(&tx, &to_proto(row.clone(), now)).await?;
+            key.remember(&tx, &self.rental(row.clone(), now)).await?;
         }
         tx.commit().await?;
         Ok(Opened::Pending(row, admitted))
@@ -213,7 +249,7 @@ impl Lending {
             )
             .with("bookId", &r.book_id)
             .into()),
-            _ => Ok(Opened::Answer(to_proto(r, time::now()))),
+            _ => Ok(Opened::Answer(self.rental(r, time::now()))),
         }
     }
 
@@ -231,11 +267,20 @@ impl Lending {
         let rental_id = Id::parse(&pending.rental_id).ok_or_else(|| {
             anyhow::anyhow!("stored rental id {} is malformed", pending.rental_id)
         })?;
-        match self
-            .desk
-            .fulfill(admitted, &member, &pending.book_id, rental_id, deadline)
-            .await
-        {
+        let answer = match &pending.barcode {
+            // A loan made at the desk: R10 for the scanned item.
+            Some(barcode) => {
+                self.desk
+                    .check_out_item(admitted, &member, barcode, rental_id, deadline)
+                    .await
+            }
+            None => {
+                self.desk
+                    .fulfill(admitted, &member, &pending.book_id, rental_id, deadline)
+                    .await
+            }
+        };
+        match answer {
             Ok(reservation) => {
                 let rental = self
                     .activate(
@@ -245,10 +290,10 @@ impl Lending {
                         &reservation.barcode,
                     )
                     .await?;
-                Ok(to_proto(rental, time::now()))
+                Ok(self.rental(rental, time::now()))
             }
             Err(CallError::Refused(refusal)) => match self.reject(&pending.rental_id).await? {
-                Some(won) => Ok(to_proto(won, time::now())),
+                Some(won) => Ok(self.rental(won, time::now())),
                 None => Err(refusal.into()),
             },
             Err(CallError::Unavailable(_)) => Err(self.desk.busy().into()),
@@ -391,33 +436,45 @@ impl Lending {
             }
         }
         if !domain::may_return(&r.status).map_err(refusal)? {
-            return Ok(to_proto(r, time::now()));
+            return Ok(self.rental(r, time::now()));
         }
-        let confirmed = match self
-            .desk
-            .record_return(rental_id, &r.book_id, &r.member_id, deadline)
-            .await
-        {
-            Ok(_) => true,
-            Err(CallError::Unavailable(_)) => false,
-            Err(CallError::Refused(s)) => {
-                // The desk knows no such loan: record the return anyway; the
-                // event tells the desk and the consistency check shows it.
-                tracing::error!(rental_id = %rental_id, code = ?s.code(), message = s.message(), "the lending desk refused a return");
-                false
-            }
-        };
+        let confirmed = self.tell_the_desk(&r, deadline).await.is_some();
         let mut tx = self.db.begin().await?;
         let r = self
             .mark_returned(&mut tx, &rental_id.to_string(), returned_at, confirmed)
             .await?
             .ok_or_else(|| no_rental(rental_id))?;
-        let answer = to_proto(r, time::now());
+        let answer = self.rental(r, time::now());
         if let Some(key) = &key {
             key.remember(&tx, &answer).await?;
         }
         tx.commit().await?;
         Ok(answer)
+    }
+
+    /// R8's first step: the desk records the return (and says who the copy
+    /// is held for now). None when it cannot be told now: the BookReturned
+    /// event will tell it.
+    async fn tell_the_desk(
+        &self,
+        r: &rentals::Model,
+        deadline: Option<Instant>,
+    ) -> Option<RecordReturnResponse> {
+        let rental_id = Id::parse(&r.rental_id)?;
+        match self
+            .desk
+            .record_return(rental_id, &r.book_id, &r.member_id, deadline)
+            .await
+        {
+            Ok(answer) => Some(answer),
+            Err(CallError::Unavailable(_)) => None,
+            Err(CallError::Refused(s)) => {
+                // The desk knows no such loan: record the return anyway; the
+                // event tells the desk and the consistency check shows it.
+                tracing::error!(rental_id = %rental_id, code = ?s.code(), message = s.message(), "the lending desk refused a return");
+                None
+            }
+        }
     }
 
     /// Marks a rental RETURNED (with its BookReturned event) if it is ACTIVE,
@@ -497,10 +554,7 @@ impl Lending {
     }
 
     pub async fn get(&self, caller: &Caller, rental_id: Id) -> ServiceResult<Rental> {
-        Ok(to_proto(
-            self.find_visible(caller, rental_id).await?,
-            time::now(),
-        ))
+        Ok(self.rental(self.find_visible(caller, rental_id).await?, time::now()))
     }
 
     pub async fn list(
@@ -533,6 +587,9 @@ impl Lending {
             String::new()
         };
         let now = time::now();
-        Ok((rows.into_iter().map(|r| to_proto(r, now)).collect(), next))
+        Ok((
+            rows.into_iter().map(|r| self.rental(r, now)).collect(),
+            next,
+        ))
     }
 }

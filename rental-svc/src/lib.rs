@@ -68,6 +68,10 @@ pub struct Config {
     #[arg(long, env = "MAX_ACTIVE_RENTALS", default_value_t = 5)]
     pub max_active_rentals: u32,
 
+    /// Times a loan may be renewed (R12).
+    #[arg(long, env = "MAX_RENEWALS", default_value_t = 2)]
+    pub max_renewals: u32,
+
     /// Deadline of each call to reserve-svc (the caller's deadline may be shorter).
     #[arg(long, env = "RESERVE_CALL_TIMEOUT", default_value = "2s")]
     pub reserve_call_timeout: PolicyDuration,
@@ -142,6 +146,7 @@ impl App {
             policy: domain::Policy {
                 loan_period: config.loan_period.as_chrono(),
                 max_active_rentals: config.max_active_rentals,
+                max_renewals: config.max_renewals,
             },
         };
         let routes = tonic::service::Routes::new(RentalServiceServer::with_interceptor(
@@ -151,6 +156,17 @@ impl App {
             Authenticator::new(verifier),
         ));
         let relay = Relay::new(db.clone(), bus.clone(), NAME);
+        let losses = Consumer::new(
+            db.clone(),
+            bus.clone(),
+            ConsumerSpec {
+                durable: "rental-svc-losses".into(),
+                filter: "reservation.item_lost".into(),
+                max_deliver: config.common.event_max_deliver,
+                ack_wait: config.common.event_ack_wait.get(),
+            },
+            Arc::new(events::Losses(lending.clone())),
+        );
         let confirmations = Consumer::new(
             db.clone(),
             bus,
@@ -167,6 +183,7 @@ impl App {
         let tasks: Vec<Task> = vec![
             Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(confirmations.run(stop))),
+            Box::new(|stop: CancellationToken| Box::pin(losses.run(stop))),
             Box::new(move |stop: CancellationToken| {
                 Box::pin(async move {
                     loop {

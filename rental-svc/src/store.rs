@@ -26,9 +26,12 @@ pub mod rentals {
         pub returned_at: Option<DateTimeUtc>,
         /// One of [`crate::domain::confirmation`] once returned.
         pub return_confirmation: Option<String>,
-        /// The item lent, as the desk said when it fulfilled.
+        /// The item lent, as the desk said when it fulfilled (set from the
+        /// start for a loan made at the desk).
         #[sea_orm(indexed)]
         pub barcode: Option<String>,
+        /// Times renewed (R12).
+        pub renewals: i32,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -86,6 +89,30 @@ impl MigrationTrait for RentalBarcode {
     }
 }
 
+/// Renewals (R12), for databases made before them.
+struct RentalRenewals;
+
+impl MigrationName for RentalRenewals {
+    fn name(&self) -> &str {
+        "m0004_rental_renewals"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RentalRenewals {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if !manager.has_column("rentals", "renewals").await? {
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "ALTER TABLE rentals ADD COLUMN renewals INTEGER NOT NULL DEFAULT 0",
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -95,6 +122,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateRentals),
             Box::new(OutboxTraceparent),
             Box::new(RentalBarcode),
+            Box::new(RentalRenewals),
         ]
     }
 }

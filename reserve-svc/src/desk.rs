@@ -12,12 +12,12 @@ use rentalbook_plumbing::ids::{Id, MemberId};
 use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::events::v1::{
-    self as events, Availability, ItemLost, ItemWithdrawn, ReservationCancelled,
+    self as events, Availability, ItemFound, ItemLost, ItemWithdrawn, ReservationCancelled,
     ReservationExpired, ReservationFulfilled, ReservationPlaced, ReservationReady,
     ReservationRequeued, ReservationRetrapped, ReturnRecorded, envelope::Body,
 };
 use rentalbook_proto::reserve::v1::{
-    Item, ItemState, RecordReturnResponse, Reservation, ReservationStatus,
+    CheckInItemResponse, Item, ItemState, RecordReturnResponse, Reservation, ReservationStatus,
 };
 use sea_orm::sea_query::{Expr, Func, IntoCondition};
 use sea_orm::{
@@ -26,6 +26,8 @@ use sea_orm::{
 };
 
 use crate::domain::{self, MemberStanding, Placement, Policy, Refusal, Stock};
+
+mod circulation;
 use crate::items;
 use crate::store::{book_stock, item_state, items as stored_items, reservations, status};
 
@@ -344,6 +346,7 @@ impl Desk {
                 pickup_deadline: time::opt_to_proto(deadline),
                 availability: Some(availability),
                 barcode: barcode.unwrap_or_default(),
+                rental_id: String::new(),
             }),
         )
         .await?;
@@ -649,10 +652,24 @@ impl Desk {
             .await?
             .ok_or_else(|| no_reservation(&found.reservation_id))?;
         if let Some(at) = r.returned_at {
+            let item = match &r.barcode {
+                Some(b) => items::by_barcode(&**tx, b).await?,
+                None => None,
+            };
+            let holder = match &item {
+                Some(i) => circulation::held_by(&**tx, &i.item_id).await?,
+                None => None,
+            };
             return Ok(RecordReturnResponse {
                 reservation_id: r.reservation_id,
                 recorded_at: Some(time::to_proto(at)),
                 already_recorded: true,
+                barcode: r.barcode.unwrap_or_default(),
+                held_for_member_id: holder
+                    .as_ref()
+                    .map(|h| h.member_id.clone())
+                    .unwrap_or_default(),
+                held_for_reservation_id: holder.map(|h| h.reservation_id).unwrap_or_default(),
             });
         }
         let now = time::now();
@@ -678,10 +695,20 @@ impl Desk {
         )
         .await?;
         self.promote(tx, &mut book, now, back.as_deref()).await?;
+        let holder = match &back {
+            Some(item_id) => circulation::held_by(&**tx, item_id).await?,
+            None => None,
+        };
         Ok(RecordReturnResponse {
             reservation_id: r.reservation_id,
             recorded_at: Some(time::to_proto(now)),
             already_recorded: false,
+            barcode: r.barcode.unwrap_or_default(),
+            held_for_member_id: holder
+                .as_ref()
+                .map(|h| h.member_id.clone())
+                .unwrap_or_default(),
+            held_for_reservation_id: holder.map(|h| h.reservation_id).unwrap_or_default(),
         })
     }
 
@@ -920,13 +947,7 @@ impl Desk {
         {
             return Ok(done);
         }
-        let unknown = || {
-            error::Refusal::not_found(
-                Reason::ItemNotFound,
-                format!("no copy has the barcode {barcode}"),
-            )
-            .with("barcode", barcode)
-        };
+        let unknown = || circulation::unknown_item(barcode);
         let found = items::by_barcode(&*tx, barcode)
             .await?
             .ok_or_else(unknown)?;

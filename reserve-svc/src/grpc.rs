@@ -1,14 +1,16 @@
 //! ReservationService over gRPC: parse, check the caller, hand to the desk.
 
-use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::auth::{Caller, Role};
 use rentalbook_plumbing::error::Refusal;
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id, MemberId};
 use rentalbook_proto::reserve::v1::{
-    CancelReservationRequest, FulfillReservationRequest, FulfillReservationResponse,
-    GetReservationRequest, Item, ItemRequest, ListItemsRequest, ListItemsResponse,
-    ListReservationsRequest, ListReservationsResponse, RecordReturnRequest, RecordReturnResponse,
-    Reservation, ReserveRequest, reservation_service_server::ReservationService,
+    CancelReservationRequest, CheckInItemRequest, CheckInItemResponse, CheckOutItemRequest,
+    FulfillReservationRequest, FulfillReservationResponse, GetItemRequest, GetReservationRequest,
+    Item, ItemRequest, ListItemsRequest, ListItemsResponse, ListReservationsRequest,
+    ListReservationsResponse, MayRenewRequest, MayRenewResponse, RecordReturnRequest,
+    RecordReturnResponse, Reservation, ReserveRequest,
+    reservation_service_server::ReservationService,
 };
 use tonic::{Request, Response, Status};
 
@@ -126,6 +128,52 @@ impl ReservationService for Reservations {
         }))
     }
 
+    async fn get_item(&self, request: Request<GetItemRequest>) -> Result<Response<Item>, Status> {
+        let caller = Caller::of(&request)?;
+        if caller.role != Role::Service {
+            caller.require_librarian("look up copies")?;
+        }
+        let barcode = ids::barcode(&request.get_ref().barcode)?;
+        Ok(Response::new(self.desk.get_item(&barcode).await?))
+    }
+
+    async fn check_out_item(
+        &self,
+        request: Request<CheckOutItemRequest>,
+    ) -> Result<Response<FulfillReservationResponse>, Status> {
+        Caller::of(&request)?.require_service()?;
+        let req = request.into_inner();
+        let member = member_field(&req.member_id)?;
+        let barcode = ids::barcode(&req.barcode)?;
+        let rental_id = Id::parse_field("rental_id", &req.rental_id)?;
+        let reservation = self
+            .desk
+            .check_out_item(&member, &barcode, rental_id)
+            .await?;
+        Ok(Response::new(FulfillReservationResponse {
+            reservation: Some(reservation),
+        }))
+    }
+
+    async fn may_renew(
+        &self,
+        request: Request<MayRenewRequest>,
+    ) -> Result<Response<MayRenewResponse>, Status> {
+        Caller::of(&request)?.require_service()?;
+        let book_id = Id::parse_field("book_id", &request.get_ref().book_id)?;
+        self.desk.may_renew(&book_id.to_string()).await?;
+        Ok(Response::new(MayRenewResponse {}))
+    }
+
+    async fn check_in_item(
+        &self,
+        request: Request<CheckInItemRequest>,
+    ) -> Result<Response<CheckInItemResponse>, Status> {
+        Caller::of(&request)?.require_service()?;
+        let barcode = ids::barcode(&request.get_ref().barcode)?;
+        Ok(Response::new(self.desk.check_in_item(&barcode).await?))
+    }
+
     async fn withdraw_item(&self, request: Request<ItemRequest>) -> Result<Response<Item>, Status> {
         self.out_of_service(request, item_state::WITHDRAWN, "WithdrawItem")
             .await
@@ -149,7 +197,7 @@ impl Reservations {
     ) -> Result<Response<Item>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let barcode = barcode_field(&req.barcode)?;
+        let barcode = ids::barcode(&req.barcode)?;
         let key = IdempotencyKey::new(
             caller.member.as_str(),
             method,
@@ -161,22 +209,5 @@ impl Reservations {
                 .take_out_of_service(&caller, &barcode, target, key)
                 .await?,
         ))
-    }
-}
-
-/// A scanned barcode: 1 to 32 printable ASCII characters, surrounding
-/// spaces (a scanner's) dropped.
-fn barcode_field(value: &str) -> Result<String, Status> {
-    let b = value.trim();
-    if (1..=32).contains(&b.len()) && b.chars().all(|c| c.is_ascii_graphic()) {
-        Ok(b.to_owned())
-    } else if b.is_empty() {
-        Err(Refusal::invalid_field("barcode", "barcode is required").into())
-    } else {
-        Err(Refusal::invalid_field(
-            "barcode",
-            "barcode must be 1 to 32 printable ASCII characters without spaces",
-        )
-        .into())
     }
 }

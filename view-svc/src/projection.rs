@@ -170,6 +170,7 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
         | Body::ItemFound(_) => return None,
         // Not on My Page yet: the trapped barcode, a hold sent back to the
         // queue and a loan ended by a lost copy.
+        Body::LoanRenewed(_) | Body::RentalLost(_) => return None,
         Body::ReservationRetrapped(_) | Body::ReservationRequeued(_) | Body::ItemLost(_) => {
             return None;
         }
@@ -454,6 +455,7 @@ mod tests {
                     pickup_deadline: None,
                     availability: availability(2),
                     barcode: String::new(),
+                    rental_id: String::new(),
                 }),
             ),
             event(
