@@ -434,6 +434,8 @@ fn loans(truth: &Truth, args: &CheckArgs, found: &mut Findings) {
                 }
             }
             Some(l) if l.status == rental_status::PENDING && young(l) => {}
+            // R13: a copy lost on loan ends the loan on both sides.
+            Some(l) if l.status == rental_status::LOST && r.returned_at.is_some() => {}
             Some(l) => found.push(
                 Invariant::Loans,
                 format!(
@@ -454,7 +456,9 @@ fn loans(truth: &Truth, args: &CheckArgs, found: &mut Findings) {
         let fulfilled = hold_of_rental
             .get(l.rental_id.as_str())
             .is_some_and(|r| r.status == status::FULFILLED);
-        let settled = l.status == rental_status::ACTIVE || l.status == rental_status::RETURNED;
+        let settled = l.status == rental_status::ACTIVE
+            || l.status == rental_status::RETURNED
+            || l.status == rental_status::LOST;
         if settled && !fulfilled {
             found.push(
                 Invariant::Loans,
@@ -899,6 +903,44 @@ fn acknowledged(truth: &Truth, calls: &[Call], found: &mut Findings) {
                     {
                         Some(format!("is {}", l.status))
                     }
+                    Some(_) => None,
+                }
+            }
+            "CheckOut" => {
+                acked += 1;
+                match loan_of.get(c.result_id.as_str()) {
+                    None => Some("is not there".to_owned()),
+                    Some(l) if l.member_id != c.member || l.book_id != c.book_id => {
+                        Some(format!("belongs to {} for book {}", l.member_id, l.book_id))
+                    }
+                    Some(l) if l.barcode.as_deref() != Some(c.target_id.as_str()) => {
+                        Some(format!("lent item {:?}, not {}", l.barcode, c.target_id))
+                    }
+                    Some(l)
+                        if l.status != rental_status::ACTIVE
+                            && l.status != rental_status::RETURNED =>
+                    {
+                        Some(format!("is {}", l.status))
+                    }
+                    Some(_) => None,
+                }
+            }
+            // A copy not on loan changes nothing; one that was is returned.
+            "CheckIn" if !c.result_id.is_empty() => {
+                acked += 1;
+                match loan_of.get(c.result_id.as_str()) {
+                    None => Some("is not there".to_owned()),
+                    Some(l) if l.status != rental_status::RETURNED => {
+                        Some(format!("is {}", l.status))
+                    }
+                    Some(_) => None,
+                }
+            }
+            "RenewRental" => {
+                acked += 1;
+                match loan_of.get(c.target_id.as_str()) {
+                    None => Some("is not there".to_owned()),
+                    Some(l) if l.renewals < 1 => Some("was never renewed".to_owned()),
                     Some(_) => None,
                 }
             }

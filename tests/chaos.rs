@@ -57,6 +57,16 @@ fn assert_clean(report: &ChaosReport, kinds: &[Kind]) {
         "the workload went on between the faults:\n{}",
         report.to_text()
     );
+    // The circulation desk was part of it: check-outs, check-ins and
+    // renewals went through while the faults came and went.
+    for op in ["CheckOut", "CheckIn", "RenewRental"] {
+        let done = report
+            .calls
+            .get(&(op.to_owned(), "OK".to_owned()))
+            .copied()
+            .unwrap_or(0);
+        assert!(done > 0, "no {op} was acknowledged:\n{}", report.to_text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

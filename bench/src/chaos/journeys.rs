@@ -1,6 +1,9 @@
 //! The campaign's workload: seeded members going through whole journeys
 //! (reserve, wait for READY, rent, return, or cancel on the way) while the
-//! faults come and go. Every call and its outcome goes into the history.
+//! faults come and go. A third of the pick-ups and returns happen at the
+//! circulation desk instead (a librarian checks the held copy out and in),
+//! some loans are renewed, and some members walk in and borrow a free copy
+//! at the desk without a reservation. Every call and its outcome goes into the history.
 //! A call that fails in a way that leaves its effect unknown is retried a
 //! few times with the same client request id; when it stays unknown the
 //! member looks at its open reservations and loans and settles them before
@@ -15,12 +18,13 @@ use std::time::{Duration, Instant};
 use rentalbook_plumbing::auth::Role;
 use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
 use rentalbook_proto::rental::v1::{
-    ListRentalsRequest, RentRequest, Rental, RentalStatus, ReturnConfirmation, ReturnRentalRequest,
+    CheckInAction, CheckInRequest, CheckInResponse, CheckOutRequest, ListRentalsRequest,
+    RenewRentalRequest, RentRequest, Rental, RentalStatus, ReturnConfirmation, ReturnRentalRequest,
 };
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
 use rentalbook_proto::reserve::v1::{
-    CancelReservationRequest, GetReservationRequest, ListReservationsRequest, Reservation,
-    ReservationStatus, ReserveRequest,
+    CancelReservationRequest, GetReservationRequest, ItemState, ListItemsRequest,
+    ListReservationsRequest, Reservation, ReservationStatus, ReserveRequest,
 };
 use tonic::transport::Channel;
 
@@ -62,6 +66,8 @@ fn status_name<E: TryFrom<i32> + std::fmt::Debug>(n: i32) -> String {
 struct Member {
     id: String,
     token: String,
+    /// The librarian at the desk who serves this member.
+    librarian: String,
     desk: ReservationServiceClient<Channel>,
     loans: RentalServiceClient<Channel>,
     shared: Arc<Members>,
@@ -240,7 +246,159 @@ impl Member {
         .0
     }
 
+    /// R10 at the desk: the librarian lends the scanned copy to this member.
+    async fn check_out(&mut self, book_id: &str, barcode: &str) -> (Verdict, Option<Rental>) {
+        let (loans, token) = (self.loans.clone(), self.librarian.clone());
+        let call = Call {
+            op: "CheckOut",
+            book_id: book_id.to_owned(),
+            target_id: barcode.to_owned(),
+            ..Default::default()
+        };
+        let member = self.id.clone();
+        let sent = |request_id| {
+            let (mut loans, token) = (loans.clone(), token.clone());
+            let (member_id, barcode) = (member.clone(), barcode.to_owned());
+            async move {
+                let msg = CheckOutRequest {
+                    member_id,
+                    barcode,
+                    request_id,
+                };
+                loans
+                    .check_out(request(&token, msg))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        self.write(call, sent, |l: &Rental| {
+            (l.rental_id.clone(), status_name::<RentalStatus>(l.status))
+        })
+        .await
+    }
+
+    /// R11 at the desk: the copy of `rental_id` is checked in.
+    async fn check_in(&mut self, book_id: &str, barcode: &str, rental_id: &str) -> Verdict {
+        let (loans, token) = (self.loans.clone(), self.librarian.clone());
+        let call = Call {
+            op: "CheckIn",
+            book_id: book_id.to_owned(),
+            target_id: rental_id.to_owned(),
+            ..Default::default()
+        };
+        let sent = |request_id| {
+            let (mut loans, token) = (loans.clone(), token.clone());
+            let barcode = barcode.to_owned();
+            async move {
+                let msg = CheckInRequest {
+                    barcode,
+                    request_id,
+                };
+                loans
+                    .check_in(request(&token, msg))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        self.write(call, sent, |a: &CheckInResponse| {
+            let returned = a.rental.as_ref().map(|r| r.rental_id.clone());
+            (
+                returned.unwrap_or_default(),
+                status_name::<CheckInAction>(a.action),
+            )
+        })
+        .await
+        .0
+    }
+
+    /// R12: the member renews the loan.
+    async fn renew(&mut self, book_id: &str, rental_id: &str) -> Verdict {
+        let (loans, token) = (self.loans.clone(), self.token.clone());
+        let call = Call {
+            op: "RenewRental",
+            book_id: book_id.to_owned(),
+            target_id: rental_id.to_owned(),
+            ..Default::default()
+        };
+        let sent = |request_id| {
+            let (mut loans, token) = (loans.clone(), token.clone());
+            let rental_id = rental_id.to_owned();
+            async move {
+                let msg = RenewRentalRequest {
+                    rental_id,
+                    request_id,
+                };
+                loans
+                    .renew_rental(request(&token, msg))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        self.write(call, sent, |l: &Rental| {
+            (String::new(), format!("renewals={}", l.renewals))
+        })
+        .await
+        .0
+    }
+
+    /// A free copy of the book on the open shelf, as the desk lists it.
+    async fn free_copy(&mut self, book_id: &str) -> Option<String> {
+        let started = Instant::now();
+        let answer = self
+            .desk
+            .list_items(request(
+                &self.librarian,
+                ListItemsRequest {
+                    book_id: book_id.to_owned(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner());
+        self.record(
+            started,
+            Call {
+                op: "ListItems",
+                book_id: book_id.to_owned(),
+                ..Default::default()
+            },
+            &answer,
+        );
+        let free: Vec<String> = answer
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|i| i.state == ItemState::InService as i32 && i.reservation_id.is_empty())
+            .map(|i| i.barcode)
+            .collect();
+        (!free.is_empty()).then(|| free[self.rng.below(free.len())].clone())
+    }
+
+    /// A walk-in: borrows a free copy at the desk and brings it back there.
+    async fn walk_in(&mut self, book: &str) -> bool {
+        let Some(barcode) = self.free_copy(book).await else {
+            return true;
+        };
+        let rental = match self.check_out(book, &barcode).await {
+            (Verdict::Ok, Some(l)) => l,
+            (Verdict::Indeterminate, _) => return false,
+            // Taken by someone else meanwhile.
+            _ => return true,
+        };
+        tokio::time::sleep(Duration::from_millis(self.rng.below(300) as u64)).await;
+        self.check_in(book, &barcode, &rental.rental_id).await != Verdict::Indeterminate
+    }
+
     async fn status_of(&mut self, book_id: &str, reservation_id: &str) -> Option<i32> {
+        self.read_reservation(book_id, reservation_id)
+            .await
+            .map(|r| r.status)
+    }
+
+    async fn read_reservation(
+        &mut self,
+        book_id: &str,
+        reservation_id: &str,
+    ) -> Option<Reservation> {
         let started = Instant::now();
         let answer = self
             .desk
@@ -267,7 +425,7 @@ impl Member {
             },
             &answer,
         );
-        answer.ok().map(|r| r.status)
+        answer.ok()
     }
 
     async fn pause_after_failure(&mut self) {
@@ -370,6 +528,10 @@ impl Member {
     /// One journey; false when something stayed unknown.
     async fn journey(&mut self) -> bool {
         let book = self.shared.books[self.rng.below(self.shared.books.len())].clone();
+        if self.rng.below(10) == 0 {
+            return self.walk_in(&book).await;
+        }
+        let at_desk = self.rng.below(3) == 0;
         let reservation = match self.reserve(&book).await {
             (Verdict::Ok, Some(r)) => r,
             (Verdict::Indeterminate, _) => return false,
@@ -390,13 +552,37 @@ impl Member {
                 None => return self.cancel(&book, &rid).await != Verdict::Indeterminate,
             }
         }
-        let rental = match self.rent(&book).await {
+        // At the desk the librarian scans the copy held for the member.
+        let held = if at_desk {
+            self.read_reservation(&book, &rid)
+                .await
+                .map(|r| r.barcode)
+                .filter(|b| !b.is_empty())
+        } else {
+            None
+        };
+        let picked_up = match &held {
+            Some(barcode) => self.check_out(&book, barcode).await,
+            None => self.rent(&book).await,
+        };
+        let rental = match picked_up {
             (Verdict::Ok, Some(l)) => l,
             (Verdict::Indeterminate, _) => return false,
             // Expired or cancelled meanwhile.
             _ => return true,
         };
         tokio::time::sleep(Duration::from_millis(self.rng.below(300) as u64)).await;
+        if self.rng.below(4) == 0
+            && self.renew(&book, &rental.rental_id).await == Verdict::Indeterminate
+        {
+            return false;
+        }
+        if at_desk && !rental.barcode.is_empty() {
+            return self
+                .check_in(&book, &rental.barcode, &rental.rental_id)
+                .await
+                != Verdict::Indeterminate;
+        }
         self.give_back(&book, &rental.rental_id).await != Verdict::Indeterminate
     }
 }
@@ -406,6 +592,11 @@ pub async fn member(shared: Arc<Members>, index: usize, seed: u64) {
     let id = format!("chaos-m{index}");
     let mut me = Member {
         token: token(&shared.secret, &id, Role::Member),
+        librarian: token(
+            &shared.secret,
+            &format!("chaos-desk{index}"),
+            Role::Librarian,
+        ),
         id,
         desk: ReservationServiceClient::new(channel(shared.reserve)),
         loans: RentalServiceClient::new(channel(shared.rental)),
