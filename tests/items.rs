@@ -499,3 +499,51 @@ async fn copies_registered_before_barcodes_get_items_loans_first_then_holds(stor
     assert_eq!(read(&mesh, "alice", &a).await.barcode, "O-2");
     assert_eq!(read(&mesh, "bob", &b).await.barcode, "O-1");
 }
+
+both_backends!(a_withdrawal_racing_a_trap_never_strands_a_ready_hold);
+async fn a_withdrawal_racing_a_trap_never_strands_a_ready_hold(store: Store) {
+    let mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    for round in 0..4 {
+        let barcodes = [format!("Z{round}-1"), format!("Z{round}-2")];
+        let book = register(
+            &mesh,
+            &format!("Race {round}"),
+            0,
+            &[barcodes[0].as_str(), barcodes[1].as_str()],
+        )
+        .await;
+        known_items(&mesh, &book.book_id, 2).await;
+        // Members reserve while both copies are withdrawn at the same time.
+        let members: Vec<String> = (0..3).map(|i| member(&format!("r{round}m{i}"))).collect();
+        let reserving =
+            futures::future::join_all(members.iter().map(|m| mesh.reserve(m, &book.book_id)));
+        let desk = librarian();
+        let withdrawing =
+            futures::future::join_all(barcodes.iter().map(|b| withdraw(&mesh, &desk, b)));
+        let (placed, gone) = tokio::join!(reserving, withdrawing);
+        for g in gone {
+            assert_eq!(g.unwrap().state(), ItemState::Withdrawn);
+        }
+        // No copy is left, so nobody may be READY; everyone waits in order.
+        let mut positions = Vec::new();
+        for (m, p) in members.iter().zip(placed) {
+            let r = read_token(&mesh, m, &p.unwrap()).await;
+            assert_eq!(
+                (r.status(), r.barcode.as_str()),
+                (ReservationStatus::Waiting, ""),
+                "round {round}: {r:?}"
+            );
+            positions.push(r.queue_position);
+        }
+        positions.sort();
+        assert_eq!(positions, [1, 2, 3], "round {round}");
+    }
+}
+
+async fn read_token(mesh: &Mesh, token: &str, r: &Reservation) -> Reservation {
+    mesh.reservation(token, &r.reservation_id).await
+}
