@@ -735,6 +735,7 @@ fn pages(truth: &Truth, found: &mut Findings) {
             status::EXPIRED => stage::EXPIRED,
             _ => match loan {
                 Some(l) if l.status == rental_status::RETURNED => stage::RETURNED,
+                Some(l) if l.status == rental_status::LOST => stage::LOST,
                 _ => stage::RENTED,
             },
         };
@@ -1484,6 +1485,12 @@ async fn compare_pages(live: &Db, replayed_url: &str, found: &mut Findings) -> a
                     "return_confirmation",
                     format!("{:?}", j.return_confirmation),
                 ),
+                ("stage_seq", j.stage_seq.to_string()),
+                ("hold_barcode", j.hold_barcode.clone()),
+                ("trapped_at", format!("{:?}", j.trapped_at)),
+                ("loan_barcode", j.loan_barcode.clone()),
+                ("renewals", j.renewals.to_string()),
+                ("release_seq", format!("{:?}", j.release_seq)),
             ]
         },
     ));

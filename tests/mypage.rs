@@ -8,20 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
+use rentalbook_plumbing::bus::Outgoing;
 use rentalbook_plumbing::consumer::EventHandler;
 use rentalbook_plumbing::db::Db;
 use rentalbook_plumbing::time;
+use rentalbook_proto::book::v1::{AddCopiesRequest, RegisterBookRequest};
 use rentalbook_proto::events::v1::{
-    Availability, BookRented, BookReturned, Envelope, ReservationCancelled, ReservationPlaced,
-    ReservationReady, envelope::Body,
+    Availability, BookRented, BookReturned, Envelope, LoanRenewed, RentalLost,
+    ReservationCancelled, ReservationPlaced, ReservationReady, envelope::Body,
 };
 use rentalbook_proto::rental::v1::{RentRequest, Rental, ReturnConfirmation, ReturnRentalRequest};
 use rentalbook_proto::reserve::v1::{CancelReservationRequest, ReservationStatus};
+use rentalbook_proto::reserve::v1::{ItemRequest, ListItemsRequest};
 use rentalbook_proto::view::v1::{
     GetMyPageRequest, Journey, JourneyStage, MyPage, StepKind, WatchMyPageRequest,
 };
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
-use support::{Mesh, Options, eventually, librarian, member, req};
+use support::{Mesh, Options, Store, eventually, librarian, member, req};
 use tonic::Code;
 use view_svc::projection::Projection;
 use view_svc::watch::Watchers;
@@ -560,8 +563,8 @@ fn waiting(reservation_id: &str, book_id: &str, member_id: &str, book_seq: i64) 
         status: ReservationStatus::Waiting as i32,
         queue_position: 1,
         pickup_deadline: None,
-        barcode: String::new(),
         rental_id: String::new(),
+        barcode: String::new(),
         availability: Some(Availability {
             book_seq,
             total: 1,
@@ -784,8 +787,8 @@ impl Loan {
                 status: ReservationStatus::Ready as i32,
                 queue_position: 0,
                 pickup_deadline: Some(time::to_proto(time::now() + chrono::Duration::days(3))),
-                barcode: String::new(),
                 rental_id: String::new(),
+                barcode: String::new(),
                 availability: Some(Availability {
                     book_seq: 2,
                     total: 1,
@@ -866,9 +869,14 @@ async fn two_replicas_applying_one_journey_at_once_never_move_it_back() {
         one.commit().await.unwrap();
         two.await.unwrap();
 
-        let (page, _) = view_svc::pages::build(db.conn(), "alice", time::now())
-            .await
-            .unwrap();
+        let (page, _) = view_svc::pages::build(
+            db.conn(),
+            "alice",
+            time::now(),
+            &view_svc::domain::Library::default(),
+        )
+        .await
+        .unwrap();
         let j = journey(&page, &loan.reservation).unwrap();
         let order = if return_first {
             "the return first"
@@ -1083,4 +1091,305 @@ async fn a_rebuild_while_another_replica_consumes_gives_the_live_pages() {
     )
     .await;
     stop_second.cancel();
+}
+
+// ---- The circulation desk on My Page ------------------------------------------------
+
+/// Publishes an event as its producer would, on the mesh's bus.
+async fn produce(mesh: &Mesh, producer: &str, body: Body) {
+    let envelope = Envelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        occurred_at: Some(time::to_proto(time::now())),
+        producer: producer.into(),
+        body: Some(body),
+    };
+    mesh.event_bus()
+        .await
+        .publish(&[Outgoing {
+            event_id: envelope.event_id.clone(),
+            subject: envelope.subject_suffix().unwrap().into(),
+            payload: envelope.encode_to_vec().into(),
+            traceparent: None,
+        }])
+        .await
+        .expect("publishing an event");
+}
+
+/// A librarian's call on a copy: withdraw it or mark it lost.
+async fn take_out(mesh: &Mesh, barcode: &str, lost: bool) {
+    let mut desk = mesh.reservations().await;
+    let request = req(
+        &librarian(),
+        ItemRequest {
+            barcode: barcode.into(),
+            request_id: String::new(),
+        },
+    );
+    let done = if lost {
+        desk.mark_item_lost(request).await
+    } else {
+        desk.withdraw_item(request).await
+    };
+    done.unwrap_or_else(|s| panic!("taking {barcode} out of service: {s:?}"));
+}
+
+// A journey with every move of the desk, on real services where they make
+// it (the copy held, replaced, lost with the hold sent back to the queue,
+// a new copy) and by publishing what the desk's next events say
+// (a renewal, the copy lost on loan, a walk-in loan): the page follows each
+// step, and a replica fed from the first event and a rebuild both build
+// the very same pages.
+both_backends!(a_journey_through_the_desk_shows_every_move_and_replays_to_the_live_page);
+async fn a_journey_through_the_desk_shows_every_move_and_replays_to_the_live_page(store: Store) {
+    let mut mesh = Mesh::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let book = mesh
+        .books()
+        .await
+        .register_book(req(
+            &librarian(),
+            RegisterBookRequest {
+                title: "Desk journeys".into(),
+                author: "Test Author".into(),
+                barcodes: vec!["D-1".into(), "D-2".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    eventually("the desk to know the copies", || {
+        let mesh = &mesh;
+        let book_id = book.book_id.clone();
+        async move {
+            let items = mesh
+                .reservations()
+                .await
+                .list_items(req(&librarian(), ListItemsRequest { book_id }))
+                .await
+                .ok()?
+                .into_inner()
+                .items;
+            (items.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let a = mesh.reserve(&member("alice"), &book.book_id).await.unwrap();
+    let held = |p: &MyPage, stage: JourneyStage, barcode: &str| {
+        journey(p, &a.reservation_id).is_some_and(|j| j.stage() == stage && j.barcode == barcode)
+    };
+    let page = page_until(&mesh, "alice", "READY: pick up copy D-1", |p| {
+        held(p, JourneyStage::Ready, "D-1")
+    })
+    .await;
+    assert!(
+        journey(&page, &a.reservation_id)
+            .unwrap()
+            .pickup_deadline
+            .is_some()
+    );
+
+    // Withdrawn: the other copy is held instead.
+    take_out(&mesh, "D-1", false).await;
+    page_until(&mesh, "alice", "READY: pick up copy D-2", |p| {
+        held(p, JourneyStage::Ready, "D-2")
+    })
+    .await;
+
+    // Bob waits; alice's copy is lost with none left: she is back at the
+    // head of the queue, ahead of bob.
+    let b = mesh.reserve(&member("bob"), &book.book_id).await.unwrap();
+    take_out(&mesh, "D-2", true).await;
+    let page = page_until(&mesh, "alice", "WAITING again, first in line", |p| {
+        held(p, JourneyStage::Waiting, "")
+    })
+    .await;
+    let j = journey(&page, &a.reservation_id).unwrap();
+    assert_eq!(j.queue_position, 1);
+    assert_eq!(j.pickup_deadline, None);
+    assert_eq!(
+        kinds(j),
+        [StepKind::Reserved, StepKind::Ready, StepKind::Requeued]
+    );
+    page_until(&mesh, "bob", "bob second in line", |p| {
+        journey(p, &b.reservation_id).is_some_and(|j| j.queue_position == 2)
+    })
+    .await;
+
+    // A new copy goes to alice; she picks it up.
+    mesh.books()
+        .await
+        .add_copies(req(
+            &librarian(),
+            AddCopiesRequest {
+                book_id: book.book_id.clone(),
+                barcodes: vec!["D-3".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    page_until(&mesh, "alice", "READY: pick up copy D-3", |p| {
+        held(p, JourneyStage::Ready, "D-3")
+    })
+    .await;
+    let loan = rent(&mesh, "alice", &book.book_id).await;
+    let page = page_until(&mesh, "alice", "RENTED copy D-3", |p| {
+        journey(p, &a.reservation_id).is_some_and(|j| {
+            j.stage() == JourneyStage::Rented && j.barcode == "D-3" && j.due_at.is_some()
+        })
+    })
+    .await;
+    let j = journey(&page, &a.reservation_id).unwrap();
+    assert_eq!((j.renewals, j.renewals_left), (0, 2));
+    assert_eq!(
+        kinds(j),
+        [
+            StepKind::Reserved,
+            StepKind::Requeued,
+            StepKind::Ready,
+            StepKind::Rented
+        ],
+        "READY at its latest time, after the requeue"
+    );
+
+    // Renewed (R12): due later, one renewal left.
+    let due = time::from_proto(loan.due_at.as_ref().unwrap()).unwrap();
+    let renewed_due = time::to_proto(due + chrono::Duration::days(14));
+    produce(
+        &mesh,
+        "rental-svc",
+        Body::LoanRenewed(LoanRenewed {
+            rental_id: loan.rental_id.clone(),
+            book_id: book.book_id.clone(),
+            member_id: "alice".into(),
+            reservation_id: a.reservation_id.clone(),
+            due_at: Some(renewed_due),
+            renewals: 1,
+            renewed_by: "alice".into(),
+        }),
+    )
+    .await;
+    let page = page_until(&mesh, "alice", "renewed once", |p| {
+        journey(p, &a.reservation_id).is_some_and(|j| j.renewals == 1)
+    })
+    .await;
+    let j = journey(&page, &a.reservation_id).unwrap();
+    assert_eq!(j.due_at, Some(renewed_due));
+    assert_eq!(j.renewals_left, 1);
+    assert_eq!(j.stage(), JourneyStage::Rented);
+    assert_eq!(kinds(j).last(), Some(&StepKind::Renewed));
+
+    // R13: the copy lost on loan closes it; it is no active loan any more.
+    produce(
+        &mesh,
+        "rental-svc",
+        Body::RentalLost(RentalLost {
+            rental_id: loan.rental_id.clone(),
+            book_id: book.book_id.clone(),
+            member_id: "alice".into(),
+            reservation_id: a.reservation_id.clone(),
+            barcode: "D-3".into(),
+            lost_at: Some(time::to_proto(time::now())),
+        }),
+    )
+    .await;
+    let page = page_until(&mesh, "alice", "LOST", |p| {
+        journey(p, &a.reservation_id).is_some_and(|j| j.stage() == JourneyStage::Lost)
+    })
+    .await;
+    let j = journey(&page, &a.reservation_id).unwrap();
+    assert_eq!(
+        (j.barcode.as_str(), j.renewals, j.renewals_left),
+        ("D-3", 1, 0)
+    );
+    assert_eq!(kinds(j).last(), Some(&StepKind::Lost));
+    assert_eq!((page.open_reservations, page.active_rentals), (0, 0));
+
+    // A walk-in loan at the desk (R10): placed FULFILLED, then lent; no
+    // READY step.
+    let walk_in = uuid::Uuid::now_v7().to_string();
+    let walk_in_rental = uuid::Uuid::now_v7().to_string();
+    produce(
+        &mesh,
+        "reserve-svc",
+        Body::ReservationPlaced(ReservationPlaced {
+            reservation_id: walk_in.clone(),
+            book_id: book.book_id.clone(),
+            member_id: "carol".into(),
+            status: ReservationStatus::Fulfilled as i32,
+            queue_position: 0,
+            pickup_deadline: None,
+            availability: Some(Availability {
+                book_seq: 1_000,
+                total: 1,
+                on_loan: 1,
+                ..Default::default()
+            }),
+            rental_id: walk_in_rental.clone(),
+            barcode: "D-9".into(),
+        }),
+    )
+    .await;
+    produce(
+        &mesh,
+        "rental-svc",
+        Body::BookRented(BookRented {
+            rental_id: walk_in_rental.clone(),
+            reservation_id: walk_in.clone(),
+            book_id: book.book_id.clone(),
+            member_id: "carol".into(),
+            rented_at: Some(time::to_proto(time::now())),
+            due_at: Some(time::to_proto(time::now() + chrono::Duration::days(14))),
+            barcode: "D-9".into(),
+        }),
+    )
+    .await;
+    let page = page_until(&mesh, "carol", "carol's walk-in loan", |p| {
+        journey(p, &walk_in).is_some_and(|j| j.due_at.is_some())
+    })
+    .await;
+    let j = journey(&page, &walk_in).unwrap();
+    assert_eq!(j.stage(), JourneyStage::Rented);
+    assert_eq!(
+        (j.barcode.as_str(), j.rental_id.as_str()),
+        ("D-9", walk_in_rental.as_str())
+    );
+    assert_eq!(kinds(j), [StepKind::Reserved, StepKind::Rented]);
+    assert_eq!(j.renewals_left, 2);
+
+    // Replayed from the first event, into a fresh read model and by
+    // --rebuild, the pages are the live ones, field by field.
+    let members = ["alice", "bob", "carol"];
+    mesh.settled("view-svc").await;
+    let live = pages_of(&views_at(mesh.view_addr()).await, &members).await;
+    let (replica, stop_replica) = mesh.start_replica_view().await;
+    let replica = views_at(replica).await;
+    let journeys = |pages: &[MyPage]| pages.iter().map(|p| p.journeys.len()).sum::<usize>();
+    eventually("the replica to catch up", || {
+        let replica = &replica;
+        let want = journeys(&live);
+        async move { (journeys(&pages_of(replica, &members).await) == want).then_some(()) }
+    })
+    .await;
+    assert_pages_become(
+        &replica,
+        &members,
+        &live,
+        "a replica fed from the first event",
+    )
+    .await;
+    stop_replica.cancel();
+    mesh.stop_view().await;
+    mesh.start_view(true).await;
+    assert_pages_become(
+        &views_at(mesh.view_addr()).await,
+        &members,
+        &live,
+        "rebuilt against live",
+    )
+    .await;
 }

@@ -1,42 +1,63 @@
-//! MyPageService over gRPC.
+//! MyPageService and StaffService over gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use rentalbook_plumbing::auth::Caller;
-use rentalbook_plumbing::error::ServiceError;
-use rentalbook_plumbing::time;
+use rentalbook_plumbing::error::{Refusal, ServiceError};
+use rentalbook_plumbing::ids::{self, Id, MemberId};
+use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::view::v1::{
-    GetMyPageRequest, MyPage, WatchMyPageRequest, my_page_service_server::MyPageService,
+    BookQueue, GetBookQueueRequest, GetMyPageRequest, History, HoldShelf, ListDueRequest,
+    ListHistoryRequest, ListHoldShelfRequest, ListMembersRequest, ListMembersResponse,
+    ListOverdueRequest, Loans, MyPage, WatchMyPageRequest, my_page_service_server::MyPageService,
+    staff_service_server::StaffService,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::pages;
-use crate::watch::Watchers;
+use crate::domain::Library;
+use crate::watch::{self, StreamSettings, Watchers};
+use crate::{pages, staff};
 
-pub struct MyPages {
+/// What both services share.
+#[derive(Clone)]
+pub struct Shared {
     pub watchers: Arc<Watchers>,
+    pub library: Library,
     /// Ends the open watch streams when the service shuts down.
     pub shutdown: CancellationToken,
-    /// How long a watch stream may stay silent before the page it last got
-    /// is sent again: proxies on the way (Envoy's stream idle timeout)
-    /// reset a stream on which nothing moves.
+    /// How long a watch stream may stay silent before what it last sent is
+    /// sent again: proxies on the way (Envoy's stream idle timeout) reset
+    /// a stream on which nothing moves.
     pub heartbeat: Duration,
 }
 
-/// The longest a watch stream waits for its next rebuild or heartbeat.
-const LONGEST_WAIT: Duration = Duration::from_secs(86_400);
+impl Shared {
+    fn settings(&self, caller: &Caller, settle: Duration, gauge: &'static str) -> StreamSettings {
+        StreamSettings {
+            shutdown: self.shutdown.clone(),
+            heartbeat: self.heartbeat,
+            // The stream lives as long as the token it was opened with
+            // would be taken: a watcher whose sign-in has expired must sign
+            // in again.
+            expires: Instant::now().checked_add(caller.valid_for()),
+            settle,
+            gauge,
+        }
+    }
+}
 
-/// Pages a slow watcher may have queued before it holds up only itself.
-const WATCH_BUFFER: usize = 4;
+pub struct MyPages {
+    pub shared: Shared,
+}
 
-/// How long the end of a stream whose token expired waits for room behind
-/// a slow watcher's queued pages before the stream just ends.
-const EXPIRY_NOTICE: Duration = Duration::from_secs(5);
+fn db_error(e: sea_orm::DbErr) -> Status {
+    ServiceError::from(e).into()
+}
 
 #[tonic::async_trait]
 impl MyPageService for MyPages {
@@ -46,9 +67,14 @@ impl MyPageService for MyPages {
     ) -> Result<Response<MyPage>, Status> {
         let caller = Caller::of(&request)?;
         let member = caller.subject(&request.get_ref().member_id)?;
-        let (page, _) = pages::build(self.watchers.db.conn(), member.as_str(), time::now())
-            .await
-            .map_err(ServiceError::from)?;
+        let (page, _) = pages::build(
+            self.shared.watchers.db.conn(),
+            member.as_str(),
+            time::now(),
+            &self.shared.library,
+        )
+        .await
+        .map_err(db_error)?;
         Ok(Response::new(page))
     }
 
@@ -60,79 +86,315 @@ impl MyPageService for MyPages {
     ) -> Result<Response<Self::WatchMyPageStream>, Status> {
         let caller = Caller::of(&request)?;
         let member = caller.subject(&request.get_ref().member_id)?.to_string();
-        // The stream lives as long as the token it was opened with would be
-        // taken: a watcher whose sign-in has expired must sign in again.
-        let expires = Instant::now().checked_add(caller.valid_for());
-        let watchers = self.watchers.clone();
-        let shutdown = self.shutdown.clone();
-        let heartbeat = self.heartbeat;
-        let mut changes = watchers.subscribe(&member);
-        let (out, stream) = mpsc::channel(WATCH_BUFFER);
-        metrics::gauge!("mypage_watch_streams").increment(1.0);
-        tokio::spawn(async move {
-            let mut last: Option<MyPage> = None;
-            let mut sent_at = Instant::now();
-            'build: loop {
-                changes.mark_unchanged();
-                let now = time::now();
-                let (page, next_change) = match pages::build(watchers.db.conn(), &member, now).await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = out.send(Err(ServiceError::from(e).into())).await;
-                        break;
-                    }
-                };
-                if last.as_ref().is_none_or(|l| !pages::same(l, &page)) {
-                    if out.send(Ok(page.clone())).await.is_err() {
-                        break;
-                    }
-                    last = Some(page);
-                    sent_at = Instant::now();
-                }
-                // Wake for a change, for the next due date to pass, or not at
-                // all; a day at most for either wait, so that no deadline
-                // can overflow.
-                let clock = next_change
-                    .and_then(|t| (t - now).to_std().ok())
-                    .map(|d| d + Duration::from_millis(5))
-                    .unwrap_or(Duration::from_secs(3600))
-                    .min(LONGEST_WAIT);
-                let rebuild_at = Instant::now() + clock;
-                let silence = heartbeat.min(LONGEST_WAIT);
-                loop {
-                    tokio::select! {
-                        changed = changes.changed() => if changed.is_err() { break 'build } else { continue 'build },
-                        _ = tokio::time::sleep_until(rebuild_at) => continue 'build,
-                        _ = tokio::time::sleep_until(sent_at + silence) => {
-                            // The page is still current (any change wakes the
-                            // loop above), so it is resent as it is, without
-                            // a read. A full buffer means the stream is not
-                            // idle: nothing to add then.
-                            if let Some(page) = &last
-                                && let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(Ok(page.clone()))
-                            {
-                                break 'build;
-                            }
-                            sent_at = Instant::now();
-                        }
-                        // Armed once the expiry comes before the next rebuild
-                        // (a day at most away).
-                        _ = tokio::time::sleep_until(expires.unwrap_or(rebuild_at)),
-                            if expires.is_some_and(|e| e <= rebuild_at) => {
-                            let expired = rentalbook_plumbing::error::unauthenticated(
-                                "the sign-in has expired: sign in again to keep following this page",
-                            );
-                            let _ = tokio::time::timeout(EXPIRY_NOTICE, out.send(Err(expired))).await;
-                            break 'build;
-                        }
-                        _ = out.closed() => break 'build,
-                        _ = shutdown.cancelled() => break 'build,
-                    }
-                }
+        let changes = self.shared.watchers.subscribe(&member);
+        let (db, library) = (self.shared.watchers.db.clone(), self.shared.library);
+        let read = move |now: Timestamp| {
+            let (db, member) = (db.clone(), member.clone());
+            async move {
+                pages::build(db.conn(), &member, now, &library)
+                    .await
+                    .map_err(db_error)
             }
-            metrics::gauge!("mypage_watch_streams").decrement(1.0);
-        });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        };
+        let settings = self
+            .shared
+            .settings(&caller, Duration::ZERO, "mypage_watch_streams");
+        Ok(Response::new(watch::stream(
+            changes,
+            read,
+            pages::same,
+            settings,
+        )))
+    }
+
+    async fn list_history(
+        &self,
+        request: Request<ListHistoryRequest>,
+    ) -> Result<Response<History>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.get_ref();
+        let member = caller.subject(&r.member_id)?;
+        let limit = ids::page_size(r.page_size)?;
+        let after = ids::page_token(&r.page_token)?.map(|id| id.to_string());
+        let mut journeys = pages::history(
+            self.shared.watchers.db.conn(),
+            member.as_str(),
+            after.as_deref(),
+            limit + 1,
+            time::now(),
+            &self.shared.library,
+        )
+        .await
+        .map_err(db_error)?;
+        let next_page_token = if journeys.len() as u64 > limit {
+            journeys.truncate(limit as usize);
+            journeys
+                .last()
+                .map(|j| j.reservation_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(History {
+            member_id: member.to_string(),
+            journeys,
+            next_page_token,
+        }))
+    }
+}
+
+pub struct Staff {
+    pub shared: Shared,
+}
+
+/// How long a desk list lets a burst of changes gather before it is read
+/// again: a busy desk changes the hold shelf many times a second.
+const LIST_SETTLE: Duration = Duration::from_millis(100);
+
+fn shelf_query(r: &ListHoldShelfRequest) -> Result<staff::ShelfQuery, Status> {
+    let trapped_since = match &r.trapped_since {
+        None => None,
+        Some(t) => Some(time::from_proto(t).ok_or_else(|| {
+            Status::from(Refusal::invalid_field(
+                "trapped_since",
+                "trapped_since is not a moment this service can read",
+            ))
+        })?),
+    };
+    Ok(staff::ShelfQuery {
+        to_pull_only: r.to_pull_only,
+        trapped_since,
+        after: staff::parse_token(&r.page_token)?,
+        limit: ids::page_size(r.page_size)?,
+    })
+}
+
+fn same_shelf(a: &HoldShelf, b: &HoldShelf) -> bool {
+    (&a.holds, &a.next_page_token, a.total, a.to_pull)
+        == (&b.holds, &b.next_page_token, b.total, b.to_pull)
+}
+
+fn same_loans(a: &Loans, b: &Loans) -> bool {
+    (&a.loans, &a.next_page_token, a.total) == (&b.loans, &b.next_page_token, b.total)
+}
+
+/// The day of a ListDue request: YYYY-MM-DD, or today in the library.
+fn day_of(library: &Library, day: &str, now: Timestamp) -> Result<NaiveDate, Status> {
+    if day.is_empty() {
+        return Ok(library.day_of(now));
+    }
+    NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+        Refusal::invalid_field(
+            "day",
+            format!(
+                "day `{}` is not a date written YYYY-MM-DD",
+                day.chars().take(40).collect::<String>()
+            ),
+        )
+        .into()
+    })
+}
+
+#[tonic::async_trait]
+impl StaffService for Staff {
+    async fn list_hold_shelf(
+        &self,
+        request: Request<ListHoldShelfRequest>,
+    ) -> Result<Response<HoldShelf>, Status> {
+        Caller::of(&request)?.require_librarian("see the hold shelf")?;
+        let q = shelf_query(request.get_ref())?;
+        let tx = staff::snapshot(self.shared.watchers.db.conn())
+            .await
+            .map_err(db_error)?;
+        let shelf = staff::hold_shelf(&tx, &q, time::now())
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Response::new(shelf))
+    }
+
+    type WatchHoldShelfStream = ReceiverStream<Result<HoldShelf, Status>>;
+
+    async fn watch_hold_shelf(
+        &self,
+        request: Request<ListHoldShelfRequest>,
+    ) -> Result<Response<Self::WatchHoldShelfStream>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_librarian("see the hold shelf")?;
+        let q = Arc::new(shelf_query(request.get_ref())?);
+        let changes = self.shared.watchers.subscribe(staff::HOLD_SHELF);
+        let db = self.shared.watchers.db.clone();
+        let read = move |now: Timestamp| {
+            let (db, q) = (db.clone(), q.clone());
+            async move {
+                let tx = staff::snapshot(db.conn()).await.map_err(db_error)?;
+                let shelf = staff::hold_shelf(&tx, &q, now).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                Ok((shelf, None))
+            }
+        };
+        let settings = self
+            .shared
+            .settings(&caller, LIST_SETTLE, "staff_watch_streams");
+        Ok(Response::new(watch::stream(
+            changes, read, same_shelf, settings,
+        )))
+    }
+
+    async fn list_overdue(
+        &self,
+        request: Request<ListOverdueRequest>,
+    ) -> Result<Response<Loans>, Status> {
+        Caller::of(&request)?.require_librarian("see the overdue loans")?;
+        let r = request.get_ref();
+        let after = staff::parse_token(&r.page_token)?;
+        let limit = ids::page_size(r.page_size)?;
+        let now = time::now();
+        let tx = staff::snapshot(self.shared.watchers.db.conn())
+            .await
+            .map_err(db_error)?;
+        let loans = staff::loans(
+            &tx,
+            &staff::LoanFilter::DueBefore(now),
+            after.as_ref(),
+            limit,
+            now,
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Response::new(loans))
+    }
+
+    type WatchOverdueStream = ReceiverStream<Result<Loans, Status>>;
+
+    async fn watch_overdue(
+        &self,
+        request: Request<ListOverdueRequest>,
+    ) -> Result<Response<Self::WatchOverdueStream>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_librarian("see the overdue loans")?;
+        let r = request.get_ref();
+        let after = Arc::new(staff::parse_token(&r.page_token)?);
+        let limit = ids::page_size(r.page_size)?;
+        let changes = self.shared.watchers.subscribe(staff::LOANS);
+        let db = self.shared.watchers.db.clone();
+        let read = move |now: Timestamp| {
+            let (db, after) = (db.clone(), after.clone());
+            async move {
+                let tx = staff::snapshot(db.conn()).await.map_err(db_error)?;
+                let loans = staff::loans(
+                    &tx,
+                    &staff::LoanFilter::DueBefore(now),
+                    after.as_ref().as_ref(),
+                    limit,
+                    now,
+                )
+                .await
+                .map_err(db_error)?;
+                // A loan falling due joins the list by the clock alone.
+                let next = staff::next_due(&tx, now).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                Ok((loans, next))
+            }
+        };
+        let settings = self
+            .shared
+            .settings(&caller, LIST_SETTLE, "staff_watch_streams");
+        Ok(Response::new(watch::stream(
+            changes, read, same_loans, settings,
+        )))
+    }
+
+    async fn list_due(&self, request: Request<ListDueRequest>) -> Result<Response<Loans>, Status> {
+        Caller::of(&request)?.require_librarian("see the loans due")?;
+        let r = request.get_ref();
+        let library = &self.shared.library;
+        let now = time::now();
+        let day = day_of(library, &r.day, now)?;
+        let after = staff::parse_token(&r.page_token)?;
+        let limit = ids::page_size(r.page_size)?;
+        let (start, end) = library.day_bounds(day).ok_or_else(|| {
+            Status::from(Refusal::invalid_field(
+                "day",
+                format!("day {day} is beyond the dates this library can count"),
+            ))
+        })?;
+        let tx = staff::snapshot(self.shared.watchers.db.conn())
+            .await
+            .map_err(db_error)?;
+        let mut loans = staff::loans(
+            &tx,
+            &staff::LoanFilter::DueWithin(start, end),
+            after.as_ref(),
+            limit,
+            now,
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        loans.day = day.format("%Y-%m-%d").to_string();
+        loans.time_zone = library.time_zone.name().to_owned();
+        Ok(Response::new(loans))
+    }
+
+    async fn get_book_queue(
+        &self,
+        request: Request<GetBookQueueRequest>,
+    ) -> Result<Response<BookQueue>, Status> {
+        Caller::of(&request)?.require_librarian("see a book's queue")?;
+        let r = request.get_ref();
+        let book_id = Id::parse_field("book_id", &r.book_id)?.to_string();
+        let after = staff::parse_token(&r.page_token)?;
+        let limit = ids::page_size(r.page_size)?;
+        let tx = staff::snapshot(self.shared.watchers.db.conn())
+            .await
+            .map_err(db_error)?;
+        let queue = staff::book_queue(&tx, &book_id, after.as_ref(), limit, time::now())
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let queue = queue.ok_or_else(|| {
+            Status::from(
+                Refusal::not_found(
+                    rentalbook_plumbing::error::Reason::BookNotFound,
+                    format!("no book {book_id} is known here yet"),
+                )
+                .with("bookId", &book_id),
+            )
+        })?;
+        Ok(Response::new(queue))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
+        Caller::of(&request)?.require_librarian("look members up")?;
+        let r = request.get_ref();
+        if !r.prefix.is_empty() {
+            MemberId::parse(&r.prefix).map_err(|e| {
+                Status::from(Refusal::invalid_field("prefix", format!("prefix: {e}")))
+            })?;
+        }
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(MemberId::parse(&r.page_token).map_err(|_| {
+                Status::from(Refusal::invalid_argument(
+                    rentalbook_plumbing::error::Reason::InvalidPageToken,
+                    "page_token is not one this service gave out",
+                ))
+            })?)
+        };
+        let limit = ids::page_size(r.page_size)?;
+        let tx = staff::snapshot(self.shared.watchers.db.conn())
+            .await
+            .map_err(db_error)?;
+        let found = staff::list_members(&tx, &r.prefix, after.as_ref(), limit, time::now())
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Response::new(found))
     }
 }

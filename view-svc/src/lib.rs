@@ -1,18 +1,24 @@
-//! view-svc: My Page (SPEC §2, §7), the read side of rentalbook. It is built
-//! only from the domain events (CQRS): nothing else writes its database, and
-//! everything else works while it is down; when it comes back it catches up
-//! from its durable consumer. `--rebuild` drops the read model and replays the
-//! stream from the first event, while no replica applies events.
+//! view-svc: My Page (SPEC §2, §7) and the circulation desk's lists for
+//! librarians (§10), the read side of rentalbook. It is built only from the
+//! domain events (CQRS): nothing else writes its database, and everything
+//! else works while it is down; when it comes back it catches up from its
+//! durable consumer. `--rebuild` drops the read model and replays the stream
+//! from the first event, while no replica applies events.
 //!
-//! - [`domain`]: journey stages, forward only; what the clock changes.
+//! - [`domain`]: journey stages (a hold by its book's latest change, the
+//!   loan forward only); what the clock changes; the library's days and
+//!   renewals.
 //! - [`projection`]: events into the read model, then watchers told.
 //! - [`rebuild`]: `--rebuild`, safe with several replicas.
-//! - [`pages`]: a member's page from the read model.
-//! - [`watch`]: who watches which page.
-//! - [`fanout`]: replicas telling each other whose page changed.
+//! - [`pages`]: a member's page and history from the read model.
+//! - [`staff`]: the hold shelf, overdue and due loans, a book's queue,
+//!   members by id prefix.
+//! - [`watch`]: who watches which page or list, and the loop of every watch
+//!   stream.
+//! - [`fanout`]: replicas telling each other what changed.
 //! - [`store`]: tables and migrations.
-//! - [`grpc`]: GetMyPage and the WatchMyPage stream, which sends the page
-//!   again after `WATCH_HEARTBEAT` of silence so that proxies keep it.
+//! - [`grpc`]: MyPageService and StaffService; their watch streams send
+//!   again after `WATCH_HEARTBEAT` of silence so that proxies keep them.
 
 pub mod domain;
 pub mod fanout;
@@ -20,6 +26,7 @@ pub mod grpc;
 pub mod pages;
 pub mod projection;
 pub mod rebuild;
+pub mod staff;
 pub mod store;
 pub mod watch;
 
@@ -34,6 +41,7 @@ use rentalbook_plumbing::consumer::Consumer;
 use rentalbook_plumbing::db::Db;
 use rentalbook_plumbing::serve::{self, Launch, Task};
 use rentalbook_proto::view::v1::my_page_service_server::MyPageServiceServer;
+use rentalbook_proto::view::v1::staff_service_server::StaffServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +55,7 @@ const FANOUT_BUFFER: usize = 4096;
 #[command(
     name = "view-svc",
     version,
-    about = "rentalbook's My Page read model (gRPC)"
+    about = "rentalbook's My Page and circulation desk lists, a read model (gRPC)"
 )]
 pub struct Config {
     /// gRPC address.
@@ -82,8 +90,24 @@ pub struct Config {
     #[arg(long, env = "WATCH_HEARTBEAT", default_value = "60s")]
     pub watch_heartbeat: PolicyDuration,
 
+    /// Times a loan may be renewed (R12), as rental-svc allows: My Page
+    /// shows the renewals left. Set it to the same value for both.
+    #[arg(long, env = "MAX_RENEWALS", default_value_t = 2)]
+    pub max_renewals: u32,
+
+    /// The library's time zone, an IANA name such as `Asia/Seoul`: the
+    /// days of "loans due on a day" begin and end there.
+    #[arg(long, env = "LIBRARY_TIMEZONE", default_value = "UTC", value_parser = parse_time_zone)]
+    pub library_timezone: chrono_tz::Tz,
+
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("`{name}` is not an IANA time zone name (such as UTC, Asia/Seoul, Europe/Berlin)")
+    })
 }
 
 pub struct App {
@@ -120,12 +144,23 @@ impl App {
         }
         let watchers = Arc::new(watchers);
         let shutdown_streams = CancellationToken::new();
+        let shared = grpc::Shared {
+            watchers: watchers.clone(),
+            library: domain::Library {
+                max_renewals: config.max_renewals,
+                time_zone: config.library_timezone,
+            },
+            shutdown: shutdown_streams.clone(),
+            heartbeat: config.watch_heartbeat.get(),
+        };
         let routes = tonic::service::Routes::new(MyPageServiceServer::with_interceptor(
             grpc::MyPages {
-                watchers: watchers.clone(),
-                shutdown: shutdown_streams.clone(),
-                heartbeat: config.watch_heartbeat.get(),
+                shared: shared.clone(),
             },
+            Authenticator::new(verifier.clone()),
+        ))
+        .add_service(StaffServiceServer::with_interceptor(
+            grpc::Staff { shared },
             Authenticator::new(verifier),
         ));
         let durable = config.consumer_name.clone();
@@ -171,7 +206,10 @@ impl App {
                 listener,
                 db,
                 routes,
-                grpc_names: vec![serve::grpc_name::<MyPageServiceServer<grpc::MyPages>>()],
+                grpc_names: vec![
+                    serve::grpc_name::<MyPageServiceServer<grpc::MyPages>>(),
+                    serve::grpc_name::<StaffServiceServer<grpc::Staff>>(),
+                ],
                 max_concurrent_requests: config.common.max_concurrent_requests,
                 request_id_retention: config.common.request_id_retention.get(),
                 tasks,
@@ -215,5 +253,34 @@ mod tests {
             .unwrap();
         let help = String::from_utf8(help).unwrap();
         assert!(help.contains("WATCH_HEARTBEAT"), "{help}");
+    }
+
+    #[test]
+    fn renewals_and_the_time_zone_have_defaults_and_help_lists_them() {
+        let c = Config::try_parse_from(["view-svc"]).unwrap();
+        assert_eq!(c.max_renewals, 2);
+        assert_eq!(c.library_timezone, chrono_tz::Tz::UTC);
+        let c = Config::try_parse_from([
+            "view-svc",
+            "--max-renewals",
+            "0",
+            "--library-timezone",
+            "Asia/Seoul",
+        ])
+        .unwrap();
+        assert_eq!(c.max_renewals, 0);
+        assert_eq!(c.library_timezone.name(), "Asia/Seoul");
+        let wrong = Config::try_parse_from(["view-svc", "--library-timezone", "Mars/Olympus"])
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.contains("IANA"), "{wrong}");
+        assert!(Config::try_parse_from(["view-svc", "--max-renewals", "-1"]).is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("MAX_RENEWALS"), "{help}");
+        assert!(help.contains("LIBRARY_TIMEZONE"), "{help}");
     }
 }

@@ -1,6 +1,6 @@
 //! The projection: every domain event, applied to the read model inside the
 //! transaction that records it in the inbox; then the members whose page
-//! changed are told.
+//! changed, and the desk's lists, are told.
 //!
 //! Replicas share the durable consumer, so two events of one journey may be
 //! applied at the same moment and commit in either order. Each change reads,
@@ -8,11 +8,20 @@
 //! advisory lock on PostgreSQL, which the consumer takes for a whole batch in
 //! one order, see [`EventHandler::locks`]; SQLite has one writer), so no
 //! change is decided on a row another one is rewriting. And every field only
-//! moves one way, so the order in which replicas commit does not show: the
-//! stage only forward ([`domain::advance`]), the queue order to the earliest
-//! placement, the pickup and due dates to the latest, the rental once set,
-//! the confirmation from PENDING to CONFIRMED, and each step is written once,
-//! except that a step's own event times it after a stand-in did.
+//! moves one way, so the order in which replicas commit does not show:
+//!
+//! - the hold (WAITING or READY, the copy held and when) is the one told by
+//!   the hold event with the highest `book_seq` ([`domain::hold_wins`]): a
+//!   requeue, the one move backwards, is simply the book's later change;
+//! - past the hold the stage only moves forward ([`domain::advance`]) and
+//!   wins over any hold event;
+//! - the queue order keeps the earliest placement, the pickup and due dates
+//!   the latest, the renewals the highest count, the rental and the copy
+//!   lent the first one set, the moment the copy was freed at the desk the
+//!   latest, the confirmation goes from PENDING to CONFIRMED;
+//! - each step is written once, except that a step's own event times it
+//!   after a stand-in did, and that READY, REQUEUED and RENEWED, which may
+//!   happen more than once, keep the latest time.
 
 use std::sync::Arc;
 
@@ -32,11 +41,20 @@ use sea_orm::{
 
 use crate::domain::{self, stage};
 use crate::rebuild;
+use crate::staff;
 use crate::store::{journeys, steps, titles};
 use crate::watch::Watchers;
 
 pub struct Projection {
     pub watchers: Arc<Watchers>,
+}
+
+/// What a hold event (WAITING or READY) says, at its `book_seq`.
+struct Hold<'a> {
+    stage: &'static str,
+    seq: i64,
+    /// The copy held (READY), empty when none is.
+    barcode: &'a str,
 }
 
 /// What an event says about one journey.
@@ -45,8 +63,15 @@ struct Change<'a> {
     reservation_id: &'a str,
     member_id: &'a str,
     book_id: &'a str,
+    /// A stage past the hold (RENTED and on).
     stage: Option<&'static str>,
+    hold: Option<Hold<'a>>,
     queue_seq: Option<i64>,
+    /// The copy lent.
+    loan_barcode: Option<&'a str>,
+    renewals: Option<i32>,
+    /// The book_seq at which the journey's copy was freed at the desk.
+    release_seq: Option<i64>,
     pickup_deadline: Option<Timestamp>,
     rental_id: Option<&'a str>,
     due_at: Option<Timestamp>,
@@ -67,32 +92,79 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<Timestamp> {
     t.as_ref().and_then(time::from_proto)
 }
 
+fn hold<'a>(stage: &'static str, a: &Option<Availability>, barcode: &'a str) -> Option<Hold<'a>> {
+    Some(Hold {
+        stage,
+        seq: seq(a).unwrap_or(0),
+        barcode: if stage == stage::READY { barcode } else { "" },
+    })
+}
+
+fn lent(barcode: &str) -> Option<&str> {
+    Some(barcode).filter(|b| !b.is_empty())
+}
+
 fn change_of(body: &Body) -> Option<Change<'_>> {
     Some(match body {
         Body::ReservationPlaced(e) => {
-            let ready = e.status == ReservationStatus::Ready as i32;
-            Change {
+            let base = Change {
                 reservation_id: &e.reservation_id,
                 member_id: &e.member_id,
                 book_id: &e.book_id,
-                stage: Some(if ready { stage::READY } else { stage::WAITING }),
                 queue_seq: seq(&e.availability),
-                pickup_deadline: ts(&e.pickup_deadline),
-                steps: if ready {
-                    vec![StepKind::Reserved, StepKind::Ready]
-                } else {
-                    vec![StepKind::Reserved]
-                },
                 ..Default::default()
+            };
+            if e.status == ReservationStatus::Fulfilled as i32 {
+                // A walk-in loan at the desk (R10): placed and lent at
+                // once, never READY.
+                Change {
+                    stage: Some(stage::RENTED),
+                    rental_id: Some(&e.rental_id),
+                    loan_barcode: lent(&e.barcode),
+                    steps: vec![StepKind::Reserved],
+                    ..base
+                }
+            } else if e.status == ReservationStatus::Ready as i32 {
+                Change {
+                    hold: hold(stage::READY, &e.availability, &e.barcode),
+                    pickup_deadline: ts(&e.pickup_deadline),
+                    steps: vec![StepKind::Reserved, StepKind::Ready],
+                    ..base
+                }
+            } else {
+                Change {
+                    hold: hold(stage::WAITING, &e.availability, ""),
+                    steps: vec![StepKind::Reserved],
+                    ..base
+                }
             }
         }
         Body::ReservationReady(e) => Change {
             reservation_id: &e.reservation_id,
             member_id: &e.member_id,
             book_id: &e.book_id,
-            stage: Some(stage::READY),
+            hold: hold(stage::READY, &e.availability, &e.barcode),
             pickup_deadline: ts(&e.pickup_deadline),
             steps: vec![StepKind::Ready],
+            ..Default::default()
+        },
+        // The copy held was withdrawn or lost and none was free: WAITING at
+        // the head of the queue (its queue order is the placement's, older
+        // than everyone's behind it).
+        Body::ReservationRequeued(e) => Change {
+            reservation_id: &e.reservation_id,
+            member_id: &e.member_id,
+            book_id: &e.book_id,
+            hold: hold(stage::WAITING, &e.availability, ""),
+            steps: vec![StepKind::Requeued],
+            ..Default::default()
+        },
+        // Another copy is held for the READY hold; the deadline stays.
+        Body::ReservationRetrapped(e) => Change {
+            reservation_id: &e.reservation_id,
+            member_id: &e.member_id,
+            book_id: &e.book_id,
+            hold: hold(stage::READY, &e.availability, &e.barcode),
             ..Default::default()
         },
         Body::ReservationCancelled(e) => Change {
@@ -100,6 +172,10 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             member_id: &e.member_id,
             book_id: &e.book_id,
             stage: Some(stage::CANCELLED),
+            // A READY hold's copy comes off the hold shelf.
+            release_seq: (e.previous_status == ReservationStatus::Ready as i32)
+                .then(|| seq(&e.availability))
+                .flatten(),
             steps: vec![StepKind::Cancelled],
             ..Default::default()
         },
@@ -108,6 +184,7 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             member_id: &e.member_id,
             book_id: &e.book_id,
             stage: Some(stage::EXPIRED),
+            release_seq: seq(&e.availability),
             steps: vec![StepKind::Expired],
             ..Default::default()
         },
@@ -117,6 +194,7 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             book_id: &e.book_id,
             stage: Some(stage::RENTED),
             rental_id: Some(&e.rental_id),
+            loan_barcode: lent(&e.barcode),
             ..Default::default()
         },
         Body::BookRented(e) => Change {
@@ -125,8 +203,32 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             book_id: &e.book_id,
             stage: Some(stage::RENTED),
             rental_id: Some(&e.rental_id),
+            loan_barcode: lent(&e.barcode),
             due_at: ts(&e.due_at),
             steps: vec![StepKind::Rented],
+            ..Default::default()
+        },
+        // R12: due later; the loan is active (an early event of it).
+        Body::LoanRenewed(e) => Change {
+            reservation_id: &e.reservation_id,
+            member_id: &e.member_id,
+            book_id: &e.book_id,
+            stage: Some(stage::RENTED),
+            rental_id: Some(&e.rental_id),
+            due_at: ts(&e.due_at),
+            renewals: Some(e.renewals),
+            steps: vec![StepKind::Renewed],
+            ..Default::default()
+        },
+        // R13: the loan is closed, its copy lost.
+        Body::RentalLost(e) => Change {
+            reservation_id: &e.reservation_id,
+            member_id: &e.member_id,
+            book_id: &e.book_id,
+            stage: Some(stage::LOST),
+            rental_id: Some(&e.rental_id),
+            loan_barcode: lent(&e.barcode),
+            steps: vec![StepKind::Lost],
             ..Default::default()
         },
         Body::BookReturned(e) => {
@@ -137,6 +239,7 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
                 book_id: &e.book_id,
                 stage: Some(stage::RETURNED),
                 rental_id: Some(&e.rental_id),
+                loan_barcode: lent(&e.barcode),
                 returned_at: ts(&e.returned_at),
                 confirmed: Some(confirmed),
                 steps: if confirmed {
@@ -157,24 +260,32 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
             book_id: &e.book_id,
             stage: Some(stage::RETURNED),
             rental_id: Some(&e.rental_id),
+            loan_barcode: lent(&e.barcode),
+            release_seq: seq(&e.availability),
             confirmed: Some(true),
             steps: vec![StepKind::Returned, StepKind::ReturnConfirmed],
             owns: Some(StepKind::ReturnConfirmed),
             ..Default::default()
         },
+        // Items: what they do to holds and loans comes as reservation and
+        // rental events of their own (re-trap, requeue, RentalLost).
         Body::BookRegistered(_)
         | Body::CopiesAdded(_)
         | Body::BookUpdated(_)
         | Body::ItemsRegistered(_)
         | Body::ItemWithdrawn(_)
+        | Body::ItemLost(_)
         | Body::ItemFound(_) => return None,
-        // Not on My Page yet: the trapped barcode, a hold sent back to the
-        // queue and a loan ended by a lost copy.
-        Body::LoanRenewed(_) | Body::RentalLost(_) => return None,
-        Body::ReservationRetrapped(_) | Body::ReservationRequeued(_) | Body::ItemLost(_) => {
-            return None;
-        }
     })
+}
+
+/// Steps that may happen more than once in a journey: the latest time
+/// stands, whatever order their events come in.
+fn keeps_latest(kind: StepKind) -> bool {
+    matches!(
+        kind,
+        StepKind::Ready | StepKind::Requeued | StepKind::Renewed
+    )
 }
 
 /// The book, title and revision an event tells: BookRegistered the title
@@ -192,22 +303,47 @@ fn title_of(body: &Body) -> Option<(&str, &str, i64)> {
 fn merged(j: &journeys::Model, c: &Change<'_>, at: Timestamp) -> journeys::Model {
     let confirmed =
         j.return_confirmation.as_deref() == Some(CONFIRMED) || c.confirmed == Some(true);
+    let mut next = j.clone();
+    if let Some(h) = &c.hold {
+        let known = (!j.stage.is_empty()).then(|| {
+            let held = if j.trapped_at.is_some() {
+                stage::READY
+            } else {
+                stage::WAITING
+            };
+            (j.stage_seq, held)
+        });
+        if domain::hold_wins(known, h.stage, h.seq) {
+            next.stage = domain::hold_stage(&j.stage, h.stage).to_owned();
+            next.stage_seq = h.seq;
+            next.hold_barcode = h.barcode.to_owned();
+            next.trapped_at = (h.stage == stage::READY).then_some(at);
+        }
+    }
+    if let Some(after) = c.stage {
+        next.stage = domain::advance(&next.stage, after).to_owned();
+    }
     journeys::Model {
-        stage: c
-            .stage
-            .map_or(j.stage.as_str(), |next| domain::advance(&j.stage, next))
-            .to_owned(),
         // The placement's book_seq; the earliest if a replay tells another.
         queue_seq: c.queue_seq.map_or(j.queue_seq, |q| q.min(j.queue_seq)),
         // Shown only while READY, so a late hold's deadline after the loan
-        // changes nothing a member sees.
+        // changes nothing a member sees; a hold READY again after a requeue
+        // has a later one.
         pickup_deadline: j.pickup_deadline.max(c.pickup_deadline),
         // A reservation is fulfilled by one rental.
         rental_id: j
             .rental_id
             .clone()
             .or_else(|| c.rental_id.filter(|r| !r.is_empty()).map(str::to_owned)),
+        // Every event of a loan names the same copy.
+        loan_barcode: if j.loan_barcode.is_empty() {
+            c.loan_barcode.unwrap_or_default().to_owned()
+        } else {
+            j.loan_barcode.clone()
+        },
         due_at: j.due_at.max(c.due_at),
+        renewals: c.renewals.map_or(j.renewals, |r| r.max(j.renewals)),
+        release_seq: j.release_seq.max(c.release_seq),
         // BookReturned knows when the book came back; ReturnRecorded, which
         // may come first, stands in until then.
         returned_at: c
@@ -221,7 +357,7 @@ fn merged(j: &journeys::Model, c: &Change<'_>, at: Timestamp) -> journeys::Model
         } else {
             j.return_confirmation.clone()
         },
-        ..j.clone()
+        ..next
     }
 }
 
@@ -250,6 +386,12 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
         due_at: Set(None),
         returned_at: Set(None),
         return_confirmation: Set(None),
+        stage_seq: Set(0),
+        hold_barcode: Set(String::new()),
+        trapped_at: Set(None),
+        loan_barcode: Set(String::new()),
+        renewals: Set(0),
+        release_seq: Set(None),
     })
     .on_conflict_do_nothing()
     .exec_without_returning(db)
@@ -277,6 +419,11 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
         let on_conflict = if c.owns == Some(kind) {
             OnConflict::columns([steps::Column::ReservationId, steps::Column::Kind])
                 .update_column(steps::Column::At)
+                .to_owned()
+        } else if keeps_latest(kind) {
+            OnConflict::columns([steps::Column::ReservationId, steps::Column::Kind])
+                .update_column(steps::Column::At)
+                .action_and_where(steps::Column::At.lt(at))
                 .to_owned()
         } else {
             OnConflict::columns([steps::Column::ReservationId, steps::Column::Kind])
@@ -343,8 +490,10 @@ impl EventHandler for Projection {
             return;
         };
         if let Some((book_id, _, _)) = title_of(body) {
-            // A title arrived: every page with this book may change.
+            // A title arrived: every page and list with this book may change.
             self.notify_book(book_id, false).await;
+            self.watchers.notify(staff::HOLD_SHELF);
+            self.watchers.notify(staff::LOANS);
             return;
         }
         let Some(change) = change_of(body) else {
@@ -354,10 +503,26 @@ impl EventHandler for Projection {
         // Queue positions of everybody waiting for the book may have moved.
         let queue_moved = matches!(
             body,
-            Body::ReservationReady(_) | Body::ReservationCancelled(_) | Body::ReservationExpired(_)
+            Body::ReservationReady(_)
+                | Body::ReservationCancelled(_)
+                | Body::ReservationExpired(_)
+                | Body::ReservationRequeued(_)
         );
         if queue_moved {
             self.notify_book(change.book_id, true).await;
+        }
+        // The desk's live lists: the hold shelf may change with any change
+        // of a journey (a hold, its end, a copy freed at the desk, which
+        // decides whether the next hold's copy is to pull); the loans with
+        // every change of a loan.
+        self.watchers.notify(staff::HOLD_SHELF);
+        if change.due_at.is_some()
+            || matches!(
+                change.stage,
+                Some(stage::RENTED | stage::RETURNED | stage::LOST)
+            )
+        {
+            self.watchers.notify(staff::LOANS);
         }
     }
 }
@@ -390,10 +555,11 @@ mod tests {
     use super::*;
     use rentalbook_plumbing::db::Db;
     use rentalbook_proto::events::v1::{
-        BookRegistered, BookRented, BookReturned, BookUpdated, ReservationCancelled,
-        ReservationFulfilled, ReservationPlaced, ReservationReady, ReturnRecorded,
+        BookRegistered, BookRented, BookReturned, BookUpdated, LoanRenewed, RentalLost,
+        ReservationCancelled, ReservationFulfilled, ReservationPlaced, ReservationReady,
+        ReservationRequeued, ReservationRetrapped, ReturnRecorded,
     };
-    use rentalbook_proto::view::v1::MyPage;
+    use rentalbook_proto::view::v1::{JourneyStage, MyPage};
     use sea_orm_migration::MigratorTrait;
 
     const EPOCH: i64 = 1_700_000_000;
@@ -454,8 +620,8 @@ mod tests {
                     queue_position: 1,
                     pickup_deadline: None,
                     availability: availability(2),
-                    barcode: String::new(),
                     rental_id: String::new(),
+                    barcode: String::new(),
                 }),
             ),
             event(
@@ -536,6 +702,172 @@ mod tests {
         events
     }
 
+    fn placed_ready(i: &Ids, secs: i64, book_seq: i64, barcode: &str) -> Envelope {
+        event(
+            secs,
+            Body::ReservationPlaced(ReservationPlaced {
+                reservation_id: i.r.clone(),
+                book_id: i.b.clone(),
+                member_id: i.m.clone(),
+                status: ReservationStatus::Ready as i32,
+                queue_position: 0,
+                pickup_deadline: at(100),
+                availability: availability(book_seq),
+                rental_id: String::new(),
+                barcode: barcode.into(),
+            }),
+        )
+    }
+
+    fn retrapped(i: &Ids, secs: i64, book_seq: i64, from: &str, to: &str) -> Envelope {
+        event(
+            secs,
+            Body::ReservationRetrapped(ReservationRetrapped {
+                reservation_id: i.r.clone(),
+                book_id: i.b.clone(),
+                member_id: i.m.clone(),
+                barcode: to.into(),
+                previous_barcode: from.into(),
+                availability: availability(book_seq),
+            }),
+        )
+    }
+
+    fn requeued(i: &Ids, secs: i64, book_seq: i64, barcode: &str) -> Envelope {
+        event(
+            secs,
+            Body::ReservationRequeued(ReservationRequeued {
+                reservation_id: i.r.clone(),
+                book_id: i.b.clone(),
+                member_id: i.m.clone(),
+                barcode: barcode.into(),
+                availability: availability(book_seq),
+            }),
+        )
+    }
+
+    /// A READY hold whose copy is replaced, then lost with no other left:
+    /// WAITING again at the head of the queue.
+    fn a_requeued_hold(i: &Ids) -> Vec<Envelope> {
+        vec![
+            placed_ready(i, 1, 2, "A-1"),
+            retrapped(i, 2, 3, "A-1", "A-2"),
+            requeued(i, 3, 4, "A-2"),
+        ]
+    }
+
+    /// A requeued hold READY again with a new copy, lent, renewed twice and
+    /// lost on loan.
+    fn a_requeued_renewed_and_lost_loan(i: &Ids) -> Vec<Envelope> {
+        let mut events = a_requeued_hold(i);
+        let renewed = |secs, renewals, due| {
+            event(
+                secs,
+                Body::LoanRenewed(LoanRenewed {
+                    rental_id: i.l.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    reservation_id: i.r.clone(),
+                    due_at: at(due),
+                    renewals,
+                    renewed_by: i.m.clone(),
+                }),
+            )
+        };
+        events.extend([
+            event(
+                4,
+                Body::ReservationReady(ReservationReady {
+                    reservation_id: i.r.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    pickup_deadline: at(200),
+                    availability: availability(6),
+                    barcode: "A-3".into(),
+                }),
+            ),
+            event(
+                5,
+                Body::ReservationFulfilled(ReservationFulfilled {
+                    reservation_id: i.r.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    rental_id: i.l.clone(),
+                    availability: availability(7),
+                    barcode: "A-3".into(),
+                }),
+            ),
+            event(
+                6,
+                Body::BookRented(BookRented {
+                    rental_id: i.l.clone(),
+                    reservation_id: i.r.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    rented_at: at(5),
+                    due_at: at(10),
+                    barcode: "A-3".into(),
+                }),
+            ),
+            renewed(7, 1, 30),
+            renewed(8, 2, 45),
+            event(
+                9,
+                Body::RentalLost(RentalLost {
+                    rental_id: i.l.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    reservation_id: i.r.clone(),
+                    barcode: "A-3".into(),
+                    lost_at: at(9),
+                }),
+            ),
+        ]);
+        events
+    }
+
+    /// A walk-in loan at the desk: placed and lent at once, returned.
+    fn a_walk_in_loan(i: &Ids) -> Vec<Envelope> {
+        let mut events = a_whole_loan(i);
+        events.drain(..3);
+        events.insert(
+            0,
+            event(
+                3,
+                Body::ReservationPlaced(ReservationPlaced {
+                    reservation_id: i.r.clone(),
+                    book_id: i.b.clone(),
+                    member_id: i.m.clone(),
+                    status: ReservationStatus::Fulfilled as i32,
+                    queue_position: 0,
+                    pickup_deadline: None,
+                    availability: availability(4),
+                    rental_id: i.l.clone(),
+                    barcode: "W-1".into(),
+                }),
+            ),
+        );
+        events
+    }
+
+    /// `n` orders of `0..len`: in order, reversed, and shuffled by a fixed
+    /// seed (too many to try them all).
+    fn some_orders(len: usize, n: usize) -> Vec<Vec<usize>> {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut all = vec![(0..len).collect::<Vec<_>>(), (0..len).rev().collect()];
+        while all.len() < n {
+            let mut order: Vec<usize> = (0..len).collect();
+            for k in (1..len).rev() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                order.swap(k, (state >> 33) as usize % (k + 1));
+            }
+            all.push(order);
+        }
+        all
+    }
+
     /// Every order of `0..n`.
     fn orders(n: usize) -> Vec<Vec<usize>> {
         if n == 0 {
@@ -565,7 +897,10 @@ mod tests {
     /// pages of different journeys compare.
     async fn page(db: &Db, i: &Ids) -> MyPage {
         let now = time::from_proto(&at(50).unwrap()).unwrap();
-        let (mut page, _) = crate::pages::build(db.conn(), &i.m, now).await.unwrap();
+        let library = crate::domain::Library::default();
+        let (mut page, _) = crate::pages::build(db.conn(), &i.m, now, &library)
+            .await
+            .unwrap();
         page.generated_at = None;
         page.member_id.clear();
         for j in &mut page.journeys {
@@ -585,7 +920,19 @@ mod tests {
     async fn a_journey_looks_the_same_whatever_order_its_events_are_applied_in() {
         let (db, projection) = read_model().await;
         let mut n = 0;
-        for journey in [a_whole_loan as fn(&Ids) -> Vec<Envelope>, a_cancelled_hold] {
+        let all = |len| orders(len);
+        let sampled = |len| some_orders(len, 400);
+        let journeys = [
+            (
+                a_whole_loan as fn(&Ids) -> Vec<Envelope>,
+                all as fn(usize) -> Vec<Vec<usize>>,
+            ),
+            (a_cancelled_hold, all),
+            (a_requeued_hold, all),
+            (a_walk_in_loan, all),
+            (a_requeued_renewed_and_lost_loan, sampled),
+        ];
+        for (journey, orders) in journeys {
             let mut expected = None;
             for order in orders(journey(&ids(0)).len()) {
                 n += 1;
@@ -597,10 +944,107 @@ mod tests {
                 }
                 tx.commit().await.unwrap();
                 let got = page(&db, &i).await;
-                let expected = expected.get_or_insert_with(|| got.clone());
-                assert_eq!(&got, expected, "events applied in the order {order:?}");
+                let stored = journeys::Entity::find_by_id(i.r.clone())
+                    .one(db.conn())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let stored = journeys::Model {
+                    reservation_id: String::new(),
+                    member_id: String::new(),
+                    book_id: String::new(),
+                    rental_id: None,
+                    ..stored
+                };
+                let expected = expected.get_or_insert_with(|| (got.clone(), stored.clone()));
+                assert_eq!(&got, &expected.0, "events applied in the order {order:?}");
+                assert_eq!(&stored, &expected.1, "the row, in the order {order:?}");
             }
         }
+    }
+
+    /// What stream order gives for the journeys of the desk.
+    #[tokio::test]
+    async fn requeues_retraps_renewals_losses_and_walk_ins_show_on_the_page() {
+        let (db, projection) = read_model().await;
+        let apply_all = |events: Vec<Envelope>| {
+            let (db, projection) = (&db, &projection);
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                for e in &events {
+                    projection.apply(&mut tx, e).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        };
+        let kinds = |p: &MyPage| -> Vec<StepKind> {
+            p.journeys[0].steps.iter().map(|s| s.kind()).collect()
+        };
+
+        // Held copy replaced: READY with the new copy.
+        let i = ids(1);
+        let mut events = a_requeued_hold(&i);
+        events.truncate(2);
+        apply_all(events).await;
+        let p = page(&db, &i).await;
+        assert_eq!(p.journeys[0].stage(), JourneyStage::Ready);
+        assert_eq!(p.journeys[0].barcode, "A-2");
+
+        // Then requeued: WAITING first in line, no copy.
+        let i = ids(2);
+        apply_all(a_requeued_hold(&i)).await;
+        let p = page(&db, &i).await;
+        let j = &p.journeys[0];
+        assert_eq!((j.stage(), j.queue_position), (JourneyStage::Waiting, 1));
+        assert_eq!(j.barcode, "");
+        assert_eq!(j.pickup_deadline, None);
+        assert_eq!(
+            kinds(&p),
+            [StepKind::Reserved, StepKind::Ready, StepKind::Requeued]
+        );
+        assert_eq!(p.open_reservations, 1);
+
+        // READY again, lent, renewed twice, lost: closed, never overdue.
+        let i = ids(3);
+        let events = a_requeued_renewed_and_lost_loan(&i);
+        apply_all(events[..8].to_vec()).await;
+        let p = page(&db, &i).await;
+        let j = &p.journeys[0];
+        assert_eq!(j.stage(), JourneyStage::Overdue, "due at 45, read at 50");
+        assert_eq!(j.barcode, "A-3");
+        assert_eq!((j.renewals, j.renewals_left), (2, 0));
+        assert_eq!(j.due_at, at(45), "the latest renewal's due date");
+        apply_all(events[8..].to_vec()).await;
+        let p = page(&db, &i).await;
+        let j = &p.journeys[0];
+        assert_eq!(j.stage(), JourneyStage::Lost, "lost, not overdue");
+        assert_eq!((j.renewals, j.renewals_left), (2, 0));
+        assert_eq!((p.open_reservations, p.active_rentals), (0, 0));
+        assert_eq!(
+            kinds(&p),
+            [
+                StepKind::Reserved,
+                StepKind::Requeued,
+                StepKind::Ready,
+                StepKind::Rented,
+                StepKind::Renewed,
+                StepKind::Lost
+            ],
+            "READY and RENEWED at their latest"
+        );
+        assert_eq!(j.steps[2].at, at(4));
+        assert_eq!(j.steps[4].at, at(8));
+
+        // A walk-in: RESERVED then RENTED, never READY.
+        let i = ids(4);
+        let mut events = a_walk_in_loan(&i);
+        events.truncate(2);
+        apply_all(events).await;
+        let p = page(&db, &i).await;
+        let j = &p.journeys[0];
+        assert_eq!(j.stage(), JourneyStage::Rented);
+        assert_eq!((j.barcode.as_str(), j.renewals_left), ("W-1", 2));
+        assert_eq!(kinds(&p), [StepKind::Reserved, StepKind::Rented]);
     }
 
     /// A book's registration and two corrections of its title, applied in

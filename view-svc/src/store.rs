@@ -27,6 +27,24 @@ pub mod journeys {
         pub returned_at: Option<DateTimeUtc>,
         /// PENDING or CONFIRMED once returned.
         pub return_confirmation: Option<String>,
+        /// The book_seq of the hold event (placement, READY, requeue,
+        /// re-trap) that decided the stage while WAITING or READY, and
+        /// `hold_barcode` and `trapped_at` with it: the latest wins.
+        pub stage_seq: i64,
+        /// The copy held for the member while READY (empty when WAITING).
+        pub hold_barcode: String,
+        /// When `hold_barcode` was held for the member.
+        pub trapped_at: Option<DateTimeUtc>,
+        /// The copy lent, once known.
+        pub loan_barcode: String,
+        /// Times the loan was renewed (the highest count told).
+        pub renewals: i32,
+        /// The book_seq of the change that freed this journey's copy at the
+        /// desk (its return recorded, or the READY hold cancelled or
+        /// expired): the copy is in the librarian's hands then, so a hold
+        /// given that copy at the next book_seq needs no pulling from the
+        /// open shelves.
+        pub release_seq: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -121,6 +139,55 @@ impl MigrationTrait for TitleRevisions {
     }
 }
 
+/// The circulation desk's columns (SPEC §10): the copy held or lent,
+/// renewals, holds sent back to the queue, and the indexes of the staff
+/// views. Journeys made before keep stage_seq 0 until their next hold
+/// event, which then wins as it should; `--rebuild` fills every column.
+struct DeskColumns;
+
+impl MigrationName for DeskColumns {
+    fn name(&self) -> &str {
+        "m0004_desk_columns"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for DeskColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let timestamp = match manager.get_database_backend() {
+            sea_orm::DbBackend::Postgres => "TIMESTAMP WITH TIME ZONE",
+            _ => "TIMESTAMP_WITH_TIMEZONE_TEXT",
+        };
+        // A read model created by m0001 from today's entity has them all.
+        let columns = [
+            ("stage_seq", "BIGINT NOT NULL DEFAULT 0".to_owned()),
+            ("hold_barcode", "VARCHAR NOT NULL DEFAULT ''".to_owned()),
+            ("trapped_at", format!("{timestamp} NULL")),
+            ("loan_barcode", "VARCHAR NOT NULL DEFAULT ''".to_owned()),
+            ("renewals", "INTEGER NOT NULL DEFAULT 0".to_owned()),
+            ("release_seq", "BIGINT NULL".to_owned()),
+        ];
+        for (column, ddl) in columns {
+            if !manager.has_column("journeys", column).await? {
+                db.execute_unprepared(&format!("ALTER TABLE journeys ADD COLUMN {column} {ddl}"))
+                    .await?;
+            }
+        }
+        for ddl in [
+            // The hold shelf (READY by pickup deadline), overdue and due
+            // loans (RENTED by due date), a book's queue.
+            "CREATE INDEX IF NOT EXISTS idx_journeys_stage_pickup ON journeys (stage, pickup_deadline)",
+            "CREATE INDEX IF NOT EXISTS idx_journeys_stage_due ON journeys (stage, due_at)",
+            "CREATE INDEX IF NOT EXISTS idx_journeys_book_stage ON journeys (book_id, stage, queue_seq)",
+            "CREATE INDEX IF NOT EXISTS idx_journeys_book_release ON journeys (book_id, release_seq)",
+        ] {
+            db.execute_unprepared(ddl).await?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -130,6 +197,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateReadModel),
             Box::new(OutboxTraceparent),
             Box::new(TitleRevisions),
+            Box::new(DeskColumns),
         ]
     }
 }
