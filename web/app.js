@@ -1239,6 +1239,8 @@ async function takeBack(entry) {
   } catch (e) {
     if (session === state.checkinSession) {
       state.checkin.entries = state.checkin.entries.filter((x) => x !== entry);
+      // The last answer was about another copy: only the refusal shows.
+      state.checkin.last = null;
       renderCheckin();
     }
     await problem(e, 'checkin-notice');

@@ -34,8 +34,8 @@
 // in Korean on a phone. axe-core scans each of those screens.
 //
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
-// Page one is copied to docs/images/mypage.png when that file is missing or
-// UPDATE_DOCS_SCREENSHOTS=1.
+// Page and check-in ones are copied to docs/images/ when they are missing
+// there or UPDATE_DOCS_SCREENSHOTS=1.
 
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -941,6 +941,7 @@ try {
   const loudSize = await loud.evaluate((el) => parseFloat(getComputedStyle(el).fontSize));
   check(loudSize >= 24, `the answer is large (${loudSize}px)`);
   await scan(lib, 'the check-in saying hold shelf');
+  await shot(lib, 'desk-checkin.png');
   await scanCode(lib, b2);
   await loud.getByText('Reshelve', { exact: true }).waitFor();
   await scanCode(lib, b2);
@@ -950,11 +951,12 @@ try {
   await scanCode(lib, 'NO-SUCH-COPY');
   const unknownCopy = await notice(lib, /./, '#checkin-notice');
   check(unknownCopy === 'No copy has the barcode NO-SUCH-COPY.', `an unknown barcode: ${unknownCopy}`);
+  check(await lib.locator('#checkin-answer').isHidden(), "a refused scan does not show the last copy's answer");
   await scanReady(lib, 'checkin-barcode');
   await lib.locator('#checkin-list-title').getByText('3 copies checked in at this desk').waitFor();
   check((await lib.locator('#checkin-list li').count()) === 3, 'the session lists three check-ins');
   await noticesCoverNothing(lib, 'the check-in with a refusal');
-  await shot(lib, 'desk-checkin.png');
+  await shot(lib, 'desk-checkin-session.png');
   // The desk away (played: the all-in-one's desk always answers): set aside, then where it goes, live.
   const fakeRental = '0190f1e2-0000-7000-8000-00000000aside';
   let asked = 0;
@@ -1353,11 +1355,13 @@ document.getElementById('f').submit();
 
   // Nobody's pages logged an error.
   check(consoleErrors.length === 0, `console errors:\n  ${consoleErrors.join('\n  ')}`);
-  const docs = join(repo, 'docs', 'images', 'mypage.png');
-  if (!existsSync(docs) || process.env.UPDATE_DOCS_SCREENSHOTS === '1') {
-    mkdirSync(dirname(docs), { recursive: true });
-    copyFileSync(join(shots, 'mypage.png'), docs);
-    console.log(`  copied mypage.png to ${docs}`);
+  for (const image of ['mypage.png', 'desk-checkin.png']) {
+    const docs = join(repo, 'docs', 'images', image);
+    if (!existsSync(docs) || process.env.UPDATE_DOCS_SCREENSHOTS === '1') {
+      mkdirSync(dirname(docs), { recursive: true });
+      copyFileSync(join(shots, image), docs);
+      console.log(`  copied ${image} to ${docs}`);
+    }
   }
 } catch (e) {
   failed = e;
