@@ -5,6 +5,7 @@
 import { ApiError, errorFor, get, post, query } from './api.js';
 import {
   formatTime,
+  has,
   language,
   preferredLanguage,
   setLanguage,
@@ -15,8 +16,11 @@ import {
   FINISHED,
   bookCard,
   bookTitle,
+  checkInRow,
+  h,
   idPart,
   journeyCard,
+  loanRow,
   noticeEl,
   replaceKeepingFocus,
   stageLabel,
@@ -31,6 +35,15 @@ const state = {
   route: { name: '' },
   catalogue: { q: '', books: [], next: '', searched: false },
   desk: { q: '', books: [], searched: false },
+  /** The desk's sub-view (`checkout`, `checkin`, `books`, `members`). */
+  deskTab: 'checkout',
+  /** Check-out: the member lent to, and this session's loans (newest first). */
+  checkout: { member: '', loans: [] },
+  /** Check-in: this session's scans (newest first), the last answer, and a session number. */
+  checkin: { entries: [], last: null },
+  checkinSession: 0,
+  /** Books whose copies are open at the desk: `{items, confirm, highlight}` by book id. */
+  items: new Map(),
   /** The My Page on screen, whose member, and each journey's last stage. */
   page: null,
   pageOf: '',
@@ -65,7 +78,8 @@ const spokenLast = new Map();
  * caused) is added to it rather than replacing it before it is heard.
  */
 function speak(text, kind = 'done') {
-  const region = kind === 'problem' ? $('alert') : $('announce');
+  // Problems, and the check-in's answers, are said at once.
+  const region = kind === 'problem' || kind === 'loud' ? $('alert') : $('announce');
   const last = spokenLast.get(region);
   const now = Date.now();
   const joined = last && now - last.at < 1500 && !last.text.includes(text) ? `${last.text} ${text}` : text;
@@ -215,6 +229,12 @@ function forget() {
   stopWatch();
   state.catalogue = { q: '', books: [], next: '', searched: false };
   state.desk = { q: '', books: [], searched: false };
+  state.checkout = { member: '', loans: [] };
+  state.checkin = { entries: [], last: null };
+  state.checkinSession += 1;
+  state.items = new Map();
+  state.loans = new Map();
+  state.loansKey = '';
   state.page = null;
   state.pageOf = null;
   state.stages = new Map();
@@ -225,7 +245,11 @@ function forget() {
   renderPage();
   renderCatalogue();
   renderDeskBooks();
-  for (const id of ['search-q', 'desk-q', 'member-id']) $(id).value = '';
+  renderCheckout();
+  renderCheckin();
+  for (const id of ['search-q', 'desk-q', 'member-id', 'checkout-member', 'checkout-barcode', 'checkin-barcode', 'lookup-barcode']) {
+    $(id).value = '';
+  }
 }
 const isLibrarian = () => state.session.member?.role === 'librarian';
 
@@ -288,13 +312,19 @@ function parseRoute() {
     case 'mypage':
       return { name: 'mypage' };
     case 'desk':
-      return { name: 'desk' };
+      // The desk opens where the librarian left it.
+      return { name: 'desk', sub: DESK_TABS.includes(parts[1]) ? parts[1] : state.deskTab };
     case 'members':
-      return parts[1] ? { name: 'member', memberId: decodeURIComponent(parts[1]) } : { name: 'desk' };
+      return parts[1]
+        ? { name: 'member', memberId: decodeURIComponent(parts[1]) }
+        : { name: 'desk', sub: 'members' };
     default:
       return { name: '' };
   }
 }
+
+/** The desk's sub-views, in the order of its navigation. */
+const DESK_TABS = ['checkout', 'checkin', 'books', 'members'];
 
 const VIEWS = {
   signin: 'view-signin',
@@ -323,6 +353,10 @@ async function show(route, { focus = false } = {}) {
     if (here) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
+  if (route.name === 'desk') {
+    if (location.hash !== `#/desk/${route.sub}`) history.replaceState(null, '', `#/desk/${route.sub}`);
+    showDeskTab(route.sub);
+  }
   setTitle();
   if (route.name === 'mypage' || route.name === 'member') {
     const of = route.name === 'member' ? route.memberId : '';
@@ -332,6 +366,8 @@ async function show(route, { focus = false } = {}) {
       state.stages = new Map();
       state.tab = 'current';
       state.historyShown = HISTORY_PAGE;
+      state.loans = new Map();
+      state.loansKey = '';
       clearNotice('mypage-notice');
       clearNotice('live-notice');
       for (const card of [...state.cardNotices.keys()]) {
@@ -346,9 +382,15 @@ async function show(route, { focus = false } = {}) {
     stopWatch();
   }
   if (focus) {
-    const heading = $(VIEWS[route.name]).querySelector('h1');
-    heading.setAttribute('tabindex', '-1');
-    heading.focus();
+    // A scanning screen is ready for the next scan; any other view starts at its heading.
+    const scanInput = route.name === 'desk' ? deskScanInput(route.sub) : null;
+    if (scanInput) {
+      scanInput.focus();
+    } else {
+      const heading = $(VIEWS[route.name]).querySelector('h1');
+      heading.setAttribute('tabindex', '-1');
+      heading.focus();
+    }
   }
   if (route.name === 'catalogue') {
     // Availability moves all the time: read the list again on every visit,
@@ -364,7 +406,8 @@ async function show(route, { focus = false } = {}) {
 function setTitle() {
   const r = state.route;
   const key = r.name === 'member' ? 'title.member' : `title.${r.name || 'signin'}`;
-  document.title = t(key, { id: r.memberId ?? '' });
+  document.title =
+    r.name === 'desk' ? t('title.deskTab', { tab: t(`desk.tab.${r.sub}`) }) : t(key, { id: r.memberId ?? '' });
   if (r.name === 'member') $('mypage-title').textContent = t('mypage.titleOf', { id: r.memberId });
   else $('mypage-title').textContent = t('mypage.title');
 }
@@ -680,7 +723,8 @@ function renderPage(page = state.page) {
     $('tab-history').textContent = t('mypage.tab.history', { n: 0 });
     return;
   }
-  const journeys = page.journeys || [];
+  const journeys = (page.journeys || []).map(withLoan);
+  if (`${loansKeyOf(page)}|${state.pageOf}` !== state.loansKey) loadLoans();
   // Read out what changed since the last page (a queue moved, a copy came
   // back); a problem shown on a journey is about the stage it was in.
   const changes = [];
@@ -697,7 +741,7 @@ function renderPage(page = state.page) {
   const own = state.route.name === 'mypage';
   if (own) state.holdings = holdingsOf(page);
   const open = holdingsOf(page);
-  const actions = own ? { rent, giveBack, cancel, reserveAgain } : { giveBack, cancel };
+  const actions = own ? { rent, giveBack, cancel, reserveAgain, renew } : { giveBack, cancel, renew };
   const card = (j) =>
     journeyCard(j, actions, {
       open: open.has(j.bookId),
@@ -720,6 +764,58 @@ function renderPage(page = state.page) {
   $('mypage-empty').textContent = current.length ? '' : t(journeys.length ? 'mypage.emptyCurrent' : 'mypage.empty');
   $('history-empty').hidden = past.length > 0;
   $('history-empty').textContent = past.length ? '' : t('mypage.emptyHistory');
+}
+
+const ON_LOAN = new Set(['JOURNEY_STAGE_RENTED', 'JOURNEY_STAGE_OVERDUE']);
+
+/** The loans on a page and their due dates: when they change, the rentals are read again. */
+function loansKeyOf(page) {
+  return (page?.journeys || [])
+    .filter((j) => ON_LOAN.has(j.stage) && j.rentalId)
+    .map((j) => `${j.rentalId}:${j.dueAt ?? ''}`)
+    .sort()
+    .join(',');
+}
+
+/**
+ * Reads the member's active rentals, which say how many renewals are left
+ * (My Page's journeys do not), and draws the page again with them.
+ */
+async function loadLoans() {
+  const of = state.pageOf ?? '';
+  const key = loansKeyOf(state.page);
+  state.loansKey = `${key}|${of}`;
+  if (!key) return;
+  try {
+    const answer = await get(`/v1/rentals${query({ memberId: of, activeOnly: true, pageSize: 100 })}`);
+    if ((state.pageOf ?? '') !== of) return;
+    for (const r of answer.rentals || []) {
+      const known = state.loans.get(r.rentalId);
+      // A renewal answered here may be newer than the list.
+      if (!known || (known.renewals ?? 0) <= (r.renewals ?? 0)) state.loans.set(r.rentalId, r);
+    }
+    renderPage();
+  } catch {
+    // Without them no Renew shows; everything else stands.
+  }
+}
+
+/**
+ * A journey with what its rental says: renewals left, the copy's barcode,
+ * and a due date a renewal moved (until the page itself has it).
+ */
+function withLoan(j) {
+  const loan = j.rentalId && ON_LOAN.has(j.stage) ? state.loans.get(j.rentalId) : null;
+  if (!loan) return j;
+  const out = { ...j, renewalsLeft: loan.renewalsLeft ?? 0 };
+  if (!out.barcode && loan.barcode) out.barcode = loan.barcode;
+  if (loan.dueAt && (!out.dueAt || Date.parse(loan.dueAt) > Date.parse(out.dueAt))) {
+    out.dueAt = loan.dueAt;
+    if (out.stage === 'JOURNEY_STAGE_OVERDUE' && Date.parse(loan.dueAt) > Date.now()) {
+      out.stage = 'JOURNEY_STAGE_RENTED';
+    }
+  }
+  return out;
 }
 
 /** Changes of stage, read out politely. */
@@ -792,6 +888,14 @@ async function cancel(journey, button) {
   });
 }
 
+async function renew(journey, button) {
+  await journeyAction(journey, button, async () => {
+    const rental = await post(`/v1/rentals/${encodeURIComponent(journey.rentalId)}:renew`, {});
+    state.loans.set(rental.rentalId, rental);
+    return t('journey.renewed', { title: bookTitle(journey), time: formatTime(rental.dueAt), n: rental.renewalsLeft ?? 0 });
+  });
+}
+
 async function reserveAgain(journey, button) {
   await journeyAction(journey, button, async () => {
     const r = await post('/v1/reservations', { bookId: journey.bookId });
@@ -803,9 +907,12 @@ async function reserveAgain(journey, button) {
 // ------------------------------------------------------------------ desk
 
 function renderDeskBooks() {
+  const actions = { addCopies, toggleItems, askItem, keepItem, changeItem };
   replaceKeepingFocus(
-    $('desk-books'),
-    state.desk.books.map((b) => bookCard(b, { addCopies }, { notice: cardNotice(`desk:${b.bookId}`) })),
+    $('desk-books-list'),
+    state.desk.books.map((b) =>
+      bookCard(b, actions, { notice: cardNotice(`desk:${b.bookId}`), items: state.items.get(b.bookId) ?? null }),
+    ),
     $('copies-title'),
   );
 }
@@ -923,6 +1030,361 @@ function openMemberPage(event) {
   location.hash = `#/members/${encodeURIComponent($('member-id').value.trim())}`;
 }
 
+// ------------------------------------------------------------------ desk: navigation
+
+/** Shows one of the desk's sub-views and marks its link as the current one. */
+function showDeskTab(sub) {
+  state.deskTab = sub;
+  for (const name of DESK_TABS) $(`desk-${name}`).hidden = name !== sub;
+  for (const link of document.querySelectorAll('#desk-nav a[data-desk]')) {
+    if (link.dataset.desk === sub) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  if (sub === 'checkout') renderCheckout();
+  if (sub === 'checkin') renderCheckin();
+  // Copies move while the librarian is elsewhere: read the open lists again.
+  if (sub === 'books') for (const bookId of state.items.keys()) loadItems(bookId).catch(() => {});
+}
+
+/** The input a scanning screen waits in: the member first, then the copies. */
+function deskScanInput(sub) {
+  if (sub === 'checkout') return state.checkout.member ? $('checkout-barcode') : $('checkout-member');
+  if (sub === 'checkin') return $('checkin-barcode');
+  return null;
+}
+
+/**
+ * Scans are taken one after another, in the order they were made: a scanner
+ * types the next code while the desk still answers the last one.
+ */
+const scanQueues = { checkout: Promise.resolve(), checkin: Promise.resolve() };
+function enqueue(queue, work) {
+  scanQueues[queue] = scanQueues[queue].then(work, work);
+}
+
+/** Every scan's row gets a key of its own, so that the lists can redraw it. */
+let scanCount = 0;
+
+/** Book titles by id, for the desk's lists (a rental and a check-in name only the book). */
+const titles = new Map();
+async function titleOf(bookId) {
+  if (!bookId) return '';
+  if (titles.has(bookId)) return titles.get(bookId);
+  try {
+    const book = await get(`/v1/books/${encodeURIComponent(bookId)}`);
+    titles.set(bookId, book.title);
+    return book.title;
+  } catch {
+    return t('journey.untitled', { id: String(bookId).slice(0, 8) });
+  }
+}
+
+// ------------------------------------------------------------------ desk: check out
+
+function renderCheckout() {
+  const c = state.checkout;
+  const lending = Boolean(c.member);
+  $('checkout-member-form').hidden = lending;
+  $('checkout-lending').hidden = !lending;
+  if (lending) {
+    $('checkout-who').textContent = t('checkout.lendingTo', { id: c.member });
+    $('checkout-page').href = `#/members/${encodeURIComponent(c.member)}`;
+  }
+  const title = $('checkout-list-title');
+  title.hidden = !lending || !c.loans.length;
+  title.textContent = t('checkout.listTitle', { id: c.member, n: c.loans.filter((l) => l.rental).length });
+  replaceKeepingFocus($('checkout-list'), c.loans.map((l) => loanRow(l)), $('checkout-barcode'));
+}
+
+function startLending(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  if (!form.reportValidity()) return;
+  const member = $('checkout-member').value.trim();
+  clearNotice('checkout-member-notice');
+  state.checkout = { member, loans: [] };
+  renderCheckout();
+  $('checkout-barcode').value = '';
+  $('checkout-barcode').focus();
+  speak(t('checkout.started', { id: member }));
+}
+
+function anotherMember() {
+  state.checkout = { member: '', loans: [] };
+  clearNotice('checkout-notice');
+  $('checkout-member').value = '';
+  renderCheckout();
+  $('checkout-member').focus();
+}
+
+function scanOut(event) {
+  event.preventDefault();
+  const input = $('checkout-barcode');
+  const barcode = input.value.trim();
+  input.value = '';
+  input.focus();
+  if (!barcode) return;
+  // A new scan: the last one's refusal is about another copy.
+  clearNotice('checkout-notice');
+  const loan = { key: `out-${++scanCount}`, barcode, member: state.checkout.member, rental: null };
+  state.checkout.loans.unshift(loan);
+  renderCheckout();
+  enqueue('checkout', () => lend(loan));
+}
+
+async function lend(loan) {
+  const still = () => state.checkout.member === loan.member && state.checkout.loans.includes(loan);
+  try {
+    const rental = await post('/v1/desk:checkOut', { memberId: loan.member, barcode: loan.barcode });
+    loan.title = await titleOf(rental.bookId);
+    if (!still()) return;
+    // The member has this copy already (scanned twice): the same loan, listed once.
+    if (state.checkout.loans.some((l) => l.rental?.rentalId === rental.rentalId)) {
+      state.checkout.loans = state.checkout.loans.filter((l) => l !== loan);
+      renderCheckout();
+      setNotice('checkout-notice', t('checkout.already', { barcode: rental.barcode || loan.barcode, id: loan.member }), 'done');
+      return;
+    }
+    loan.rental = rental;
+    renderCheckout();
+    speak(t('checkout.lent', { title: loan.title, barcode: rental.barcode || loan.barcode, time: formatTime(rental.dueAt) }));
+  } catch (e) {
+    if (still()) {
+      state.checkout.loans = state.checkout.loans.filter((l) => l !== loan);
+      renderCheckout();
+    }
+    await problem(aboutMember(e, loan.member), 'checkout-notice');
+  }
+}
+
+/**
+ * A refusal that speaks to the member ("You have this book on loan") said
+ * about them instead, for the librarian lending to them.
+ */
+function aboutMember(error, member) {
+  const key = `checkout.reason.${error?.reason}`;
+  if (!(error instanceof ApiError) || !has(key)) return error;
+  const n = Number(error.metadata.limit ?? error.metadata.max ?? 0);
+  return new ApiError(t(key, { id: member, n }), error);
+}
+
+// ------------------------------------------------------------------ desk: check in
+
+const CHECK_IN = 'CHECK_IN_ACTION_';
+
+/** The big words for a check-in's answer, and the sentence under them. */
+function checkInWords(entry) {
+  const a = entry.settled || entry.answer;
+  const action = String(a.action || '').replace(CHECK_IN, '') || 'UNSPECIFIED';
+  const vars = { title: entry.title || '', barcode: entry.barcode, member: a.heldForMemberId || '' };
+  return {
+    action,
+    loud: t(`checkin.loud.${action}`, vars),
+    detail: t(`checkin.detail.${action}`, vars),
+    found: entry.answer.found ? t('checkin.found', vars) : '',
+    settled: Boolean(entry.settled),
+  };
+}
+
+function renderCheckin() {
+  const c = state.checkin;
+  const loud = $('checkin-answer');
+  const last = c.last;
+  loud.hidden = !last;
+  if (last) {
+    const w = checkInWords(last);
+    loud.dataset.action = w.action;
+    loud.replaceChildren(
+      ...[
+        h('p', { class: 'loud-words' }, w.loud),
+        h('p', { class: 'loud-detail' }, w.detail),
+        w.found ? h('p', { class: 'loud-found' }, w.found) : null,
+        w.settled ? h('p', { class: 'loud-detail' }, t('checkin.settledNote')) : null,
+      ].filter(Boolean),
+    );
+  }
+  const title = $('checkin-list-title');
+  const done = c.entries.filter((e) => e.answer).length;
+  title.hidden = !c.entries.length;
+  title.textContent = t('checkin.listTitle', { n: done });
+  replaceKeepingFocus($('checkin-list'), c.entries.map((e) => checkInRow(e, e.answer ? checkInWords(e) : null)), $('checkin-barcode'));
+}
+
+function scanIn(event) {
+  event.preventDefault();
+  const input = $('checkin-barcode');
+  const barcode = input.value.trim();
+  input.value = '';
+  input.focus();
+  if (!barcode) return;
+  clearNotice('checkin-notice');
+  const entry = { key: `in-${++scanCount}`, barcode, answer: null, settled: null, at: new Date().toISOString() };
+  state.checkin.entries.unshift(entry);
+  renderCheckin();
+  enqueue('checkin', () => takeBack(entry));
+}
+
+async function takeBack(entry) {
+  const session = state.checkinSession;
+  try {
+    const answer = await post('/v1/desk:checkIn', { barcode: entry.barcode });
+    entry.title = await titleOf(answer.bookId || answer.rental?.bookId);
+    entry.answer = answer;
+    if (session !== state.checkinSession) return;
+    state.checkin.last = entry;
+    renderCheckin();
+    const w = checkInWords(entry);
+    speak([w.loud, w.detail, w.found].filter(Boolean).join(' '), 'loud');
+    if (answer.action === `${CHECK_IN}SET_ASIDE` && answer.rental?.rentalId) followSetAside(entry, session);
+  } catch (e) {
+    if (session === state.checkinSession) {
+      state.checkin.entries = state.checkin.entries.filter((x) => x !== entry);
+      // The last answer was about another copy: only the refusal shows.
+      state.checkin.last = null;
+      renderCheckin();
+    }
+    await problem(e, 'checkin-notice');
+  }
+}
+
+/** Delays between asking again whether a set-aside return went through. */
+const SET_ASIDE_WAITS = [1000, 2000, 4000, 8000, 15000, 30000];
+
+/**
+ * A copy set aside while the desk was away: its return completes once the
+ * desk answers again. Asks after the rental now and then; once the return is
+ * confirmed, the copy's own record says whether it is held for someone.
+ */
+async function followSetAside(entry, session) {
+  const rentalId = entry.answer.rental.rentalId;
+  for (let i = 0; i < 40; i++) {
+    await new Promise((done) => setTimeout(done, SET_ASIDE_WAITS[Math.min(i, SET_ASIDE_WAITS.length - 1)]));
+    if (session !== state.checkinSession || !signedIn()) return;
+    let settled = null;
+    try {
+      const rental = await get(`/v1/rentals/${encodeURIComponent(rentalId)}`);
+      if (rental.returnConfirmation !== 'RETURN_CONFIRMATION_CONFIRMED') continue;
+      const item = await get(`/v1/items:lookUp${query({ barcode: entry.barcode })}`);
+      settled =
+        item.reservationStatus === 'RESERVATION_STATUS_READY' && item.memberId
+          ? { action: `${CHECK_IN}HOLD_SHELF`, heldForMemberId: item.memberId }
+          : { action: `${CHECK_IN}RESHELVE` };
+    } catch {
+      continue; // Still away: ask again later.
+    }
+    if (session !== state.checkinSession) return;
+    entry.settled = settled;
+    renderCheckin();
+    const w = checkInWords(entry);
+    speak(t('checkin.settled', { barcode: entry.barcode, loud: w.loud }), 'loud');
+    return;
+  }
+}
+
+// ------------------------------------------------------------------ desk: copies
+
+/** Opens or closes a book's copies in the desk's list. */
+async function toggleItems(book, button) {
+  const open = state.items.get(book.bookId);
+  if (open) {
+    state.items.delete(book.bookId);
+    renderDeskBooks();
+    return;
+  }
+  state.items.set(book.bookId, { items: null, confirm: null });
+  renderDeskBooks();
+  await act(button, () => loadItems(book.bookId), `desk:${book.bookId}`);
+}
+
+async function loadItems(bookId, { attempt = 0 } = {}) {
+  const answer = await get(`/v1/books/${encodeURIComponent(bookId)}/items`);
+  const view = state.items.get(bookId);
+  if (!view) return;
+  const items = answer.items || [];
+  const book = state.desk.books.find((b) => b.bookId === bookId);
+  // The desk learns a book's copies a moment after they are registered.
+  if (!items.length && (book?.totalCopies ?? 0) > 0 && attempt < 8) {
+    await new Promise((done) => setTimeout(done, 150 * (attempt + 1)));
+    return loadItems(bookId, { attempt: attempt + 1 });
+  }
+  view.items = items;
+  renderDeskBooks();
+}
+
+/** Withdraw or Mark lost pressed: the row asks first. */
+function askItem(book, item, action) {
+  const view = state.items.get(book.bookId);
+  if (!view) return;
+  view.confirm = { barcode: item.barcode, action };
+  renderDeskBooks();
+  document.querySelector(`[data-focus-key="confirm-${CSS.escape(idPart(item.barcode))}"]`)?.focus();
+}
+
+/** "Keep it": the question goes, the focus back to the button that asked it. */
+function keepItem(book, item) {
+  const view = state.items.get(book.bookId);
+  if (!view) return;
+  const action = view.confirm?.action;
+  view.confirm = null;
+  renderDeskBooks();
+  document.querySelector(`[data-focus-key="${action}-${CSS.escape(idPart(item.barcode))}"]`)?.focus();
+}
+
+async function changeItem(book, item, button) {
+  const view = state.items.get(book.bookId);
+  const action = view?.confirm?.action;
+  if (!action) return;
+  const card = `desk:${book.bookId}`;
+  await act(
+    button,
+    async () => {
+      try {
+        await post(action === 'withdraw' ? '/v1/items:withdraw' : '/v1/items:markLost', { barcode: item.barcode });
+      } finally {
+        view.confirm = null;
+      }
+      state.cardNotices.set(card, {
+        text: t(action === 'withdraw' ? 'items.withdrawn' : 'items.lost', { barcode: item.barcode }),
+        kind: 'done',
+        actions: [],
+      });
+      speak(state.cardNotices.get(card).text);
+      const [updated] = await Promise.all([
+        get(`/v1/books/${encodeURIComponent(book.bookId)}`).catch(() => null),
+        loadItems(book.bookId),
+      ]);
+      if (updated) updateBook(updated);
+      else renderDeskBooks();
+    },
+    card,
+  );
+  // Done or refused, the question is gone: the focus goes to the copy's row.
+  document.querySelector(`[data-focus-key="item-${CSS.escape(idPart(item.barcode))}"]`)?.focus();
+}
+
+/** "Show its book": the copy's book in the list, with its copies open. */
+async function lookUpItem(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  if (!form.reportValidity()) return;
+  const barcode = $('lookup-barcode').value.trim();
+  await act(
+    event.submitter,
+    async () => {
+      const item = await get(`/v1/items:lookUp${query({ barcode })}`);
+      const book = await get(`/v1/books/${encodeURIComponent(item.bookId)}`);
+      clearNotice('lookup-notice');
+      state.items.set(book.bookId, { items: null, confirm: null, highlight: item.barcode });
+      deskShows(book);
+      await loadItems(book.bookId);
+      const row = document.querySelector(`[data-focus-key="item-${CSS.escape(idPart(item.barcode))}"]`);
+      row?.focus();
+      row?.scrollIntoView({ block: 'nearest' });
+    },
+    'lookup-notice',
+  );
+}
+
 // ------------------------------------------------------------------ language
 
 async function changeLanguage(code) {
@@ -936,6 +1398,8 @@ async function changeLanguage(code) {
   setLive($('live').dataset.state || 'connecting');
   if (state.catalogue.searched) renderCatalogue();
   renderDeskBooks();
+  renderCheckout();
+  renderCheckin();
   renderPage();
 }
 
@@ -958,6 +1422,10 @@ async function start() {
     ['search-form', 'search-notice'],
     ['register-form', 'register-notice'],
     ['desk-search-form', 'desk-search-notice'],
+    ['checkout-member-form', 'checkout-member-notice'],
+    ['checkout-form', 'checkout-notice'],
+    ['checkin-form', 'checkin-notice'],
+    ['lookup-form', 'lookup-notice'],
   ]) {
     $(form).addEventListener('input', () => clearNotice(slot));
   }
@@ -980,6 +1448,11 @@ async function start() {
   $('books-more').addEventListener('click', (e) => moreBooks(e.currentTarget));
   $('register-form').addEventListener('submit', register);
   $('desk-search-form').addEventListener('submit', searchDesk);
+  $('checkout-member-form').addEventListener('submit', startLending);
+  $('checkout-form').addEventListener('submit', scanOut);
+  $('checkout-change').addEventListener('click', anotherMember);
+  $('checkin-form').addEventListener('submit', scanIn);
+  $('lookup-form').addEventListener('submit', lookUpItem);
   $('member-form').addEventListener('submit', openMemberPage);
   window.addEventListener('hashchange', () => show(parseRoute(), { focus: true }).catch(problem));
 

@@ -125,7 +125,7 @@ export function bookTitle(journey) {
  * holds or has the book, which then shows instead of Reserve; `notice` a
  * notice element for the card.
  */
-export function bookCard(book, actions, { holding = null, notice = null } = {}) {
+export function bookCard(book, actions, { holding = null, notice = null, items = null } = {}) {
   const key = idPart(book.bookId);
   const titleId = `book-${key}-title`;
   const status = book.status || 'BOOK_STATUS_UNSPECIFIED';
@@ -222,6 +222,23 @@ export function bookCard(book, actions, { holding = null, notice = null } = {}) 
       ),
     );
   }
+  if (actions.toggleItems) {
+    buttons.append(
+      h(
+        'button',
+        {
+          class: 'button secondary',
+          type: 'button',
+          'aria-expanded': String(Boolean(items)),
+          'aria-controls': `items-${key}`,
+          'aria-describedby': titleId,
+          dataset: { focusKey: `items-${key}` },
+          onclick: (e) => actions.toggleItems(book, e.currentTarget),
+        },
+        t(items ? 'items.hide' : 'items.show'),
+      ),
+    );
+  }
   return h(
     'li',
     { class: 'card book', dataset: { bookId: book.bookId, cardKey: key } },
@@ -246,6 +263,158 @@ export function bookCard(book, actions, { holding = null, notice = null } = {}) 
     yours,
     buttons,
     notice,
+    items ? itemList(book, items, actions) : null,
+  );
+}
+
+/** A copy's state as a badge, and the sentence that says where it is. */
+function itemWhere(item) {
+  const state = item.state || 'ITEM_STATE_UNSPECIFIED';
+  if (state === 'ITEM_STATE_WITHDRAWN') return { cls: 'done', badge: t('items.state.WITHDRAWN'), who: null };
+  if (state === 'ITEM_STATE_LOST') return { cls: 'late', badge: t('items.state.LOST'), who: null };
+  if (item.reservationStatus === 'RESERVATION_STATUS_READY') {
+    return { cls: 'ready', badge: t('items.state.HELD'), who: ['items.heldFor', item.memberId] };
+  }
+  if (item.reservationStatus === 'RESERVATION_STATUS_FULFILLED') {
+    return { cls: 'loan', badge: t('items.state.ON_LOAN'), who: ['items.onLoanTo', item.memberId] };
+  }
+  return { cls: 'ok', badge: t('items.state.ON_SHELF'), who: null };
+}
+
+/**
+ * A book's copies at the desk (`view`: `{items, confirm, highlight}`):
+ * barcode, state, who holds or has it, and Withdraw / Mark lost, which ask
+ * before they act.
+ */
+function itemList(book, view, actions) {
+  const key = idPart(book.bookId);
+  if (!view.items) {
+    return h('div', { id: `items-${key}`, class: 'items' }, h('p', { class: 'hint' }, t('items.loading')));
+  }
+  const rows = view.items.map((item) => {
+    const code = idPart(item.barcode);
+    const codeId = `item-${key}-${code}`;
+    const where = itemWhere(item);
+    const asking = view.confirm?.barcode === item.barcode ? view.confirm.action : null;
+    const inService = (item.state || '') === 'ITEM_STATE_IN_SERVICE';
+    const lost = item.state === 'ITEM_STATE_LOST';
+    const act = (name, label, cls) =>
+      h(
+        'button',
+        {
+          class: `button small ${cls}`,
+          type: 'button',
+          'aria-describedby': codeId,
+          dataset: { focusKey: `${name}-${code}` },
+          onclick: () => actions.askItem(book, item, name),
+        },
+        label,
+      );
+    let controls = null;
+    if (asking) {
+      controls = h(
+        'div',
+        { class: 'confirm', role: 'group', 'aria-labelledby': `${codeId}-ask` },
+        h('p', { id: `${codeId}-ask`, class: 'confirm-question' }, t(`items.ask.${asking}`, { barcode: item.barcode })),
+        h(
+          'button',
+          {
+            class: 'button small danger',
+            type: 'button',
+            dataset: { focusKey: `confirm-${code}` },
+            onclick: (e) => actions.changeItem(book, item, e.currentTarget),
+          },
+          t(`items.do.${asking}`),
+        ),
+        h(
+          'button',
+          {
+            class: 'button small secondary',
+            type: 'button',
+            dataset: { focusKey: `keep-${code}` },
+            onclick: () => actions.keepItem(book, item),
+          },
+          t('items.keep'),
+        ),
+      );
+    } else if (inService || lost) {
+      controls = h(
+        'div',
+        { class: 'item-actions' },
+        act('withdraw', t('items.withdraw'), 'secondary'),
+        inService ? act('markLost', t('items.markLost'), 'secondary') : null,
+      );
+    }
+    const who = where.who
+      ? sentenceWith(
+          where.who[0],
+          'member',
+          h('a', { href: `#/members/${encodeURIComponent(where.who[1] || '')}` }, where.who[1] || '?'),
+        )
+      : null;
+    return h(
+      'li',
+      { class: view.highlight === item.barcode ? 'item found' : 'item', dataset: { barcode: item.barcode } },
+      h(
+        'p',
+        { class: 'item-head' },
+        h(
+          'span',
+          { id: codeId, class: 'barcode', tabindex: '-1', dataset: { focusKey: `item-${code}` } },
+          h('span', { class: 'visually-hidden' }, `${t('items.copy')} `),
+          item.barcode,
+        ),
+        h('span', { class: `badge ${where.cls}` }, where.badge),
+        who ? h('span', { class: 'holder' }, who) : null,
+      ),
+      controls,
+    );
+  });
+  return h(
+    'div',
+    { id: `items-${key}`, class: 'items' },
+    h('h3', { class: 'items-title' }, t('items.title', { n: view.items.length })),
+    rows.length ? h('ul', { class: 'item-list' }, rows) : h('p', { class: 'hint' }, t('items.none')),
+  );
+}
+
+/** A copy lent at the check-out desk this session (or being lent). */
+export function loanRow(loan) {
+  const r = loan.rental;
+  if (!r) {
+    return h(
+      'li',
+      { class: 'scan-row pending', dataset: { key: loan.key } },
+      h('span', { class: 'barcode' }, loan.barcode),
+      h('span', { class: 'scan-what' }, t('checkout.lending')),
+    );
+  }
+  return h(
+    'li',
+    { class: 'scan-row', dataset: { key: loan.key, barcode: r.barcode || loan.barcode } },
+    h('span', { class: 'scan-title', lang: textLang(loan.title) }, loan.title),
+    h('span', { class: 'barcode' }, r.barcode || loan.barcode),
+    h('span', { class: 'scan-what' }, t('checkout.due'), ' ', timeEl(r.dueAt)),
+  );
+}
+
+/** A copy checked in this session, with what was done with it (`words` from the page). */
+export function checkInRow(entry, words) {
+  if (!words) {
+    return h(
+      'li',
+      { class: 'scan-row pending', dataset: { key: entry.key } },
+      h('span', { class: 'barcode' }, entry.barcode),
+      h('span', { class: 'scan-what' }, t('checkin.checking')),
+    );
+  }
+  return h(
+    'li',
+    { class: `scan-row action-${words.action.toLowerCase()}`, dataset: { key: entry.key, barcode: entry.barcode } },
+    h('span', { class: 'scan-title', lang: textLang(entry.title) }, entry.title),
+    h('span', { class: 'barcode' }, entry.barcode),
+    h('span', { class: 'scan-what' }, words.loud, words.found ? ` · ${t('checkin.foundShort')}` : ''),
+    timeEl(entry.at),
   );
 }
 
@@ -280,6 +449,16 @@ export function journeyCard(journey, actions, { open = false, notice = null } = 
   }
   if (stage === 'JOURNEY_STAGE_READY' && journey.pickupDeadline) {
     facts.append(fact(t('journey.pickupBy'), timeEl(journey.pickupDeadline), 'deadline'));
+  }
+  const onLoan = stage === 'JOURNEY_STAGE_RENTED' || stage === 'JOURNEY_STAGE_OVERDUE';
+  if (journey.barcode && (stage === 'JOURNEY_STAGE_READY' || onLoan)) {
+    facts.append(
+      fact(
+        t(stage === 'JOURNEY_STAGE_READY' ? 'journey.copyToPickUp' : 'journey.copy'),
+        h('span', { class: 'barcode' }, journey.barcode),
+        'copy',
+      ),
+    );
   }
   if ((stage === 'JOURNEY_STAGE_RENTED' || stage === 'JOURNEY_STAGE_OVERDUE') && journey.dueAt) {
     facts.append(fact(t('journey.due'), timeEl(journey.dueAt), stage === 'JOURNEY_STAGE_OVERDUE' ? 'due late' : 'due'));
@@ -330,8 +509,13 @@ export function journeyCard(journey, actions, { open = false, notice = null } = 
   if (stage === 'JOURNEY_STAGE_READY' && actions.rent) {
     buttons.append(button(t('journey.rent'), 'button', 'rent', actions.rent));
   }
-  if ((stage === 'JOURNEY_STAGE_RENTED' || stage === 'JOURNEY_STAGE_OVERDUE') && actions.giveBack && journey.rentalId) {
+  if (onLoan && actions.giveBack && journey.rentalId) {
     buttons.append(button(t('journey.return'), 'button', 'return', actions.giveBack));
+  }
+  if (onLoan && actions.renew && journey.rentalId && (journey.renewalsLeft ?? 0) > 0) {
+    buttons.append(
+      button(t('journey.renew', { n: journey.renewalsLeft }), 'button secondary', 'renew', actions.renew),
+    );
   }
   if ((stage === 'JOURNEY_STAGE_WAITING' || stage === 'JOURNEY_STAGE_READY') && actions.cancel) {
     buttons.append(button(t('journey.cancel'), 'button secondary', 'cancel', actions.cancel));
