@@ -739,4 +739,17 @@ async fn a_books_queue_members_by_prefix_and_a_members_history(store: Store) {
         Code::InvalidArgument,
         "INVALID_PAGE_TOKEN",
     );
+    // When the next copy is expected back: none is out, then alice's loan.
+    assert_eq!(q.next_due_at, None, "no copy of the book is out");
+    let loan = rent(&mesh, "alice", &book).await;
+    let q = eventually("the book's loan in its queue", || {
+        let mut staff = staff.clone();
+        let book_id = book.book_id.clone();
+        async move {
+            let q = queue(&mut staff, &book_id, 0, "").await;
+            q.next_due_at.is_some().then_some(q)
+        }
+    })
+    .await;
+    assert_eq!(q.next_due_at, loan.due_at);
 }

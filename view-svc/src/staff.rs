@@ -435,7 +435,17 @@ pub async fn book_queue<C: ConnectionTrait>(
     } else {
         Vec::new()
     };
+    let next_due: Option<Option<Timestamp>> = in_stage(stage::RENTED)
+        .filter(journeys::Column::BookId.eq(book_id))
+        .filter(journeys::Column::DueAt.is_not_null())
+        .select_only()
+        .column(journeys::Column::DueAt)
+        .order_by_asc(journeys::Column::DueAt)
+        .into_tuple()
+        .one(db)
+        .await?;
     Ok(Some(BookQueue {
+        next_due_at: next_due.flatten().map(time::to_proto),
         book_id: book_id.to_owned(),
         book_title: title.unwrap_or_default(),
         waiting,
