@@ -151,6 +151,7 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         "desk-checkin.png",
         "desk-copies.png",
         "mypage-renew.png",
+        "desk-shelf.png",
     ] {
         assert!(
             screenshot_dir().join(shot).is_file(),
