@@ -54,6 +54,12 @@ const state = {
   /** My Page's tab (`current` or `history`) and how much history it shows. */
   tab: 'current',
   historyShown: 0,
+  /**
+   * Finished journeys read with ListHistory (`{of, journeys, next}`, next ''
+   * on the last page, null before the first): My Page carries only the
+   * newest journeys, the history goes further back.
+   */
+  hist: { of: null, journeys: [], next: null },
   /** The signed-in member's open journeys by book id (`{stage, queuePosition}`), for the catalogue. */
   holdings: new Map(),
   /** Notices inside cards, by card (`book:<id>`, `desk:<id>`, `journey:<id>`). */
@@ -250,6 +256,7 @@ function forget() {
   state.stages = new Map();
   state.tab = 'current';
   state.historyShown = HISTORY_PAGE;
+  state.hist = { of: null, journeys: [], next: null };
   state.holdings = new Map();
   clearAllNotices();
   renderPage();
@@ -389,6 +396,8 @@ async function show(route, { focus = false } = {}) {
     // Until the stream's first page comes, the last one (with this view's actions).
     renderPage();
     startWatch(of);
+    // The history as it is now, beyond what the page carries.
+    loadHistory().catch(() => {});
   } else {
     stopWatch();
   }
@@ -758,11 +767,11 @@ function renderPage(page = state.page) {
       notice: cardNotice(`journey:${j.reservationId}`),
     });
   const current = journeys.filter((j) => !FINISHED.has(j.stage));
-  const past = journeys.filter((j) => FINISHED.has(j.stage));
+  const past = pastJourneys(journeys);
   replaceKeepingFocus(list, current.map(card), $('panel-current'));
   const shown = Math.max(state.historyShown, HISTORY_PAGE);
   replaceKeepingFocus(history, past.slice(0, shown).map(card), $('panel-history'));
-  $('history-more').hidden = past.length <= shown;
+  $('history-more').hidden = past.length <= shown && !historyBeyond();
   if ($('history-more').hidden && document.activeElement === $('history-more')) $('panel-history').focus();
   $('tab-current').textContent = t('mypage.tab.current', { n: current.length });
   $('tab-history').textContent = t('mypage.tab.history', { n: past.length });
@@ -802,10 +811,46 @@ function announceChanges(text) {
   speak(text);
 }
 
+const HISTORY_READ = 100;
+
+/** The member's history read, when it is this page's. */
+const historyRead = () => (state.hist.of === (state.pageOf ?? '') ? state.hist : null);
+const historyBeyond = () => Boolean(historyRead()?.next);
+
+/** Reads the history's first page again, or (`more`) its next page. */
+async function loadHistory({ more = false } = {}) {
+  const of = state.pageOf ?? '';
+  if (state.hist.of !== of) state.hist = { of, journeys: [], next: null };
+  const read = state.hist;
+  const path = of ? `/v1/members/${encodeURIComponent(of)}/history` : '/v1/mypage/history';
+  const answer = await get(`${path}${query({ pageSize: HISTORY_READ, pageToken: more ? read.next : '' })}`);
+  if (state.hist !== read) return;
+  const got = answer.journeys || [];
+  read.journeys = more ? read.journeys.concat(got) : got;
+  read.next = answer.nextPageToken || '';
+  renderPage();
+}
+
+/**
+ * The finished journeys, newest first: the page's own (live), then the
+ * older ones of the history read, which the page does not carry.
+ */
+function pastJourneys(journeys) {
+  const past = journeys.filter((j) => FINISHED.has(j.stage));
+  const onPage = new Set(journeys.map((j) => j.reservationId));
+  for (const j of historyRead()?.journeys || []) {
+    if (!onPage.has(j.reservationId)) past.push(j);
+  }
+  return past;
+}
+
 /** "Show more" in the history: the next page, and the focus on its first journey. */
-function moreHistory() {
+async function moreHistory() {
   const before = $('history').children.length;
   state.historyShown = Math.max(state.historyShown, HISTORY_PAGE) + HISTORY_PAGE;
+  if (pastJourneys(state.page?.journeys || []).length < state.historyShown && historyBeyond()) {
+    await act($('history-more'), () => loadHistory({ more: true }), 'mypage-notice');
+  }
   renderPage();
   const added = $('history').children.length - before;
   const first = $('history').children[before]?.querySelector('.card-title');
