@@ -30,11 +30,16 @@
 // (played by the test) turning to where the copy goes once the desk is back,
 // and a lost copy found again. A member renews from My Page ("Renew (2
 // left)", the new due date, no Renew once none is left); a librarian's
-// renewal while someone waits is refused in words. A second librarian lends
-// in Korean on a phone. axe-core scans each of those screens.
+// renewal while someone waits is refused in words. The staff views: the hold
+// shelf live (a hold appears as the copy to pull, and goes when picked up),
+// a book's queue in order, loans due on a day, overdue loans (live, on a
+// second all-in-one with three-second loans when SHORT_LOANS_URL is given),
+// members found by id prefix, a lost loan and older journeys in a member's
+// history. A second librarian lends in Korean on a phone. axe-core scans
+// each of those screens.
 //
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
-// Page and check-in ones are copied to docs/images/ when they are missing
+// Page, check-in and hold shelf ones are copied to docs/images/ when they are missing
 // there or UPDATE_DOCS_SCREENSHOTS=1.
 
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -410,9 +415,68 @@ function reasons() {
 const KINDRED = 'Kindred';
 const DISPOSSESSED = 'The Dispossessed';
 const HUMAN_ACTS = '소년이 온다';
+/** A call of the API from a signed-in page (its cookie), as the pages make them. */
+const apiCall = (page, method, path, body) =>
+  page.evaluate(
+    async ([m, p, b]) => {
+      const res = await fetch(p, {
+        method: m,
+        headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+        body: b === null ? undefined : JSON.stringify(b),
+      });
+      return { status: res.status, body: await res.json().catch(() => null) };
+    },
+    [method, path, body ?? null],
+  );
+
+/**
+ * Overdue, live, on a second all-in-one whose loans last three seconds
+ * (SHORT_LOANS_URL, from tests/web.rs): a loan appears once it falls due,
+ * and goes when the copy is checked in. Runs beside the main story, since
+ * it mostly waits for the loan to fall due.
+ */
+async function overdueStory(shortBase) {
+  const shortContext = await browser.newContext({ locale: 'en-US', viewport: DESKTOP, baseURL: shortBase, timezoneId: 'UTC' });
+  const lib3 = track(await shortContext.newPage(), 'librarian-short-loans');
+  await signIn(lib3, 'lib-3', 'librarian');
+  await deskTab(lib3, 'Overdue');
+  await lib3.locator('#overdue-live[data-state="live"]').waitFor();
+  await lib3.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
+  const dawn = (await apiCall(lib3, 'POST', '/v1/books', { title: 'Dawn', author: 'Octavia E. Butler', totalCopies: 1 })).body;
+  let dawnCopy = '';
+  for (let i = 0; !dawnCopy && i < 30; i++) {
+    dawnCopy = (await apiCall(lib3, 'GET', `/v1/books/${dawn.bookId}/items`)).body?.items?.[0]?.barcode ?? '';
+    if (!dawnCopy) await lib3.waitForTimeout(100);
+  }
+  expectedFailures.add(`${shortBase}/v1/desk:checkOut`);
+  for (let attempt = 0; ; attempt++) {
+    const lent = await apiCall(lib3, 'POST', '/v1/desk:checkOut', { memberId: 'olga', barcode: dawnCopy });
+    if (lent.status === 200) break;
+    check(attempt < 30, `lending ${dawnCopy} to olga: ${JSON.stringify(lent)}`);
+    await lib3.waitForTimeout(150);
+  }
+  const lentAt = Date.now();
+  const lateRow = lib3.locator(`#overdue-list li[data-barcode="${dawnCopy}"]`);
+  await lateRow.getByRole('link', { name: 'olga' }).waitFor({ timeout: 15_000 });
+  const lateMs = Date.now() - lentAt;
+  await lateRow.locator('.badge', { hasText: 'Overdue' }).waitFor();
+  await lateRow.getByText('Dawn').waitFor();
+  await lib3.locator('#overdue-count').getByText('1 loan is overdue, the longest first.').waitFor();
+  await scan(lib3, 'an overdue loan');
+  await shot(lib3, 'desk-overdue.png');
+  check((await apiCall(lib3, 'POST', '/v1/desk:checkIn', { barcode: dawnCopy })).status === 200, 'checked in');
+  await lateRow.waitFor({ state: 'detached' });
+  await lib3.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
+  step(`overdue, live (3-second loans): olga's loan listed ${lateMs} ms after it was lent, gone when checked in`);
+}
+
 /** As long an author as the catalogue takes (200 characters), unbroken. */
 const LONG_AUTHOR = 'W'.repeat(200);
 let failed = null;
+const shortLoans = process.env.SHORT_LOANS_URL;
+// Beside the main story; its failure fails the run at the end.
+const overdueRun = shortLoans ? overdueStory(shortLoans).then(() => null, (e) => e) : Promise.resolve(null);
+if (!shortLoans) step('overdue, live: skipped (no SHORT_LOANS_URL with short loans)');
 try {
   // A librarian registers the books.
   const lib = await newPage('librarian');
@@ -1010,19 +1074,6 @@ try {
   step(`${b2} marked lost, then found again at the check-in`);
 
   // ---------------------------------------------------------------- staff views
-  // A call of the API from a signed-in page (its cookie), as the pages make them.
-  const apiCall = (page, method, path, body) =>
-    page.evaluate(
-      async ([m, p, b]) => {
-        const res = await fetch(p, {
-          method: m,
-          headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
-          body: b === null ? undefined : JSON.stringify(b),
-        });
-        return { status: res.status, body: await res.json().catch(() => null) };
-      },
-      [method, path, body ?? null],
-    );
   /** Reserves a book registered a moment ago (the desk learns it from an event). */
   const reserveByApi = async (page, bookId) => {
     for (let attempt = 0; ; attempt++) {
@@ -1115,6 +1166,25 @@ try {
   await lib.setViewportSize(PHONE);
   await tapTargets(lib, 'members found, on a phone');
   await lib.setViewportSize(DESKTOP);
+  // A member's history is read with ListHistory too, which goes back further
+  // than My Page carries: an old journey (played) added to the real answer shows.
+  const OLD_LOAN = 'Lilith’s Brood';
+  await lib.route('**/v1/members/frank/history?*', async (route) => {
+    const real = await (await route.fetch()).json();
+    real.journeys = [
+      ...(real.journeys || []),
+      {
+        reservationId: '00000000-0000-7000-8000-000000000001',
+        bookId: '00000000-0000-7000-8000-0000000000b9',
+        bookTitle: OLD_LOAN,
+        stage: 'JOURNEY_STAGE_RETURNED',
+        returnedAt: '2025-01-10T10:00:00Z',
+        returnConfirmation: 'RETURN_CONFIRMATION_CONFIRMED',
+        steps: [{ kind: 'STEP_KIND_RETURNED', at: '2025-01-10T10:00:00Z' }],
+      },
+    ];
+    await route.fulfill({ status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify(real) });
+  });
   await foundFrank.getByRole('link', { name: 'frank' }).click();
   await lib.getByRole('heading', { name: "frank's page", level: 1 }).waitFor();
   await current(lib, FLEDGLING).waitFor();
@@ -1127,7 +1197,16 @@ try {
   await stageOf(frank, FLEDGLING, 'LOST').getByText('This copy was marked lost, so the loan is closed.').waitFor();
   await stageOf(frank, FLEDGLING, 'LOST').getByText('Copy marked lost').waitFor();
   await tab(frank, 'Current');
-  step('a copy lost on loan shows as lost in the member\'s history');
+  // The librarian on frank's page: the lost loan (live) above the old one (from the history).
+  await tab(lib, 'History');
+  await stageOf(lib, FLEDGLING, 'LOST').waitFor();
+  await stageOf(lib, OLD_LOAN, 'RETURNED').getByText('Return confirmed').first().waitFor();
+  const pastOrder = await lib.locator('#history li.journey .card-title').allTextContents();
+  check(pastOrder.indexOf(FLEDGLING) === 0 && pastOrder.indexOf(OLD_LOAN) === pastOrder.length - 1, `history newest first: ${pastOrder}`);
+  await scan(lib, "a member's history");
+  await tab(lib, 'Current');
+  await lib.unroute('**/v1/members/frank/history?*');
+  step('a copy lost on loan shows as lost in the member\'s history, with older journeys from ListHistory');
 
   // In Korean, on a phone: a second librarian lends 소년이 온다.
   const copiesOf = (title) =>
@@ -1481,9 +1560,12 @@ document.getElementById('f').submit();
   await alice.getByRole('heading', { name: 'Sign in', level: 1 }).waitFor();
   step('a lost sign-in leads back to the sign-in form');
 
+  const overdueFailed = await overdueRun;
+  if (overdueFailed) throw overdueFailed;
+
   // Nobody's pages logged an error.
   check(consoleErrors.length === 0, `console errors:\n  ${consoleErrors.join('\n  ')}`);
-  for (const image of ['mypage.png', 'desk-checkin.png']) {
+  for (const image of ['mypage.png', 'desk-checkin.png', 'desk-shelf.png']) {
     const docs = join(repo, 'docs', 'images', image);
     if (!existsSync(docs) || process.env.UPDATE_DOCS_SCREENSHOTS === '1') {
       mkdirSync(dirname(docs), { recursive: true });
