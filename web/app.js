@@ -826,9 +826,13 @@ async function loadHistory({ more = false } = {}) {
   const answer = await get(`${path}${query({ pageSize: HISTORY_READ, pageToken: more ? read.next : '' })}`);
   if (state.hist !== read) return;
   const got = answer.journeys || [];
-  read.journeys = more ? read.journeys.concat(got) : got;
-  read.next = answer.nextPageToken || '';
-  renderPage();
+  const journeys = more ? read.journeys.concat(got) : got;
+  const next = answer.nextPageToken || '';
+  // Drawn again only when it shows something new (a redraw moves nothing, but costs).
+  const changed = JSON.stringify(journeys) !== JSON.stringify(read.journeys) || Boolean(next) !== Boolean(read.next);
+  read.journeys = journeys;
+  read.next = next;
+  if (changed) renderPage();
 }
 
 /**
