@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The whole browser run, with the binary's start; it takes ~40 s.
+/// The whole browser run; it takes ~45 s.
 const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(100);
 
 fn repo() -> PathBuf {
@@ -78,16 +78,25 @@ async fn wait_for_pages(base: &str, process: &mut std::process::Child, log: &Pat
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
-    prerequisites();
-    let data = tempfile::tempdir().unwrap();
+/// A started all-in-one, stopped when dropped (a failed wait included).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Starts the all-in-one on free ports with its data in `data` and `env`
+/// set: the process, its base URL, and the files its output goes to.
+fn start(data: &Path, env: &[(&str, &str)]) -> (Running, String, PathBuf, PathBuf) {
     let port = || rentalbook_testkit::free_port().to_string();
     let edge_port = port();
-    let banner_file = data.path().join("stdout.txt");
-    let log_file = data.path().join("stderr.txt");
-    let mut process = Command::new(env!("CARGO_BIN_EXE_rentalbook"))
-        .args(["--data-dir", data.path().to_str().unwrap()])
+    let banner_file = data.join("stdout.txt");
+    let log_file = data.join("stderr.txt");
+    let process = Command::new(env!("CARGO_BIN_EXE_rentalbook"))
+        .args(["--data-dir", data.to_str().unwrap()])
         .args(["--host", "127.0.0.1"])
         .args(["--edge-port", &edge_port])
         .args(["--rental-port", &port()])
@@ -104,21 +113,43 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         .env_remove("RESERVE_DATABASE_URL")
         .env_remove("RENTAL_DATABASE_URL")
         .env_remove("VIEW_DATABASE_URL")
+        .env_remove("LOAN_PERIOD")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&banner_file).unwrap())
         .stderr(std::fs::File::create(&log_file).unwrap())
         .spawn()
         .expect("starting rentalbook");
-    let base = format!("http://127.0.0.1:{edge_port}");
+    (
+        Running(process),
+        format!("http://127.0.0.1:{edge_port}"),
+        banner_file,
+        log_file,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
+    prerequisites();
+    let data = tempfile::tempdir().unwrap();
+    let (mut process, base, banner_file, log_file) = start(data.path(), &[]);
+    // A second all-in-one whose loans last three seconds: a loan falls
+    // overdue while the desk's Overdue part watches.
+    let short = tempfile::tempdir().unwrap();
+    let (mut short_process, short_base, _, short_log) =
+        start(short.path(), &[("LOAN_PERIOD", "3s")]);
     let started = Instant::now();
-    wait_for_pages(&base, &mut process, &log_file).await;
+    wait_for_pages(&base, &mut process.0, &log_file).await;
+    wait_for_pages(&short_base, &mut short_process.0, &short_log).await;
     println!(
-        "rentalbook serves the pages at {base} after {:?}",
+        "rentalbook serves the pages at {base} (and with 3 s loans at {short_base}) after {:?}",
         started.elapsed()
     );
+    let edge_port = base.rsplit(':').next().unwrap().to_string();
 
     let browser = tokio::process::Command::new("node")
         .arg(repo().join("tests/browser/e2e.mjs"))
         .arg(&base)
+        .env("SHORT_LOANS_URL", &short_base)
         .current_dir(repo())
         .env("SCREENSHOT_DIR", screenshot_dir())
         .stdout(Stdio::piped())
@@ -127,8 +158,7 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         .output();
     let started = Instant::now();
     let out = tokio::time::timeout(BROWSER_RUN_LIMIT, browser).await;
-    process.kill().ok();
-    process.wait().ok();
+    drop((process, short_process));
     let out = out
         .unwrap_or_else(|_| panic!("the browser run took longer than {BROWSER_RUN_LIMIT:?}"))
         .expect("running node");
@@ -151,6 +181,7 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         "desk-checkin.png",
         "desk-copies.png",
         "mypage-renew.png",
+        "desk-shelf.png",
     ] {
         assert!(
             screenshot_dir().join(shot).is_file(),

@@ -18,9 +18,12 @@ import {
   bookTitle,
   checkInRow,
   h,
+  holdRow,
   idPart,
   journeyCard,
+  loanEntryRow,
   loanRow,
+  memberRow,
   noticeEl,
   replaceKeepingFocus,
   stageLabel,
@@ -51,10 +54,22 @@ const state = {
   /** My Page's tab (`current` or `history`) and how much history it shows. */
   tab: 'current',
   historyShown: 0,
+  /**
+   * Finished journeys read with ListHistory (`{of, journeys, next}`, next ''
+   * on the last page, null before the first): My Page carries only the
+   * newest journeys, the history goes further back.
+   */
+  hist: { of: null, journeys: [], next: null },
   /** The signed-in member's open journeys by book id (`{stage, queuePosition}`), for the catalogue. */
   holdings: new Map(),
   /** Notices inside cards, by card (`book:<id>`, `desk:<id>`, `journey:<id>`). */
   cardNotices: new Map(),
+  /** The desk's staff lists: the hold shelf and overdue loans (live), loans due on a day, members found. */
+  staff: { shelf: null, overdue: null, due: null, dueDay: '', members: null, membersPrefix: '' },
+  /** The open staff stream (`{sub, source}`), and how long to wait before reopening it. */
+  staffWatch: null,
+  staffRetryMs: 1000,
+  staffRetryTimer: 0,
   /** The open WatchMyPage stream, and how long to wait before reopening it. */
   watch: null,
   retryMs: 1000,
@@ -227,6 +242,8 @@ const signedIn = () => Boolean(state.session.member);
 /** Drops everything the last signed-in person saw, so that nobody else sees it. */
 function forget() {
   stopWatch();
+  stopStaffWatch();
+  state.staff = { shelf: null, overdue: null, due: null, dueDay: '', members: null, membersPrefix: '' };
   state.catalogue = { q: '', books: [], next: '', searched: false };
   state.desk = { q: '', books: [], searched: false };
   state.checkout = { member: '', loans: [] };
@@ -234,12 +251,12 @@ function forget() {
   state.checkinSession += 1;
   state.items = new Map();
   state.loans = new Map();
-  state.loansKey = '';
   state.page = null;
   state.pageOf = null;
   state.stages = new Map();
   state.tab = 'current';
   state.historyShown = HISTORY_PAGE;
+  state.hist = { of: null, journeys: [], next: null };
   state.holdings = new Map();
   clearAllNotices();
   renderPage();
@@ -247,7 +264,8 @@ function forget() {
   renderDeskBooks();
   renderCheckout();
   renderCheckin();
-  for (const id of ['search-q', 'desk-q', 'member-id', 'checkout-member', 'checkout-barcode', 'checkin-barcode', 'lookup-barcode']) {
+  renderStaff();
+  for (const id of ['search-q', 'desk-q', 'member-id', 'checkout-member', 'checkout-barcode', 'checkin-barcode', 'lookup-barcode', 'due-day', 'members-prefix']) {
     $(id).value = '';
   }
 }
@@ -324,7 +342,7 @@ function parseRoute() {
 }
 
 /** The desk's sub-views, in the order of its navigation. */
-const DESK_TABS = ['checkout', 'checkin', 'books', 'members'];
+const DESK_TABS = ['checkout', 'checkin', 'shelf', 'overdue', 'due', 'books', 'members'];
 
 const VIEWS = {
   signin: 'view-signin',
@@ -353,6 +371,7 @@ async function show(route, { focus = false } = {}) {
     if (here) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
+  if (route.name !== 'desk') stopStaffWatch();
   if (route.name === 'desk') {
     if (location.hash !== `#/desk/${route.sub}`) history.replaceState(null, '', `#/desk/${route.sub}`);
     showDeskTab(route.sub);
@@ -367,8 +386,7 @@ async function show(route, { focus = false } = {}) {
       state.tab = 'current';
       state.historyShown = HISTORY_PAGE;
       state.loans = new Map();
-      state.loansKey = '';
-      clearNotice('mypage-notice');
+          clearNotice('mypage-notice');
       clearNotice('live-notice');
       for (const card of [...state.cardNotices.keys()]) {
         if (card.startsWith('journey:')) state.cardNotices.delete(card);
@@ -378,6 +396,8 @@ async function show(route, { focus = false } = {}) {
     // Until the stream's first page comes, the last one (with this view's actions).
     renderPage();
     startWatch(of);
+    // The history as it is now, beyond what the page carries.
+    loadHistory().catch(() => {});
   } else {
     stopWatch();
   }
@@ -724,7 +744,6 @@ function renderPage(page = state.page) {
     return;
   }
   const journeys = (page.journeys || []).map(withLoan);
-  if (`${loansKeyOf(page)}|${state.pageOf}` !== state.loansKey) loadLoans();
   // Read out what changed since the last page (a queue moved, a copy came
   // back); a problem shown on a journey is about the stage it was in.
   const changes = [];
@@ -748,11 +767,11 @@ function renderPage(page = state.page) {
       notice: cardNotice(`journey:${j.reservationId}`),
     });
   const current = journeys.filter((j) => !FINISHED.has(j.stage));
-  const past = journeys.filter((j) => FINISHED.has(j.stage));
+  const past = pastJourneys(journeys);
   replaceKeepingFocus(list, current.map(card), $('panel-current'));
   const shown = Math.max(state.historyShown, HISTORY_PAGE);
   replaceKeepingFocus(history, past.slice(0, shown).map(card), $('panel-history'));
-  $('history-more').hidden = past.length <= shown;
+  $('history-more').hidden = past.length <= shown && !historyBeyond();
   if ($('history-more').hidden && document.activeElement === $('history-more')) $('panel-history').focus();
   $('tab-current').textContent = t('mypage.tab.current', { n: current.length });
   $('tab-history').textContent = t('mypage.tab.history', { n: past.length });
@@ -768,46 +787,15 @@ function renderPage(page = state.page) {
 
 const ON_LOAN = new Set(['JOURNEY_STAGE_RENTED', 'JOURNEY_STAGE_OVERDUE']);
 
-/** The loans on a page and their due dates: when they change, the rentals are read again. */
-function loansKeyOf(page) {
-  return (page?.journeys || [])
-    .filter((j) => ON_LOAN.has(j.stage) && j.rentalId)
-    .map((j) => `${j.rentalId}:${j.dueAt ?? ''}`)
-    .sort()
-    .join(',');
-}
-
 /**
- * Reads the member's active rentals, which say how many renewals are left
- * (My Page's journeys do not), and draws the page again with them.
- */
-async function loadLoans() {
-  const of = state.pageOf ?? '';
-  const key = loansKeyOf(state.page);
-  state.loansKey = `${key}|${of}`;
-  if (!key) return;
-  try {
-    const answer = await get(`/v1/rentals${query({ memberId: of, activeOnly: true, pageSize: 100 })}`);
-    if ((state.pageOf ?? '') !== of) return;
-    for (const r of answer.rentals || []) {
-      const known = state.loans.get(r.rentalId);
-      // A renewal answered here may be newer than the list.
-      if (!known || (known.renewals ?? 0) <= (r.renewals ?? 0)) state.loans.set(r.rentalId, r);
-    }
-    renderPage();
-  } catch {
-    // Without them no Renew shows; everything else stands.
-  }
-}
-
-/**
- * A journey with what its rental says: renewals left, the copy's barcode,
- * and a due date a renewal moved (until the page itself has it).
+ * A journey with what a renewal just answered (the new due date, renewals
+ * left), until the page itself has the renewal (LoanRenewed): journeys carry
+ * `renewals`, `renewalsLeft` and the copy's barcode.
  */
 function withLoan(j) {
   const loan = j.rentalId && ON_LOAN.has(j.stage) ? state.loans.get(j.rentalId) : null;
-  if (!loan) return j;
-  const out = { ...j, renewalsLeft: loan.renewalsLeft ?? 0 };
+  if (!loan || (j.renewals ?? 0) >= (loan.renewals ?? 0)) return j;
+  const out = { ...j, renewals: loan.renewals ?? 0, renewalsLeft: loan.renewalsLeft ?? 0 };
   if (!out.barcode && loan.barcode) out.barcode = loan.barcode;
   if (loan.dueAt && (!out.dueAt || Date.parse(loan.dueAt) > Date.parse(out.dueAt))) {
     out.dueAt = loan.dueAt;
@@ -823,10 +811,50 @@ function announceChanges(text) {
   speak(text);
 }
 
+const HISTORY_READ = 100;
+
+/** The member's history read, when it is this page's. */
+const historyRead = () => (state.hist.of === (state.pageOf ?? '') ? state.hist : null);
+const historyBeyond = () => Boolean(historyRead()?.next);
+
+/** Reads the history's first page again, or (`more`) its next page. */
+async function loadHistory({ more = false } = {}) {
+  const of = state.pageOf ?? '';
+  if (state.hist.of !== of) state.hist = { of, journeys: [], next: null };
+  const read = state.hist;
+  const path = of ? `/v1/members/${encodeURIComponent(of)}/history` : '/v1/mypage/history';
+  const answer = await get(`${path}${query({ pageSize: HISTORY_READ, pageToken: more ? read.next : '' })}`);
+  if (state.hist !== read) return;
+  const got = answer.journeys || [];
+  const journeys = more ? read.journeys.concat(got) : got;
+  const next = answer.nextPageToken || '';
+  // Drawn again only when it shows something new (a redraw moves nothing, but costs).
+  const changed = JSON.stringify(journeys) !== JSON.stringify(read.journeys) || Boolean(next) !== Boolean(read.next);
+  read.journeys = journeys;
+  read.next = next;
+  if (changed) renderPage();
+}
+
+/**
+ * The finished journeys, newest first: the page's own (live), then the
+ * older ones of the history read, which the page does not carry.
+ */
+function pastJourneys(journeys) {
+  const past = journeys.filter((j) => FINISHED.has(j.stage));
+  const onPage = new Set(journeys.map((j) => j.reservationId));
+  for (const j of historyRead()?.journeys || []) {
+    if (!onPage.has(j.reservationId)) past.push(j);
+  }
+  return past;
+}
+
 /** "Show more" in the history: the next page, and the focus on its first journey. */
-function moreHistory() {
+async function moreHistory() {
   const before = $('history').children.length;
   state.historyShown = Math.max(state.historyShown, HISTORY_PAGE) + HISTORY_PAGE;
+  if (pastJourneys(state.page?.journeys || []).length < state.historyShown && historyBeyond()) {
+    await act($('history-more'), () => loadHistory({ more: true }), 'mypage-notice');
+  }
   renderPage();
   const added = $('history').children.length - before;
   const first = $('history').children[before]?.querySelector('.card-title');
@@ -1042,6 +1070,10 @@ function showDeskTab(sub) {
   }
   if (sub === 'checkout') renderCheckout();
   if (sub === 'checkin') renderCheckin();
+  // The hold shelf and the overdue loans follow the events live while open.
+  if (STAFF_LIVE[sub]) startStaffWatch(sub);
+  else stopStaffWatch();
+  if (sub === 'due') loadDue(state.staff.dueDay).catch((e) => problem(e, 'due-notice'));
   // Copies move while the librarian is elsewhere: read the open lists again.
   if (sub === 'books') for (const bookId of state.items.keys()) loadItems(bookId).catch(() => {});
 }
@@ -1297,7 +1329,11 @@ async function toggleItems(book, button) {
 }
 
 async function loadItems(bookId, { attempt = 0 } = {}) {
-  const answer = await get(`/v1/books/${encodeURIComponent(bookId)}/items`);
+  const [answer, queue] = await Promise.all([
+    get(`/v1/books/${encodeURIComponent(bookId)}/items`),
+    // Without the queue the copies still show.
+    get(`/v1/books/${encodeURIComponent(bookId)}/queue${query({ pageSize: 100 })}`).catch(() => null),
+  ]);
   const view = state.items.get(bookId);
   if (!view) return;
   const items = answer.items || [];
@@ -1308,6 +1344,7 @@ async function loadItems(bookId, { attempt = 0 } = {}) {
     return loadItems(bookId, { attempt: attempt + 1 });
   }
   view.items = items;
+  view.queue = queue ?? undefined;
   renderDeskBooks();
 }
 
@@ -1385,6 +1422,212 @@ async function lookUpItem(event) {
   );
 }
 
+// ------------------------------------------------------------------ desk: staff views
+
+/** The parts that follow a staff list live: its stream, its list (read when the stream fails). */
+const STAFF_LIVE = {
+  shelf: { watch: '/v1/staff/holdShelf:watch', list: '/v1/staff/holdShelf' },
+  overdue: { watch: '/v1/staff/overdue:watch', list: '/v1/staff/overdue' },
+};
+const STAFF_PAGE = 100;
+
+function setStaffLive(sub, status) {
+  const live = $(`${sub}-live`);
+  live.dataset.state = status;
+  if (status === 'live') clearNotice(`${sub}-notice`, { problems: true });
+  live.querySelector('.live-text').textContent = t(
+    status === 'live' ? 'mypage.live' : status === 'connecting' ? 'mypage.connecting' : 'mypage.reconnecting',
+  );
+}
+
+function stopStaffWatch() {
+  clearTimeout(state.staffRetryTimer);
+  if (state.staffWatch) {
+    state.staffWatch.source.close();
+    state.staffWatch = null;
+  }
+}
+
+const stillOn = (sub) => state.route.name === 'desk' && state.deskTab === sub;
+
+function startStaffWatch(sub) {
+  if (state.staffWatch?.sub === sub) return;
+  stopStaffWatch();
+  setStaffLive(sub, 'connecting');
+  renderStaff();
+  const source = new EventSource(`${STAFF_LIVE[sub].watch}${query({ pageSize: STAFF_PAGE })}`);
+  state.staffWatch = { sub, source };
+  source.onopen = () => {
+    state.staffRetryMs = 1000;
+  };
+  source.onmessage = (event) => {
+    if (state.staffWatch?.source !== source) return;
+    setStaffLive(sub, 'live');
+    try {
+      state.staff[sub] = JSON.parse(event.data);
+    } catch (e) {
+      console.warn('an unreadable list', e);
+      return;
+    }
+    renderStaff();
+  };
+  source.addEventListener('error', (event) => {
+    if (state.staffWatch?.source !== source) return;
+    setStaffLive(sub, 'reconnecting');
+    const failed = typeof event.data === 'string';
+    if (!failed && source.readyState !== EventSource.CLOSED) return; // The browser reconnects by itself.
+    let body = null;
+    if (failed) {
+      try {
+        body = JSON.parse(event.data);
+      } catch {
+        body = null;
+      }
+    }
+    source.close();
+    state.staffWatch = null;
+    if (body && body.code !== 16) setNotice(`${sub}-notice`, errorFor(STATUS_OF_CODE[body.code] ?? 400, body, null).message);
+    recoverStaff(sub);
+  });
+}
+
+/** The stream failed: the list as it is now, then the stream again a little later. */
+async function recoverStaff(sub) {
+  try {
+    state.staff[sub] = await get(`${STAFF_LIVE[sub].list}${query({ pageSize: STAFF_PAGE })}`);
+    renderStaff();
+  } catch (e) {
+    await problem(e, `${sub}-notice`);
+    if (!signedIn()) return;
+    if (e instanceof ApiError && (e.status === 403 || e.status === 400 || e.status === 404)) return;
+  }
+  const wait = state.staffRetryMs;
+  state.staffRetryMs = Math.min(state.staffRetryMs * 2, 30000);
+  state.staffRetryTimer = setTimeout(() => {
+    if (stillOn(sub) && !state.staffWatch) startStaffWatch(sub);
+  }, wait);
+}
+
+function renderStaff() {
+  renderShelf();
+  renderOverdue();
+  renderDue();
+  renderMembers();
+}
+
+function renderShelf() {
+  const shelf = state.staff.shelf;
+  const holds = shelf?.holds || [];
+  const pull = holds.filter((e) => e.toPull && e.barcode);
+  const box = $('shelf-pull');
+  box.hidden = !pull.length;
+  box.replaceChildren(
+    ...(pull.length
+      ? [
+          h(
+            'p',
+            { class: 'pull-words' },
+            `${t('shelf.pull')} `,
+            ...pull.map((e) => h('span', { class: 'barcode' }, e.barcode)),
+          ),
+          h('p', { class: 'pull-detail' }, t('shelf.pullDetail', { n: shelf.toPull ?? pull.length })),
+        ]
+      : []),
+  );
+  $('shelf-count').textContent = !shelf ? '' : holds.length ? t('shelf.count', { n: shelf.total ?? holds.length }) : t('shelf.empty');
+  replaceKeepingFocus($('shelf-list'), holds.map(holdRow), $('shelf-title'));
+}
+
+function renderOverdue() {
+  const overdue = state.staff.overdue;
+  const loans = overdue?.loans || [];
+  $('overdue-count').textContent = !overdue ? '' : loans.length ? t('overdue.count', { n: overdue.total ?? loans.length }) : t('overdue.empty');
+  replaceKeepingFocus($('overdue-list'), loans.map(loanEntryRow), $('overdue-title'));
+}
+
+function renderDue() {
+  const due = state.staff.due;
+  const loans = due?.loans || [];
+  const day = due?.day ? formatDay(due.day) : '';
+  $('due-count').textContent = !due
+    ? ''
+    : t(loans.length ? 'due.count' : 'due.empty', { n: due.total ?? loans.length, day, zone: due.timeZone || '' });
+  replaceKeepingFocus($('due-list'), loans.map(loanEntryRow), $('due-title'));
+  $('due-more').hidden = !due?.nextPageToken;
+}
+
+/** "2026-01-10" in the page's language, as a day (no time, no zone shift). */
+function formatDay(day) {
+  const [y, m, d] = day.split('-').map(Number);
+  if (!y || !m || !d) return day;
+  const locale = language() === 'ko' ? 'ko-KR' : undefined;
+  try {
+    return new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeZone: 'UTC' }).format(Date.UTC(y, m - 1, d));
+  } catch {
+    return day;
+  }
+}
+
+async function loadDue(day, { more = false } = {}) {
+  const pageToken = more ? state.staff.due?.nextPageToken : '';
+  const answer = await get(`/v1/staff/due${query({ day, pageSize: STAFF_PAGE, pageToken })}`);
+  clearNotice('due-notice', { problems: true });
+  state.staff.dueDay = day;
+  state.staff.due =
+    more && state.staff.due ? { ...answer, loans: [...(state.staff.due.loans || []), ...(answer.loans || [])] } : answer;
+  renderDue();
+}
+
+function showDue(event) {
+  event.preventDefault();
+  act(event.submitter, () => loadDue($('due-day').value.trim()), 'due-notice');
+}
+
+function renderMembers() {
+  const found = state.staff.members;
+  const members = found?.members || [];
+  $('members-count').textContent = !found
+    ? ''
+    : members.length
+      ? t(found.nextPageToken ? 'members.countMore' : 'members.count', { n: members.length, prefix: state.staff.membersPrefix })
+      : t('members.none', { prefix: state.staff.membersPrefix });
+  replaceKeepingFocus($('members-list'), members.map(memberRow), $('members-prefix'));
+}
+
+let membersAsked = 0;
+async function findMembers(prefix) {
+  const asked = ++membersAsked;
+  const answer = await get(`/v1/staff/members${query({ prefix, pageSize: 20 })}`);
+  // A later keystroke's answer wins.
+  if (asked !== membersAsked) return;
+  clearNotice('members-notice', { problems: true });
+  state.staff.members = answer;
+  state.staff.membersPrefix = prefix;
+  renderMembers();
+}
+
+let membersTimer = 0;
+/** Type-ahead: the members whose id starts with what is typed, a moment after the last key. */
+function membersTyped() {
+  clearTimeout(membersTimer);
+  const prefix = $('members-prefix').value.trim();
+  membersTimer = setTimeout(() => {
+    if (!prefix) {
+      membersAsked += 1;
+      state.staff.members = null;
+      renderMembers();
+      return;
+    }
+    findMembers(prefix).catch((e) => problem(e, 'members-notice'));
+  }, 250);
+}
+
+function searchMembers(event) {
+  event.preventDefault();
+  clearTimeout(membersTimer);
+  act(event.submitter, () => findMembers($('members-prefix').value.trim()), 'members-notice');
+}
+
 // ------------------------------------------------------------------ language
 
 async function changeLanguage(code) {
@@ -1400,6 +1643,8 @@ async function changeLanguage(code) {
   renderDeskBooks();
   renderCheckout();
   renderCheckin();
+  for (const sub of Object.keys(STAFF_LIVE)) setStaffLive(sub, $(`${sub}-live`).dataset.state || 'connecting');
+  renderStaff();
   renderPage();
 }
 
@@ -1426,6 +1671,8 @@ async function start() {
     ['checkout-form', 'checkout-notice'],
     ['checkin-form', 'checkin-notice'],
     ['lookup-form', 'lookup-notice'],
+    ['due-form', 'due-notice'],
+    ['members-form', 'members-notice'],
   ]) {
     $(form).addEventListener('input', () => clearNotice(slot));
   }
@@ -1454,6 +1701,12 @@ async function start() {
   $('checkin-form').addEventListener('submit', scanIn);
   $('lookup-form').addEventListener('submit', lookUpItem);
   $('member-form').addEventListener('submit', openMemberPage);
+  $('due-form').addEventListener('submit', showDue);
+  $('due-more').addEventListener('click', (e) =>
+    act(e.currentTarget, () => loadDue(state.staff.dueDay, { more: true }), 'due-notice'),
+  );
+  $('members-form').addEventListener('submit', searchMembers);
+  $('members-prefix').addEventListener('input', membersTyped);
   window.addEventListener('hashchange', () => show(parseRoute(), { focus: true }).catch(problem));
 
   await refreshSession();

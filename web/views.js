@@ -110,6 +110,7 @@ const STAGE_CLASS = {
   JOURNEY_STAGE_RETURNED: 'done',
   JOURNEY_STAGE_CANCELLED: 'done',
   JOURNEY_STAGE_EXPIRED: 'done',
+  JOURNEY_STAGE_LOST: 'late',
 };
 
 export const stageLabel = (stage) => t(`stage.${stage || 'JOURNEY_STAGE_UNSPECIFIED'}`);
@@ -375,6 +376,93 @@ function itemList(book, view, actions) {
     { id: `items-${key}`, class: 'items' },
     h('h3', { class: 'items-title' }, t('items.title', { n: view.items.length })),
     rows.length ? h('ul', { class: 'item-list' }, rows) : h('p', { class: 'hint' }, t('items.none')),
+    queueSection(book, view.queue),
+  );
+}
+
+/** A link to a member's page. */
+export function memberLink(memberId) {
+  return h('a', { class: 'member-link', href: `#/members/${encodeURIComponent(memberId || '')}` }, memberId || '?');
+}
+
+/** Who waits for a book, in order (`queue`: GetBookQueue's answer, or undefined while it loads). */
+function queueSection(book, queue) {
+  const key = idPart(book.bookId);
+  if (!queue) return null;
+  const waiting = queue.waiting || [];
+  const total = queue.totalWaiting ?? waiting.length;
+  return h(
+    'section',
+    { class: 'queue', 'aria-labelledby': `queue-${key}-title`, dataset: { queueOf: book.bookId } },
+    h('h3', { id: `queue-${key}-title`, class: 'queue-title' }, total ? t('queue.title', { n: total }) : t('queue.none')),
+    waiting.length
+      ? h(
+          'ol',
+          { class: 'queue-list' },
+          waiting.map((w) =>
+            h(
+              'li',
+              { value: w.position, dataset: { memberId: w.memberId } },
+              memberLink(w.memberId),
+              ' ',
+              h('span', { class: 'hint' }, t('queue.since', { time: formatTime(w.reservedAt) })),
+              w.requeued ? h('span', { class: 'badge wait' }, t('queue.requeued')) : null,
+            ),
+          ),
+        )
+      : null,
+  );
+}
+
+/** A READY hold on the hold shelf. */
+export function holdRow(entry) {
+  return h(
+    'li',
+    {
+      class: entry.toPull ? 'staff-row to-pull' : 'staff-row',
+      dataset: { reservationId: entry.reservationId, barcode: entry.barcode || '', memberId: entry.memberId },
+    },
+    h('span', { class: 'staff-when' }, h('span', { class: 'visually-hidden' }, `${t('shelf.until')} `), timeEl(entry.pickupDeadline)),
+    memberLink(entry.memberId),
+    h('span', { class: 'staff-title', lang: textLang(entry.bookTitle) }, entry.bookTitle || t('journey.untitled', { id: String(entry.bookId).slice(0, 8) })),
+    entry.barcode ? h('span', { class: 'barcode' }, entry.barcode) : null,
+    h('span', { class: `badge ${entry.toPull ? 'wait' : 'ready'}` }, t(entry.toPull ? 'shelf.toPull' : 'shelf.onShelf')),
+  );
+}
+
+/** A loan in the overdue or due lists. */
+export function loanEntryRow(loan) {
+  return h(
+    'li',
+    {
+      class: loan.overdue ? 'staff-row late' : 'staff-row',
+      dataset: { rentalId: loan.rentalId, barcode: loan.barcode || '', memberId: loan.memberId },
+    },
+    h('span', { class: 'staff-when' }, h('span', { class: 'visually-hidden' }, `${t('journey.due')} `), timeEl(loan.dueAt)),
+    memberLink(loan.memberId),
+    h('span', { class: 'staff-title', lang: textLang(loan.bookTitle) }, loan.bookTitle || t('journey.untitled', { id: String(loan.bookId).slice(0, 8) })),
+    loan.barcode ? h('span', { class: 'barcode' }, loan.barcode) : null,
+    loan.renewals ? h('span', { class: 'hint' }, t('journey.renewalsValue', { n: loan.renewals })) : null,
+    loan.overdue ? h('span', { class: 'badge late' }, t('stage.JOURNEY_STAGE_OVERDUE')) : null,
+  );
+}
+
+/** A member found by id prefix, with what they hold now. */
+export function memberRow(m) {
+  return h(
+    'li',
+    { class: 'staff-row', dataset: { memberId: m.memberId } },
+    memberLink(m.memberId),
+    h(
+      'span',
+      { class: 'hint' },
+      t('members.summary', {
+        open: m.openReservations ?? 0,
+        ready: m.ready ?? 0,
+        active: m.activeRentals ?? 0,
+        overdue: m.overdue ?? 0,
+      }),
+    ),
   );
 }
 
@@ -431,6 +519,7 @@ export const FINISHED = new Set([
   'JOURNEY_STAGE_RETURNED',
   'JOURNEY_STAGE_CANCELLED',
   'JOURNEY_STAGE_EXPIRED',
+  'JOURNEY_STAGE_LOST',
 ]);
 
 /**
@@ -463,6 +552,12 @@ export function journeyCard(journey, actions, { open = false, notice = null } = 
   if ((stage === 'JOURNEY_STAGE_RENTED' || stage === 'JOURNEY_STAGE_OVERDUE') && journey.dueAt) {
     facts.append(fact(t('journey.due'), timeEl(journey.dueAt), stage === 'JOURNEY_STAGE_OVERDUE' ? 'due late' : 'due'));
   }
+  if (journey.renewals > 0 && (onLoan || stage === 'JOURNEY_STAGE_RETURNED' || stage === 'JOURNEY_STAGE_LOST')) {
+    facts.append(fact(t('journey.renewals'), t('journey.renewalsValue', { n: journey.renewals }), 'renewals'));
+  }
+  if (stage === 'JOURNEY_STAGE_LOST' && journey.barcode) {
+    facts.append(fact(t('journey.copy'), h('span', { class: 'barcode' }, journey.barcode), 'copy'));
+  }
   if (journey.returnedAt) {
     facts.append(fact(t('journey.returnedAt'), timeEl(journey.returnedAt), 'returned'));
   }
@@ -476,6 +571,9 @@ export function journeyCard(journey, actions, { open = false, notice = null } = 
         )
       : null;
   let confirmation = null;
+  if (stage === 'JOURNEY_STAGE_LOST') {
+    confirmation = h('p', { class: 'confirmation lost' }, t('journey.lostNote'));
+  }
   if (stage === 'JOURNEY_STAGE_RETURNED') {
     const confirmed = journey.returnConfirmation === 'RETURN_CONFIRMATION_CONFIRMED';
     confirmation = h(

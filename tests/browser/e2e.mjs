@@ -30,11 +30,16 @@
 // (played by the test) turning to where the copy goes once the desk is back,
 // and a lost copy found again. A member renews from My Page ("Renew (2
 // left)", the new due date, no Renew once none is left); a librarian's
-// renewal while someone waits is refused in words. A second librarian lends
-// in Korean on a phone. axe-core scans each of those screens.
+// renewal while someone waits is refused in words. The staff views: the hold
+// shelf live (a hold appears as the copy to pull, and goes when picked up),
+// a book's queue in order, loans due on a day, overdue loans (live, on a
+// second all-in-one with three-second loans when SHORT_LOANS_URL is given),
+// members found by id prefix, a lost loan and older journeys in a member's
+// history. A second librarian lends in Korean on a phone. axe-core scans
+// each of those screens.
 //
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
-// Page and check-in ones are copied to docs/images/ when they are missing
+// Page, check-in and hold shelf ones are copied to docs/images/ when they are missing
 // there or UPDATE_DOCS_SCREENSHOTS=1.
 
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -410,9 +415,68 @@ function reasons() {
 const KINDRED = 'Kindred';
 const DISPOSSESSED = 'The Dispossessed';
 const HUMAN_ACTS = '소년이 온다';
+/** A call of the API from a signed-in page (its cookie), as the pages make them. */
+const apiCall = (page, method, path, body) =>
+  page.evaluate(
+    async ([m, p, b]) => {
+      const res = await fetch(p, {
+        method: m,
+        headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+        body: b === null ? undefined : JSON.stringify(b),
+      });
+      return { status: res.status, body: await res.json().catch(() => null) };
+    },
+    [method, path, body ?? null],
+  );
+
+/**
+ * Overdue, live, on a second all-in-one whose loans last three seconds
+ * (SHORT_LOANS_URL, from tests/web.rs): a loan appears once it falls due,
+ * and goes when the copy is checked in. Runs beside the main story, since
+ * it mostly waits for the loan to fall due.
+ */
+async function overdueStory(shortBase) {
+  const shortContext = await browser.newContext({ locale: 'en-US', viewport: DESKTOP, baseURL: shortBase, timezoneId: 'UTC' });
+  const lib3 = track(await shortContext.newPage(), 'librarian-short-loans');
+  await signIn(lib3, 'lib-3', 'librarian');
+  await deskTab(lib3, 'Overdue');
+  await lib3.locator('#overdue-live[data-state="live"]').waitFor();
+  await lib3.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
+  const dawn = (await apiCall(lib3, 'POST', '/v1/books', { title: 'Dawn', author: 'Octavia E. Butler', totalCopies: 1 })).body;
+  let dawnCopy = '';
+  for (let i = 0; !dawnCopy && i < 30; i++) {
+    dawnCopy = (await apiCall(lib3, 'GET', `/v1/books/${dawn.bookId}/items`)).body?.items?.[0]?.barcode ?? '';
+    if (!dawnCopy) await lib3.waitForTimeout(100);
+  }
+  expectedFailures.add(`${shortBase}/v1/desk:checkOut`);
+  for (let attempt = 0; ; attempt++) {
+    const lent = await apiCall(lib3, 'POST', '/v1/desk:checkOut', { memberId: 'olga', barcode: dawnCopy });
+    if (lent.status === 200) break;
+    check(attempt < 30, `lending ${dawnCopy} to olga: ${JSON.stringify(lent)}`);
+    await lib3.waitForTimeout(150);
+  }
+  const lentAt = Date.now();
+  const lateRow = lib3.locator(`#overdue-list li[data-barcode="${dawnCopy}"]`);
+  await lateRow.getByRole('link', { name: 'olga' }).waitFor({ timeout: 15_000 });
+  const lateMs = Date.now() - lentAt;
+  await lateRow.locator('.badge', { hasText: 'Overdue' }).waitFor();
+  await lateRow.getByText('Dawn').waitFor();
+  await lib3.locator('#overdue-count').getByText('1 loan is overdue, the longest first.').waitFor();
+  await scan(lib3, 'an overdue loan');
+  await shot(lib3, 'desk-overdue.png');
+  check((await apiCall(lib3, 'POST', '/v1/desk:checkIn', { barcode: dawnCopy })).status === 200, 'checked in');
+  await lateRow.waitFor({ state: 'detached' });
+  await lib3.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
+  step(`overdue, live (3-second loans): olga's loan listed ${lateMs} ms after it was lent, gone when checked in`);
+}
+
 /** As long an author as the catalogue takes (200 characters), unbroken. */
 const LONG_AUTHOR = 'W'.repeat(200);
 let failed = null;
+const shortLoans = process.env.SHORT_LOANS_URL;
+// Beside the main story; its failure fails the run at the end.
+const overdueRun = shortLoans ? overdueStory(shortLoans).then(() => null, (e) => e) : Promise.resolve(null);
+if (!shortLoans) step('overdue, live: skipped (no SHORT_LOANS_URL with short loans)');
 try {
   // A librarian registers the books.
   const lib = await newPage('librarian');
@@ -1009,6 +1073,141 @@ try {
   await scan(lib, 'the check-in of a found copy');
   step(`${b2} marked lost, then found again at the check-in`);
 
+  // ---------------------------------------------------------------- staff views
+  /** Reserves a book registered a moment ago (the desk learns it from an event). */
+  const reserveByApi = async (page, bookId) => {
+    for (let attempt = 0; ; attempt++) {
+      const r = await apiCall(page, 'POST', '/v1/reservations', { bookId });
+      if (r.status === 200) return r.body;
+      check(attempt < 30, `reserving ${bookId}: ${JSON.stringify(r)}`);
+      await page.waitForTimeout(150);
+    }
+  };
+  // The hold shelf, live: alice's copy came over the desk, so it is not to pull.
+  await deskTab(lib, 'Hold shelf');
+  await lib.locator('#shelf-live[data-state="live"]').waitFor();
+  const shelfRow = (page, code) => page.locator(`#shelf-list li[data-barcode="${code}"]`);
+  await shelfRow(lib, b1).getByRole('link', { name: 'alice' }).waitFor();
+  await shelfRow(lib, b1).getByText('On the hold shelf').waitFor();
+  // A new book with one copy: frank reserves it, the copy on the open shelf
+  // is held for him and appears live among the copies to pull.
+  const FLEDGLING = 'Fledgling';
+  const fledgling = (await apiCall(lib, 'POST', '/v1/books', { title: FLEDGLING, author: 'Octavia E. Butler', totalCopies: 1 })).body;
+  check(fledgling?.bookId, `registered ${FLEDGLING}: ${JSON.stringify(fledgling)}`);
+  let fledglingCopy = '';
+  for (let i = 0; !fledglingCopy && i < 30; i++) {
+    fledglingCopy = (await apiCall(lib, 'GET', `/v1/books/${fledgling.bookId}/items`)).body?.items?.[0]?.barcode ?? '';
+    if (!fledglingCopy) await lib.waitForTimeout(100);
+  }
+  const trapped = Date.now();
+  await reserveByApi(frank, fledgling.bookId);
+  await lib.locator('#shelf-pull .barcode', { hasText: fledglingCopy }).waitFor();
+  const pullText = (await lib.locator('#shelf-pull .pull-words').textContent()).trim();
+  check(pullText.startsWith('Pull from the shelves:') && pullText.includes(fledglingCopy), `the copies to pull: ${pullText}`);
+  await shelfRow(lib, fledglingCopy).getByRole('link', { name: 'frank' }).waitFor();
+  await shelfRow(lib, fledglingCopy).getByText('To pull').waitFor();
+  const shelfLiveMs = Date.now() - trapped;
+  const shelfOrder = await lib.locator('#shelf-list li').evaluateAll((rows) => rows.map((r) => r.dataset.barcode));
+  check(shelfOrder.indexOf(b1) < shelfOrder.indexOf(fledglingCopy), `the soonest deadline first: ${shelfOrder}`);
+  await scan(lib, 'the hold shelf');
+  await shot(lib, 'desk-shelf.png');
+  await lib.setViewportSize(PHONE);
+  await tapTargets(lib, 'the hold shelf on a phone');
+  await scan(lib, 'the hold shelf on a phone');
+  await lib.setViewportSize(DESKTOP);
+  // alice and bob wait for it, in that order.
+  check((await reserveByApi(alice, fledgling.bookId)).queuePosition === 1, 'alice waits first');
+  check((await reserveByApi(bob, fledgling.bookId)).queuePosition === 2, 'bob waits second');
+  // frank picks it up: it leaves the hold shelf, live.
+  const fledglingLoan = await apiCall(frank, 'POST', '/v1/rentals', { bookId: fledgling.bookId });
+  check(fledglingLoan.status === 200, `frank picks ${FLEDGLING} up: ${JSON.stringify(fledglingLoan)}`);
+  await shelfRow(lib, fledglingCopy).waitFor({ state: 'detached' });
+  await lib.locator('#shelf-pull .barcode', { hasText: fledglingCopy }).waitFor({ state: 'detached' });
+  step(`the hold shelf: ${fledglingCopy} for frank to pull, live within ${shelfLiveMs} ms; gone when he picked it up`);
+
+  // The book's queue, next to its copies.
+  await deskTab(lib, 'Books and copies');
+  await desk.getByLabel('Search by title, author or ISBN').fill(FLEDGLING);
+  await desk.getByRole('button', { name: 'Search' }).click();
+  const fledglingCard = card(lib, FLEDGLING, 'desk');
+  await fledglingCard.getByRole('button', { name: 'Show copies' }).click();
+  await fledglingCard.getByText('2 members wait, in this order').waitFor();
+  const queued = await fledglingCard.locator('.queue-list li').evaluateAll((rows) => rows.map((r) => r.dataset.memberId));
+  check(queued.join(',') === 'alice,bob', `the queue in order: ${queued}`);
+  await fledglingCard.locator('.queue-list').getByRole('link', { name: 'alice' }).waitFor();
+  await scan(lib, "a book's copies and queue");
+  step(`${FLEDGLING}'s queue: ${queued.join(', ')}`);
+
+  // Loans due on a day: none today, frank's on its due day.
+  await deskTab(lib, 'Due');
+  await lib.locator('#due-count').getByText(/^No loan is due on .* \(UTC\)\.$/).waitFor();
+  const dueDay = fledglingLoan.body.dueAt.slice(0, 10);
+  await lib.locator('#due-day').fill(dueDay);
+  await lib.locator('#due-form').getByRole('button', { name: 'Show' }).click();
+  const dueRow = lib.locator(`#due-list li[data-barcode="${fledglingCopy}"]`);
+  await dueRow.getByRole('link', { name: 'frank' }).waitFor();
+  await dueRow.getByText(FLEDGLING).waitFor();
+  await scan(lib, 'loans due on a day');
+  // Overdue: live, and none (loans here last 14 days).
+  await deskTab(lib, 'Overdue');
+  await lib.locator('#overdue-live[data-state="live"]').waitFor();
+  await lib.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
+  await scan(lib, 'overdue loans');
+  step(`due on ${dueDay}: frank's ${fledglingCopy}; nothing overdue, live`);
+
+  // Members by id prefix, as the librarian types; a member leads to their page.
+  await deskTab(lib, 'Members');
+  await lib.locator('#members-prefix').fill('fr');
+  const foundFrank = lib.locator('#members-list li[data-member-id="frank"]');
+  await foundFrank.waitFor();
+  check((await lib.locator('#members-list li').count()) === 1, 'only frank starts with "fr"');
+  await lib.locator('#members-count').getByText('1 member\'s id starts with “fr”.').waitFor();
+  await scan(lib, 'members found by prefix');
+  await lib.setViewportSize(PHONE);
+  await tapTargets(lib, 'members found, on a phone');
+  await lib.setViewportSize(DESKTOP);
+  // A member's history is read with ListHistory too, which goes back further
+  // than My Page carries: an old journey (played) added to the real answer shows.
+  const OLD_LOAN = 'Lilith’s Brood';
+  await lib.route('**/v1/members/frank/history?*', async (route) => {
+    const real = await (await route.fetch()).json();
+    real.journeys = [
+      ...(real.journeys || []),
+      {
+        reservationId: '00000000-0000-7000-8000-000000000001',
+        bookId: '00000000-0000-7000-8000-0000000000b9',
+        bookTitle: OLD_LOAN,
+        stage: 'JOURNEY_STAGE_RETURNED',
+        returnedAt: '2025-01-10T10:00:00Z',
+        returnConfirmation: 'RETURN_CONFIRMATION_CONFIRMED',
+        steps: [{ kind: 'STEP_KIND_RETURNED', at: '2025-01-10T10:00:00Z' }],
+      },
+    ];
+    await route.fulfill({ status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify(real) });
+  });
+  await foundFrank.getByRole('link', { name: 'frank' }).click();
+  await lib.getByRole('heading', { name: "frank's page", level: 1 }).waitFor();
+  await current(lib, FLEDGLING).waitFor();
+  step('members starting with "fr": frank, whose page opens from the list');
+
+  // A copy lost on loan closes frank's loan as lost: his history says so.
+  check((await apiCall(lib, 'POST', '/v1/items:markLost', { barcode: fledglingCopy })).status === 200, 'marked lost');
+  await current(frank, FLEDGLING).waitFor({ state: 'detached' });
+  await tab(frank, 'History');
+  await stageOf(frank, FLEDGLING, 'LOST').getByText('This copy was marked lost, so the loan is closed.').waitFor();
+  await stageOf(frank, FLEDGLING, 'LOST').getByText('Copy marked lost').waitFor();
+  await tab(frank, 'Current');
+  // The librarian on frank's page: the lost loan (live) above the old one (from the history).
+  await tab(lib, 'History');
+  await stageOf(lib, FLEDGLING, 'LOST').waitFor();
+  await stageOf(lib, OLD_LOAN, 'RETURNED').getByText('Return confirmed').first().waitFor();
+  const pastOrder = await lib.locator('#history li.journey .card-title').allTextContents();
+  check(pastOrder.indexOf(FLEDGLING) === 0 && pastOrder.indexOf(OLD_LOAN) === pastOrder.length - 1, `history newest first: ${pastOrder}`);
+  await scan(lib, "a member's history");
+  await tab(lib, 'Current');
+  await lib.unroute('**/v1/members/frank/history?*');
+  step('a copy lost on loan shows as lost in the member\'s history, with older journeys from ListHistory');
+
   // In Korean, on a phone: a second librarian lends 소년이 온다.
   const copiesOf = (title) =>
     lib.evaluate(async (t) => {
@@ -1050,6 +1249,14 @@ try {
   await lib2.locator('#desk-nav a[aria-current="page"]').filter({ hasText: '반납' }).waitFor();
   check((await focusId(lib2)) === 'checkin-barcode', 'Enter on a desk link opens it, ready to scan');
   await tapTargets(lib2, 'the check-in on a phone (Korean)');
+  // The hold shelf in Korean, on a phone.
+  await lib2.locator('#desk-nav a[data-desk="shelf"]').click();
+  await lib2.getByRole('heading', { name: '예약 보관대', level: 2 }).waitFor();
+  await lib2.locator('#shelf-live').getByText('실시간').waitFor();
+  await lib2.locator(`#shelf-list li[data-barcode="${b1}"]`).getByText('보관대에 있음').waitFor();
+  await tapTargets(lib2, 'the hold shelf on a phone (Korean)');
+  await scan(lib2, 'the hold shelf on a phone (Korean)');
+  await shot(lib2, 'desk-shelf-ko-phone.png');
   step(`in Korean on a phone: gina borrowed ${HUMAN_ACTS}; again: "${koOnLoan}"; the desk head takes ${deskHead.desk}px`);
 
   // An overdue loan is marked (the stream is played by the test: loans here
@@ -1369,9 +1576,12 @@ document.getElementById('f').submit();
   await alice.getByRole('heading', { name: 'Sign in', level: 1 }).waitFor();
   step('a lost sign-in leads back to the sign-in form');
 
+  const overdueFailed = await overdueRun;
+  if (overdueFailed) throw overdueFailed;
+
   // Nobody's pages logged an error.
   check(consoleErrors.length === 0, `console errors:\n  ${consoleErrors.join('\n  ')}`);
-  for (const image of ['mypage.png', 'desk-checkin.png']) {
+  for (const image of ['mypage.png', 'desk-checkin.png', 'desk-shelf.png']) {
     const docs = join(repo, 'docs', 'images', image);
     if (!existsSync(docs) || process.env.UPDATE_DOCS_SCREENSHOTS === '1') {
       mkdirSync(dirname(docs), { recursive: true });
