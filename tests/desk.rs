@@ -12,6 +12,7 @@ use rentalbook_proto::rental::v1::{
     RenewRentalRequest, Rental, RentalStatus,
 };
 use rentalbook_proto::reserve::v1::{ItemRequest, ListItemsRequest, ReservationStatus};
+use rentalbook_proto::view::v1::{JourneyStage, StepKind};
 use support::{Mesh, Options, Store, eventually, librarian, member, reason, req};
 use tonic::Code;
 
@@ -159,6 +160,28 @@ async fn r10_every_check_out_case(store: Store) {
         (placed.status(), placed.barcode.as_str()),
         (ReservationStatus::Fulfilled, "D-2")
     );
+    // On her page the walk-in is reserved and rented at once: no READY step
+    // (so no hold-ready notice).
+    let journey = eventually("carol's walk-in on her page", || {
+        let mesh = &mesh;
+        let id = walk_in.reservation_id.clone();
+        async move {
+            let page = mesh
+                .views()
+                .await
+                .get_my_page(req(&member("carol"), Default::default()))
+                .await
+                .ok()?
+                .into_inner();
+            page.journeys
+                .into_iter()
+                .find(|j| j.reservation_id == id && j.stage() == JourneyStage::Rented)
+        }
+    })
+    .await;
+    let steps: Vec<StepKind> = journey.steps.iter().map(|s| s.kind()).collect();
+    assert_eq!(steps, [StepKind::Reserved, StepKind::Rented], "{journey:?}");
+    assert_eq!(journey.barcode, "D-2");
 
     // Nothing free now: a copy on loan is refused, so is an unknown one.
     let on_loan = check_out(&mesh, "dora", "D-1").await.unwrap_err();
