@@ -753,3 +753,92 @@ async fn a_books_queue_members_by_prefix_and_a_members_history(store: Store) {
     .await;
     assert_eq!(q.next_due_at, loan.due_at);
 }
+
+both_backends!(a_books_queue_and_the_loans_due_on_a_day_follow_live);
+async fn a_books_queue_and_the_loans_due_on_a_day_follow_live(store: Store) {
+    let mesh = start(store).await;
+    let mut staff = staff_at(mesh.view_addr()).await;
+    let book = register(&mesh, "Followed", &["F-1"]).await;
+    reserve(&mesh, "alice", &book).await;
+    eventually("the book's queue", || {
+        let mut staff = staff.clone();
+        let book_id = book.book_id.clone();
+        async move { Some(queue(&mut staff, &book_id, 0, "").await).filter(|q| q.ready.len() == 1) }
+    })
+    .await;
+
+    // The queue: bob joins it, then alice picks her copy up.
+    let mut queue_stream = staff
+        .watch_book_queue(req(
+            &librarian(),
+            GetBookQueueRequest {
+                book_id: book.book_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut queue_stream).await;
+    assert_eq!((first.total_waiting, first.ready.len()), (0, 1));
+    reserve(&mesh, "bob", &book).await;
+    let mut q = next(&mut queue_stream).await;
+    while q.total_waiting != 1 {
+        q = next(&mut queue_stream).await;
+    }
+    assert_eq!(q.waiting[0].member_id, "bob");
+
+    // The loans due on the day alice's loan will be due: empty, then hers.
+    let day = (time::now() + chrono::Duration::days(14))
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut due_stream = staff
+        .watch_due(req(
+            &librarian(),
+            ListDueRequest {
+                day: day.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let empty = next(&mut due_stream).await;
+    assert_eq!((empty.day.as_str(), empty.loans.len()), (day.as_str(), 0));
+    let loan = rent(&mesh, "alice", &book).await;
+    let mut due = next(&mut due_stream).await;
+    while due.loans.is_empty() {
+        due = next(&mut due_stream).await;
+    }
+    assert_eq!(due.loans[0].rental_id, loan.rental_id);
+    // The queue saw the pick-up too: no READY hold, the copy out until then.
+    let mut q = next(&mut queue_stream).await;
+    while !q.ready.is_empty() {
+        q = next(&mut queue_stream).await;
+    }
+    assert_eq!(q.next_due_at, loan.due_at);
+
+    // Librarians only, and an unknown book is refused at once.
+    is_refused(
+        staff
+            .watch_due(req(&member("bob"), ListDueRequest::default()))
+            .await
+            .map(|_| ()),
+        Code::PermissionDenied,
+        "LIBRARIANS_ONLY",
+    );
+    is_refused(
+        staff
+            .watch_book_queue(req(
+                &librarian(),
+                GetBookQueueRequest {
+                    book_id: uuid::Uuid::now_v7().to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+        Code::NotFound,
+        "BOOK_NOT_FOUND",
+    );
+}

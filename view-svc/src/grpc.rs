@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use rentalbook_plumbing::auth::Caller;
+use rentalbook_plumbing::db::Db;
 use rentalbook_plumbing::error::{Refusal, ServiceError};
 use rentalbook_plumbing::ids::{self, Id, MemberId};
 use rentalbook_plumbing::time::{self, Timestamp};
@@ -178,6 +179,99 @@ fn same_loans(a: &Loans, b: &Loans) -> bool {
     (&a.loans, &a.next_page_token, a.total) == (&b.loans, &b.next_page_token, b.total)
 }
 
+fn same_queue(a: &BookQueue, b: &BookQueue) -> bool {
+    (
+        &a.waiting,
+        &a.ready,
+        &a.next_page_token,
+        a.total_waiting,
+        &a.next_due_at,
+    ) == (
+        &b.waiting,
+        &b.ready,
+        &b.next_page_token,
+        b.total_waiting,
+        &b.next_due_at,
+    )
+}
+
+/// A ListDue request, parsed: the day and a page of it.
+struct DueQuery {
+    day: NaiveDate,
+    after: Option<(i64, String)>,
+    limit: u64,
+}
+
+fn due_query(library: &Library, r: &ListDueRequest, now: Timestamp) -> Result<DueQuery, Status> {
+    Ok(DueQuery {
+        day: day_of(library, &r.day, now)?,
+        after: staff::parse_token(&r.page_token)?,
+        limit: ids::page_size(r.page_size)?,
+    })
+}
+
+/// The loans due on the query's day in the library's time zone.
+async fn due_loans(
+    db: &Db,
+    library: &Library,
+    q: &DueQuery,
+    now: Timestamp,
+) -> Result<Loans, Status> {
+    let (start, end) = library.day_bounds(q.day).ok_or_else(|| {
+        Status::from(Refusal::invalid_field(
+            "day",
+            format!("day {} is beyond the dates this library can count", q.day),
+        ))
+    })?;
+    let tx = staff::snapshot(db.conn()).await.map_err(db_error)?;
+    let mut loans = staff::loans(
+        &tx,
+        &staff::LoanFilter::DueWithin(start, end),
+        q.after.as_ref(),
+        q.limit,
+        now,
+    )
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    loans.day = q.day.format("%Y-%m-%d").to_string();
+    loans.time_zone = library.time_zone.name().to_owned();
+    Ok(loans)
+}
+
+/// A GetBookQueue request, parsed.
+struct QueueQuery {
+    book_id: String,
+    after: Option<(i64, String)>,
+    limit: u64,
+}
+
+fn queue_query(r: &GetBookQueueRequest) -> Result<QueueQuery, Status> {
+    Ok(QueueQuery {
+        book_id: Id::parse_field("book_id", &r.book_id)?.to_string(),
+        after: staff::parse_token(&r.page_token)?,
+        limit: ids::page_size(r.page_size)?,
+    })
+}
+
+/// A book's queue, or NOT_FOUND for a book no event has told of.
+async fn book_queue(db: &Db, q: &QueueQuery, now: Timestamp) -> Result<BookQueue, Status> {
+    let tx = staff::snapshot(db.conn()).await.map_err(db_error)?;
+    let queue = staff::book_queue(&tx, &q.book_id, q.after.as_ref(), q.limit, now)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    queue.ok_or_else(|| {
+        Status::from(
+            Refusal::not_found(
+                rentalbook_plumbing::error::Reason::BookNotFound,
+                format!("no book {} is known here yet", q.book_id),
+            )
+            .with("bookId", &q.book_id),
+        )
+    })
+}
+
 /// The day of a ListDue request: YYYY-MM-DD, or today in the library.
 fn day_of(library: &Library, day: &str, now: Timestamp) -> Result<NaiveDate, Status> {
     if day.is_empty() {
@@ -308,34 +402,42 @@ impl StaffService for Staff {
 
     async fn list_due(&self, request: Request<ListDueRequest>) -> Result<Response<Loans>, Status> {
         Caller::of(&request)?.require_librarian("see the loans due")?;
-        let r = request.get_ref();
-        let library = &self.shared.library;
-        let now = time::now();
-        let day = day_of(library, &r.day, now)?;
-        let after = staff::parse_token(&r.page_token)?;
-        let limit = ids::page_size(r.page_size)?;
-        let (start, end) = library.day_bounds(day).ok_or_else(|| {
-            Status::from(Refusal::invalid_field(
-                "day",
-                format!("day {day} is beyond the dates this library can count"),
-            ))
-        })?;
-        let tx = staff::snapshot(self.shared.watchers.db.conn())
-            .await
-            .map_err(db_error)?;
-        let mut loans = staff::loans(
-            &tx,
-            &staff::LoanFilter::DueWithin(start, end),
-            after.as_ref(),
-            limit,
-            now,
+        let q = due_query(&self.shared.library, request.get_ref(), time::now())?;
+        let loans = due_loans(
+            &self.shared.watchers.db,
+            &self.shared.library,
+            &q,
+            time::now(),
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        loans.day = day.format("%Y-%m-%d").to_string();
-        loans.time_zone = library.time_zone.name().to_owned();
+        .await?;
         Ok(Response::new(loans))
+    }
+
+    type WatchDueStream = ReceiverStream<Result<Loans, Status>>;
+
+    async fn watch_due(
+        &self,
+        request: Request<ListDueRequest>,
+    ) -> Result<Response<Self::WatchDueStream>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_librarian("see the loans due")?;
+        let q = Arc::new(due_query(
+            &self.shared.library,
+            request.get_ref(),
+            time::now(),
+        )?);
+        let changes = self.shared.watchers.subscribe(staff::LOANS);
+        let (db, library) = (self.shared.watchers.db.clone(), self.shared.library);
+        let read = move |now: Timestamp| {
+            let (db, library, q) = (db.clone(), library, q.clone());
+            async move { Ok((due_loans(&db, &library, &q, now).await?, None)) }
+        };
+        let settings = self
+            .shared
+            .settings(&caller, LIST_SETTLE, "staff_watch_streams");
+        Ok(Response::new(watch::stream(
+            changes, read, same_loans, settings,
+        )))
     }
 
     async fn get_book_queue(
@@ -343,27 +445,37 @@ impl StaffService for Staff {
         request: Request<GetBookQueueRequest>,
     ) -> Result<Response<BookQueue>, Status> {
         Caller::of(&request)?.require_librarian("see a book's queue")?;
-        let r = request.get_ref();
-        let book_id = Id::parse_field("book_id", &r.book_id)?.to_string();
-        let after = staff::parse_token(&r.page_token)?;
-        let limit = ids::page_size(r.page_size)?;
-        let tx = staff::snapshot(self.shared.watchers.db.conn())
-            .await
-            .map_err(db_error)?;
-        let queue = staff::book_queue(&tx, &book_id, after.as_ref(), limit, time::now())
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        let queue = queue.ok_or_else(|| {
-            Status::from(
-                Refusal::not_found(
-                    rentalbook_plumbing::error::Reason::BookNotFound,
-                    format!("no book {book_id} is known here yet"),
-                )
-                .with("bookId", &book_id),
-            )
-        })?;
-        Ok(Response::new(queue))
+        let q = queue_query(request.get_ref())?;
+        Ok(Response::new(
+            book_queue(&self.shared.watchers.db, &q, time::now()).await?,
+        ))
+    }
+
+    type WatchBookQueueStream = ReceiverStream<Result<BookQueue, Status>>;
+
+    async fn watch_book_queue(
+        &self,
+        request: Request<GetBookQueueRequest>,
+    ) -> Result<Response<Self::WatchBookQueueStream>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_librarian("see a book's queue")?;
+        let q = Arc::new(queue_query(request.get_ref())?);
+        // Refused at once when the book is unknown, like GetBookQueue.
+        book_queue(&self.shared.watchers.db, &q, time::now()).await?;
+        // Every change of a journey wakes the hold shelf's watchers; a
+        // book's queue is read again then, and sent when it changed.
+        let changes = self.shared.watchers.subscribe(staff::HOLD_SHELF);
+        let db = self.shared.watchers.db.clone();
+        let read = move |now: Timestamp| {
+            let (db, q) = (db.clone(), q.clone());
+            async move { Ok((book_queue(&db, &q, now).await?, None)) }
+        };
+        let settings = self
+            .shared
+            .settings(&caller, LIST_SETTLE, "staff_watch_streams");
+        Ok(Response::new(watch::stream(
+            changes, read, same_queue, settings,
+        )))
     }
 
     async fn list_members(
