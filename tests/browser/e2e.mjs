@@ -594,6 +594,9 @@ try {
   await card(bob2, KINDRED).getByRole('button', { name: 'Reserve' }).waitFor();
   const bob3 = track(await bob.context().newPage(), 'bob-tab-3');
   await bob3.goto('/#/catalogue');
+  // The page has drawn the catalogue (its start is over) before the member
+  // switches language.
+  await card(bob3, KINDRED).waitFor();
   await bob3.getByLabel('Language').selectOption('ko');
   await bob3.getByRole('heading', { name: '도서 목록', level: 1 }).waitFor();
   await bob3.locator('#search-q').fill('');
