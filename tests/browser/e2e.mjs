@@ -443,11 +443,10 @@ async function overdueStory(shortBase) {
   await lib3.locator('#overdue-live[data-state="live"]').waitFor();
   await lib3.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
   const dawn = (await apiCall(lib3, 'POST', '/v1/books', { title: 'Dawn', author: 'Octavia E. Butler', totalCopies: 1 })).body;
-  let dawnCopy = '';
-  for (let i = 0; !dawnCopy && i < 30; i++) {
-    dawnCopy = (await apiCall(lib3, 'GET', `/v1/books/${dawn.bookId}/items`)).body?.items?.[0]?.barcode ?? '';
-    if (!dawnCopy) await lib3.waitForTimeout(100);
-  }
+  // The registration answers with the copy's barcode; the desk learns the
+  // copy a moment later (an event), so the first check-outs may not find it.
+  const dawnCopy = dawn.items?.[0]?.barcode ?? '';
+  check(dawnCopy !== '', `Dawn was registered with a copy: ${JSON.stringify(dawn)}`);
   expectedFailures.add(`${shortBase}/v1/desk:checkOut`);
   for (let attempt = 0; ; attempt++) {
     const lent = await apiCall(lib3, 'POST', '/v1/desk:checkOut', { memberId: 'olga', barcode: dawnCopy });
