@@ -173,9 +173,11 @@ async fn r10_every_check_out_case(store: Store) {
                 .await
                 .ok()?
                 .into_inner();
-            page.journeys
-                .into_iter()
-                .find(|j| j.reservation_id == id && j.stage() == JourneyStage::Rented)
+            page.journeys.into_iter().find(|j| {
+                // The placement says RENTED; the loan's own event adds
+                // its step and due date.
+                j.reservation_id == id && j.stage() == JourneyStage::Rented && j.due_at.is_some()
+            })
         }
     })
     .await;
