@@ -174,9 +174,13 @@ async fn r10_every_check_out_case(store: Store) {
                 .ok()?
                 .into_inner();
             page.journeys.into_iter().find(|j| {
-                // The placement says RENTED; the loan's own event adds
-                // its step and due date.
-                j.reservation_id == id && j.stage() == JourneyStage::Rented && j.due_at.is_some()
+                // The placement (reserve-svc) and the loan (rental-svc)
+                // arrive in either order: both steps once both have.
+                let has = |k: StepKind| j.steps.iter().any(|s| s.kind() == k);
+                j.reservation_id == id
+                    && j.stage() == JourneyStage::Rented
+                    && has(StepKind::Reserved)
+                    && has(StepKind::Rented)
             })
         }
     })
