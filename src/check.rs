@@ -1162,12 +1162,13 @@ async fn applied_once(
     for (service, db) in services {
         rows_of.insert(service, inbox::Entity::find().all(db.conn()).await?);
     }
-    let consumers: [(&str, &str, &str); 6] = [
+    let consumers: [(&str, &str, &str); 7] = [
         ("book-svc", "book-svc", "reservation.>"),
         ("reserve-svc-books", "reserve-svc", "book.>"),
         ("reserve-svc-returns", "reserve-svc", "rental.returned"),
         ("rental-svc", "rental-svc", "reservation.return_recorded"),
         ("rental-svc-losses", "rental-svc", "reservation.item_lost"),
+        ("rental-svc-books", "rental-svc", "book.merged"),
         (args.view_consumer.as_str(), "view-svc", ""),
     ];
     for (durable, service, filter) in &consumers {
@@ -1248,6 +1249,13 @@ async fn applied_once(
             }
             Body::CopiesAdded(c) => {
                 totals.insert(&c.book_id, c.total_copies);
+            }
+            // The merged books' copies are the kept book's from then on.
+            Body::BooksMerged(m) => {
+                for id in &m.merged_book_ids {
+                    totals.remove(id.as_str());
+                }
+                totals.insert(&m.into_book_id, m.total_copies);
             }
             Body::BookReturned(r) => {
                 returned.insert(&r.rental_id);

@@ -9,6 +9,7 @@ mod support;
 use rentalbook_proto::book::v1::{
     Book, GetBookRequest, ListBooksRequest, RegisterBookRequest, UpdateBookRequest,
 };
+use rentalbook_proto::reserve::v1::Reservation;
 use rentalbook_proto::view::v1::{GetMyPageRequest, MyPage};
 use serde_json::{Value, json};
 use support::{Mesh, Options, Store, eventually, librarian, member, req};
@@ -505,4 +506,252 @@ async fn a_word_in_hundreds_of_books_pages_through_every_one_in_title_order(stor
         .collect();
     assert_eq!(with_12.len(), 16);
     assert_eq!(search(&mesh, "saga 12", 100).await, with_12);
+}
+
+fn untitled(title: &str, copies: i32) -> RegisterBookRequest {
+    RegisterBookRequest {
+        total_copies: copies,
+        ..book("", title, "Octavia Butler")
+    }
+}
+
+/// Each member's journeys on their page: (reservation, book, stage, place).
+async fn journeys_of(mesh: &Mesh, who: &str) -> Vec<(String, String, i32, i32)> {
+    page(mesh, who)
+        .await
+        .journeys
+        .into_iter()
+        .map(|j| (j.reservation_id, j.book_id, j.stage, j.queue_position))
+        .collect()
+}
+
+both_backends!(merging_books_moves_copies_queues_and_loans_to_the_oldest_record);
+async fn merging_books_moves_copies_queues_and_loans_to_the_oldest_record(store: Store) {
+    use rentalbook_proto::book::v1::MergeBooksRequest;
+    use rentalbook_proto::reserve::v1::ReservationStatus;
+    use rentalbook_proto::view::v1::JourneyStage;
+    let mesh = mesh(store).await;
+    let older = register(&mesh, untitled("Kindred", 1)).await.unwrap();
+    let newer = register(&mesh, untitled("Kindred (2nd copy)", 2))
+        .await
+        .unwrap();
+    let (a, b) = (older.book_id.as_str(), newer.book_id.as_str());
+    // The older record: ann holds its copy, bob then carol wait.
+    let ann = mesh.reserve(&member("ann"), a).await.unwrap();
+    let bob_waits = mesh.reserve(&member("bob"), a).await.unwrap();
+    let carol = mesh.reserve(&member("carol"), a).await.unwrap();
+    // The newer one: dave and bob hold its two copies, erin waits.
+    let dave = mesh.reserve(&member("dave"), b).await.unwrap();
+    let bob_holds = mesh.reserve(&member("bob"), b).await.unwrap();
+    let erin = mesh.reserve(&member("erin"), b).await.unwrap();
+    assert_eq!(
+        [&ann, &bob_waits, &carol, &dave, &bob_holds, &erin].map(|r| r.status),
+        [
+            ReservationStatus::Ready,
+            ReservationStatus::Waiting,
+            ReservationStatus::Waiting,
+            ReservationStatus::Ready,
+            ReservationStatus::Ready,
+            ReservationStatus::Waiting,
+        ]
+        .map(|s| s as i32)
+    );
+    let ann_loan = mesh.rent(&member("ann"), a).await.unwrap();
+
+    let mut books = mesh.books().await;
+    let merge = |ids: &[&str]| MergeBooksRequest {
+        book_ids: ids.iter().map(|s| s.to_string()).collect(),
+        request_id: String::new(),
+    };
+    let refused = books
+        .merge_books(req(&member("ann"), merge(&[b, a])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    for (ids, code) in [
+        (vec![a], Code::InvalidArgument),
+        (vec![a, a], Code::InvalidArgument),
+        (
+            vec![a, "01890a5d-ac96-774b-bcce-b302099a8057"],
+            Code::NotFound,
+        ),
+    ] {
+        let refused = books
+            .merge_books(req(&librarian(), merge(&ids)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{ids:?}: {refused:?}");
+    }
+
+    // Given newest first, the oldest record is kept all the same.
+    let kept = books
+        .merge_books(req(&librarian(), merge(&[b, a])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.book_id, a);
+    assert_eq!((kept.title.as_str(), kept.total_copies), ("Kindred", 3));
+    let barcodes = |book: &Book| {
+        let mut all: Vec<String> = book.items.iter().map(|i| i.barcode.clone()).collect();
+        all.sort();
+        all
+    };
+    let mut every = barcodes(&older);
+    every.extend(barcodes(&newer));
+    every.sort();
+    assert_eq!(
+        barcodes(&kept),
+        every,
+        "the copies of both, with their barcodes"
+    );
+    // The merged id leads to the kept book; the catalogue lists it once.
+    let got = books
+        .get_book(req(
+            &member("erin"),
+            GetBookRequest {
+                book_id: b.to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.book_id, a);
+    assert_eq!(search(&mesh, "kindred", 10).await, ["Kindred"]);
+    // Merging again changes nothing.
+    let again = books
+        .merge_books(req(&librarian(), merge(&[a, b])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.book_id.as_str(), again.total_copies), (a, 3));
+
+    // The desk: bob keeps the copy held for him and leaves the queue; the
+    // queue is carol (joined first) then erin; nothing is free.
+    eventually("bob's second reservation to be cancelled", || async {
+        (mesh
+            .reservation(&member("bob"), &bob_waits.reservation_id)
+            .await
+            .status
+            == ReservationStatus::Cancelled as i32)
+            .then_some(())
+    })
+    .await;
+    let place = |r: Reservation| (r.book_id, r.status, r.queue_position);
+    assert_eq!(
+        place(
+            mesh.reservation(&member("bob"), &bob_holds.reservation_id)
+                .await
+        ),
+        (a.to_owned(), ReservationStatus::Ready as i32, 0)
+    );
+    assert_eq!(
+        place(
+            mesh.reservation(&member("carol"), &carol.reservation_id)
+                .await
+        ),
+        (a.to_owned(), ReservationStatus::Waiting as i32, 1)
+    );
+    assert_eq!(
+        place(
+            mesh.reservation(&member("erin"), &erin.reservation_id)
+                .await
+        ),
+        (a.to_owned(), ReservationStatus::Waiting as i32, 2)
+    );
+    let waiting = JourneyStage::Waiting as i32;
+    eventually("My Page to show the merged queue", || async {
+        let carol_page = journeys_of(&mesh, "carol").await;
+        let erin_page = journeys_of(&mesh, "erin").await;
+        (carol_page == [(carol.reservation_id.clone(), a.to_owned(), waiting, 1)]
+            && erin_page == [(erin.reservation_id.clone(), a.to_owned(), waiting, 2)])
+        .then_some(())
+    })
+    .await;
+    // Requests naming the merged id reach the kept book: dave picks up with
+    // it, frank reserves with it and queues behind erin.
+    let dave_loan = mesh.rent(&member("dave"), b).await.unwrap();
+    assert_eq!(dave_loan.book_id, a);
+    let frank = mesh.reserve(&member("frank"), b).await.unwrap();
+    assert_eq!((frank.book_id.as_str(), frank.queue_position), (a, 3));
+    // ann's copy comes back and goes to carol, the head of the merged queue.
+    mesh.give_back(&member("ann"), &ann_loan.rental_id)
+        .await
+        .unwrap();
+    eventually("carol's hold to be READY", || async {
+        (mesh
+            .reservation(&member("carol"), &carol.reservation_id)
+            .await
+            .status
+            == ReservationStatus::Ready as i32)
+            .then_some(())
+    })
+    .await;
+    let rentals_of_b = mesh
+        .rentals()
+        .await
+        .get_rental(req(
+            &member("dave"),
+            rentalbook_proto::rental::v1::GetRentalRequest {
+                rental_id: dave_loan.rental_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rentals_of_b.book_id, a);
+
+    // My Page: every journey is the kept book's, in the merged queue.
+    eventually("the pages to follow the merge", || async {
+        let erin_page = journeys_of(&mesh, "erin").await;
+        let bob_page = journeys_of(&mesh, "bob").await;
+        let dave_page = journeys_of(&mesh, "dave").await;
+        let ok = erin_page == [(erin.reservation_id.clone(), a.to_owned(), waiting, 1)]
+            && bob_page.len() == 2
+            && bob_page.iter().all(|j| j.1 == a)
+            && bob_page
+                .iter()
+                .any(|j| j.0 == bob_waits.reservation_id && j.2 == JourneyStage::Cancelled as i32)
+            && dave_page
+                == [(
+                    dave.reservation_id.clone(),
+                    a.to_owned(),
+                    JourneyStage::Rented as i32,
+                    0,
+                )];
+        ok.then_some(())
+    })
+    .await;
+    let frank_page = journeys_of(&mesh, "frank").await;
+    assert_eq!(
+        frank_page,
+        [(frank.reservation_id.clone(), a.to_owned(), waiting, 2)]
+    );
+
+    // A read model rebuilt from the stream shows the same.
+    mesh.settled("view-svc").await;
+    let (replica, stop_replica) = mesh.start_replica_view().await;
+    let replica = rentalbook_proto::view::v1::my_page_service_client::MyPageServiceClient::new(
+        support::channel(replica).await,
+    );
+    for who in ["ann", "bob", "carol", "dave", "erin", "frank"] {
+        let live = page(&mesh, who).await;
+        let replayed = eventually("the replica to catch up", || {
+            let mut replica = replica.clone();
+            let live = live.clone();
+            async move {
+                let p = replica
+                    .get_my_page(req(&member(who), GetMyPageRequest::default()))
+                    .await
+                    .ok()?
+                    .into_inner();
+                (p.journeys == live.journeys).then_some(p)
+            }
+        })
+        .await;
+        assert_eq!(replayed.journeys.len(), live.journeys.len(), "{who}");
+    }
+    stop_replica.cancel();
+
+    let (clean, report) = rentalbook_check(&mesh);
+    assert!(clean, "rentalbook check after the merge:\n{report}");
 }

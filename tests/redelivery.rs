@@ -24,12 +24,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Every durable consumer of the mesh.
-const CONSUMERS: [&str; 6] = [
+const CONSUMERS: [&str; 7] = [
     "book-svc",
     "reserve-svc-books",
     "reserve-svc-returns",
     "rental-svc",
     "rental-svc-losses",
+    "rental-svc-books",
     "view-svc",
 ];
 

@@ -240,6 +240,42 @@ impl NewItems {
     }
 }
 
+/// The books of a MergeBooks request: two to ten distinct ids.
+pub const MAX_MERGED: usize = 10;
+
+pub fn books_to_merge(ids: &[String]) -> Result<Vec<rentalbook_plumbing::ids::Id>, Invalid> {
+    use rentalbook_plumbing::ids::Id;
+    if !(2..=MAX_MERGED).contains(&ids.len()) {
+        return Err(Invalid::new(
+            "book_ids",
+            format!(
+                "give two to {MAX_MERGED} books to merge (got {})",
+                ids.len()
+            ),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for raw in ids {
+        let id = Id::parse(raw).ok_or_else(|| {
+            Invalid::new(
+                "book_ids",
+                format!(
+                    "`{}` is not a book id",
+                    raw.chars().take(80).collect::<String>()
+                ),
+            )
+        })?;
+        if parsed.contains(&id) {
+            return Err(Invalid::new(
+                "book_ids",
+                format!("book {id} is given twice"),
+            ));
+        }
+        parsed.push(id);
+    }
+    Ok(parsed)
+}
+
 /// A book as a librarian registers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewBook {
@@ -516,6 +552,22 @@ mod tests {
                 .to_string()
                 .contains("isbn")
         );
+    }
+
+    #[test]
+    fn merges_take_two_to_ten_distinct_book_ids() {
+        let id = || rentalbook_plumbing::ids::Id::new().to_string();
+        let (a, b) = (id(), id());
+        assert_eq!(books_to_merge(&[a.clone(), b.clone()]).unwrap().len(), 2);
+        for bad in [
+            vec![a.clone()],
+            vec![a.clone(), a.clone()],
+            vec![a.clone(), "not-an-id".to_owned()],
+            (0..11).map(|_| id()).collect(),
+        ] {
+            let e = books_to_merge(&bad).unwrap_err();
+            assert_eq!(e.field, "book_ids", "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use rentalbook_plumbing::auth::Caller;
-use rentalbook_plumbing::db::Db;
+use rentalbook_plumbing::db::{Db, WriteTx};
 use rentalbook_plumbing::error::{Reason, Refusal, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{self, Id};
-use rentalbook_plumbing::{outbox, time};
+use rentalbook_plumbing::{merged, outbox, time};
 use rentalbook_proto::book::v1::{
     AddCopiesRequest, Book, GetBookRequest, Item, ListBooksRequest, ListBooksResponse,
-    RegisterBookRequest, UpdateBookRequest, book_service_server::BookService,
+    MergeBooksRequest, RegisterBookRequest, UpdateBookRequest, book_service_server::BookService,
 };
 use rentalbook_proto::events::v1::{BookRegistered, BookUpdated, CopiesAdded, envelope::Body};
 use sea_orm::{
@@ -33,7 +33,7 @@ pub struct Catalogue {
     pub cache: Arc<BookCache>,
 }
 
-fn to_proto(b: books::Model) -> Book {
+pub(crate) fn to_proto(b: books::Model) -> Book {
     let copies = Copies {
         total: b.circulating_copies,
         held: b.held_copies,
@@ -55,7 +55,7 @@ fn to_proto(b: books::Model) -> Book {
     }
 }
 
-fn not_found(book_id: &Id) -> Refusal {
+pub(crate) fn not_found(book_id: &Id) -> Refusal {
     Refusal::not_found(
         Reason::BookNotFound,
         format!("no book with id {book_id} in the catalogue"),
@@ -64,7 +64,7 @@ fn not_found(book_id: &Id) -> Refusal {
 }
 
 /// The book with its items, as RegisterBook and AddCopies answer it.
-fn with_items(mut book: Book, items: &[store::items::Model]) -> Book {
+pub(crate) fn with_items(mut book: Book, items: &[store::items::Model]) -> Book {
     book.items = items
         .iter()
         .map(|i| Item {
@@ -76,8 +76,19 @@ fn with_items(mut book: Book, items: &[store::items::Model]) -> Book {
     book
 }
 
-fn invalid(e: Invalid) -> Refusal {
+pub(crate) fn invalid(e: Invalid) -> Refusal {
     Refusal::invalid_field(e.field, e.message)
+}
+
+/// A book under its lock, for a change; a merged book's id leads to the
+/// book it was merged into.
+async fn locked_book(tx: &WriteTx, book_id: &Id) -> ServiceResult<books::Model> {
+    let id = merged::resolve(&**tx, &book_id.to_string()).await?;
+    tx.lock("book", &id).await?;
+    Ok(books::Entity::find_by_id(id)
+        .one(&**tx)
+        .await?
+        .ok_or_else(|| not_found(book_id))?)
 }
 
 /// ALREADY_EXISTS naming the book that has the ISBN, if one has; the oldest
@@ -191,11 +202,7 @@ impl Catalogue {
         {
             return Ok(done);
         }
-        tx.lock("book", &book_id.to_string()).await?;
-        let book = books::Entity::find_by_id(book_id.to_string())
-            .one(&*tx)
-            .await?
-            .ok_or_else(|| not_found(&book_id))?;
+        let book = locked_book(&tx, &book_id).await?;
         let total =
             domain::add_copies(book.total_copies, new_items.count).map_err(|e| match e {
                 CopiesRefusal::Invalid(e) => invalid(e),
@@ -240,10 +247,18 @@ impl Catalogue {
             return Ok(to_proto(book));
         }
         let generation = self.cache.generation();
-        let book = books::Entity::find_by_id(key)
+        let found = match books::Entity::find_by_id(key.clone())
             .one(self.db.conn())
             .await?
-            .ok_or_else(|| not_found(&book_id))?;
+        {
+            Some(book) => Some(book),
+            // A merged book's id leads to the book it was merged into.
+            None => {
+                let into = merged::resolve(self.db.conn(), &key).await?;
+                books::Entity::find_by_id(into).one(self.db.conn()).await?
+            }
+        };
+        let book = found.ok_or_else(|| not_found(&book_id))?;
         self.cache.put(generation, book.clone());
         Ok(to_proto(book))
     }
@@ -264,11 +279,7 @@ impl Catalogue {
         {
             return Ok(done);
         }
-        tx.lock("book", &book_id.to_string()).await?;
-        let book = books::Entity::find_by_id(book_id.to_string())
-            .one(&*tx)
-            .await?
-            .ok_or_else(|| not_found(&book_id))?;
+        let book = locked_book(&tx, &book_id).await?;
         let row = match correction.applied_to(&book.title, &book.author) {
             // Already so: nothing to record, nothing to tell.
             None => book,
@@ -397,6 +408,16 @@ impl BookService for Catalogue {
         let caller = Caller::of(&request)?;
         Ok(Response::new(
             self.update(caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn merge_books(
+        &self,
+        request: Request<MergeBooksRequest>,
+    ) -> Result<Response<Book>, Status> {
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(
+            self.merge(caller, request.into_inner()).await?,
         ))
     }
 }

@@ -8,7 +8,7 @@
 //!   status from its copies.
 //! - [`search`]: what a book and a query become for searching, and ranking.
 //! - [`store`]: tables, migrations and the search query.
-//! - [`grpc`]: the BookService handlers.
+//! - [`grpc`]: the BookService handlers (MergeBooks in `merge`).
 //! - [`cache`]: books as GetBook last read them.
 //! - [`events`]: the status projection fed by reserve-svc's events.
 
@@ -17,6 +17,7 @@ pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod items;
+mod merge;
 pub mod search;
 pub mod store;
 

@@ -513,6 +513,7 @@ impl MigratorTrait for Migrator {
             Box::new(OutboxTraceparent),
             Box::new(CatalogueSearch),
             Box::new(Items),
+            Box::new(rentalbook_plumbing::merged::MergedBooks),
         ]
     }
 }

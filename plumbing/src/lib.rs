@@ -7,6 +7,7 @@
 //! - [`error`]: how refusals and faults become gRPC statuses, the retry hint.
 //! - [`db`]: connections to PostgreSQL or SQLite, write transactions, per-key locks.
 //! - [`schema`]: the tables every service has (outbox, inbox, idempotency keys).
+//! - [`merged`]: where the ids of merged books lead.
 //! - [`outbox`]: events staged in the transaction of the change, and the relay.
 //! - [`bus`]: the event bus behind a trait, with NATS JetStream as one implementation.
 //! - [`embedded_bus`]: the same contract on a SQLite file, for one process.
@@ -29,6 +30,7 @@ pub mod embedded_bus;
 pub mod error;
 pub mod idempotency;
 pub mod ids;
+pub mod merged;
 pub mod outbox;
 pub mod propagation;
 pub mod schema;

@@ -1,15 +1,20 @@
 //! ReturnRecorded from the lending desk confirms a return here: a PENDING
 //! confirmation becomes CONFIRMED, and a rental the desk took back while this
 //! service missed the answer becomes RETURNED. ItemLost closes the rental of
-//! a copy lost on loan (R13).
+//! a copy lost on loan (R13). BooksMerged moves the merged books' rentals
+//! to the book they were merged into.
 
 use async_trait::async_trait;
 use rentalbook_plumbing::consumer::EventHandler;
 use rentalbook_plumbing::db::WriteTx;
-use rentalbook_plumbing::time;
+use rentalbook_plumbing::{merged, time};
 use rentalbook_proto::events::v1::{Envelope, envelope::Body};
 
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
 use crate::lending::Lending;
+use crate::store::rentals;
 
 pub struct ReturnConfirmations(pub Lending);
 
@@ -64,5 +69,24 @@ impl EventHandler for Losses {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+/// BooksMerged: rentals of the merged books are the kept book's now.
+pub struct Books;
+
+#[async_trait]
+impl EventHandler for Books {
+    async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()> {
+        let Some(Body::BooksMerged(e)) = &event.body else {
+            return Ok(());
+        };
+        merged::record(&**tx, &e.into_book_id, &e.merged_book_ids).await?;
+        rentals::Entity::update_many()
+            .col_expr(rentals::Column::BookId, Expr::val(&e.into_book_id))
+            .filter(rentals::Column::BookId.is_in(e.merged_book_ids.clone()))
+            .exec(&**tx)
+            .await?;
+        Ok(())
     }
 }

@@ -22,8 +22,8 @@ use rentalbook_plumbing::db::{Db, WriteTx};
 use rentalbook_plumbing::error::{self, Reason, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{Id, MemberId};
-use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
+use rentalbook_plumbing::{merged, outbox};
 use rentalbook_proto::events::v1::{BookRented, BookReturned, envelope::Body};
 use rentalbook_proto::rental::v1::{Rental, RentalStatus, ReturnConfirmation};
 use rentalbook_proto::reserve::v1::RecordReturnResponse;
@@ -174,6 +174,9 @@ impl Lending {
             return self.resume(first).await;
         }
         tx.lock("member", member.as_str()).await?;
+        // A merged book's id stands for the book it was merged into.
+        let book_id = merged::resolve(&*tx, book_id).await?;
+        let book_id = book_id.as_str();
         let open = rentals::Entity::find()
             .filter(rentals::Column::MemberId.eq(member.as_str()))
             .filter(rentals::Column::Status.is_in([status::PENDING, status::ACTIVE]))

@@ -167,6 +167,17 @@ impl App {
             },
             Arc::new(events::Losses(lending.clone())),
         );
+        let books = Consumer::new(
+            db.clone(),
+            bus.clone(),
+            ConsumerSpec {
+                durable: "rental-svc-books".into(),
+                filter: "book.merged".into(),
+                max_deliver: config.common.event_max_deliver,
+                ack_wait: config.common.event_ack_wait.get(),
+            },
+            Arc::new(events::Books),
+        );
         let confirmations = Consumer::new(
             db.clone(),
             bus,
@@ -184,6 +195,7 @@ impl App {
             Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(confirmations.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(losses.run(stop))),
+            Box::new(|stop: CancellationToken| Box::pin(books.run(stop))),
             Box::new(move |stop: CancellationToken| {
                 Box::pin(async move {
                     loop {

@@ -123,6 +123,7 @@ impl MigratorTrait for Migrator {
             Box::new(OutboxTraceparent),
             Box::new(RentalBarcode),
             Box::new(RentalRenewals),
+            Box::new(rentalbook_plumbing::merged::MergedBooks),
         ]
     }
 }

@@ -2,15 +2,17 @@
 //! under the book's lock (SPEC R5), written together with its event.
 //!
 //! Lock order: a member's lock before a book's lock, and never two books in
-//! one transaction, so concurrent requests cannot deadlock.
+//! one request's transaction, so concurrent requests cannot deadlock. The
+//! event consumers take every lock of a batch up front, sorted (a merge of
+//! books is one such event).
 
 use rentalbook_plumbing::auth::Caller;
 use rentalbook_plumbing::db::{Db, WriteTx};
 use rentalbook_plumbing::error::{self, Reason, ServiceResult};
 use rentalbook_plumbing::idempotency::IdempotencyKey;
 use rentalbook_plumbing::ids::{Id, MemberId};
-use rentalbook_plumbing::outbox;
 use rentalbook_plumbing::time::{self, Timestamp};
+use rentalbook_plumbing::{merged, outbox};
 use rentalbook_proto::events::v1::{
     self as events, Availability, ItemFound, ItemLost, ItemWithdrawn, ReservationCancelled,
     ReservationExpired, ReservationFulfilled, ReservationPlaced, ReservationReady,
@@ -28,6 +30,7 @@ use sea_orm::{
 use crate::domain::{self, MemberStanding, Placement, Policy, Refusal, Stock};
 
 mod circulation;
+mod merge;
 use crate::items;
 use crate::store::{book_stock, item_state, items as stored_items, reservations, status};
 
@@ -224,15 +227,24 @@ struct Book {
 }
 
 impl Book {
+    /// A merged book's id loads the book it was merged into: the row's
+    /// book_id is the one to write.
     async fn load(tx: &WriteTx, book_id: &str) -> Result<Option<Book>, DbErr> {
         tx.lock("book", book_id).await?;
-        let Some(row) = book_stock::Entity::find_by_id(book_id.to_owned())
+        let mut found = book_stock::Entity::find_by_id(book_id.to_owned())
             .one(&**tx)
-            .await?
-        else {
+            .await?;
+        if found.is_none() {
+            let into = merged::resolve(&**tx, book_id).await?;
+            if into != book_id {
+                tx.lock("book", &into).await?;
+                found = book_stock::Entity::find_by_id(into).one(&**tx).await?;
+            }
+        }
+        let Some(row) = found else {
             return Ok(None);
         };
-        let (held, on_loan, waiting) = stock_counts(&**tx, book_id).await?;
+        let (held, on_loan, waiting) = stock_counts(&**tx, &row.book_id).await?;
         let as_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         let stock = Stock {
             total: row.total_copies,
@@ -291,11 +303,11 @@ impl Desk {
             return Ok(done);
         }
         let member = caller.member.as_str();
-        let book_key = book_id.to_string();
         tx.lock("member", member).await?;
-        let mut book = Book::load(&tx, &book_key)
+        let mut book = Book::load(&tx, &book_id.to_string())
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
+        let book_key = book.row.book_id.clone();
 
         let standing = standing(&*tx, member, &book_key).await?;
         let now = time::now();
@@ -553,10 +565,10 @@ impl Desk {
         rental_id: Id,
     ) -> ServiceResult<Reservation> {
         let mut tx = self.db.begin().await?;
-        let book_key = book_id.to_string();
-        let mut book = Book::load(&tx, &book_key)
+        let mut book = Book::load(&tx, &book_id.to_string())
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
+        let book_key = book.row.book_id.clone();
         if let Some(done) = reservations::Entity::find()
             .filter(reservations::Column::RentalId.eq(rental_id.to_string()))
             .one(&*tx)
@@ -896,7 +908,7 @@ impl Desk {
     pub async fn list_items(&self, caller: &Caller, book_id: Id) -> ServiceResult<Vec<Item>> {
         caller.require_librarian("see a book's items")?;
         let conn = self.db.conn();
-        let book_key = book_id.to_string();
+        let book_key = merged::resolve(conn, &book_id.to_string()).await?;
         if book_stock::Entity::find_by_id(book_key.clone())
             .one(conn)
             .await?

@@ -98,6 +98,51 @@ pub fn pickup_expired(pickup_deadline: Option<DateTime<Utc>>, now: DateTime<Utc>
     pickup_deadline.is_some_and(|d| d < now)
 }
 
+/// An open reservation of a book being merged into another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenHold {
+    pub reservation_id: String,
+    pub member_id: String,
+    pub ready: bool,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// MergeBooks: a member keeps one open reservation for the merged book, the
+/// READY one if any, else the first placed. The ones to cancel, in the
+/// order given.
+pub fn duplicate_holds(open: &[OpenHold]) -> Vec<String> {
+    let better = |a: &OpenHold, b: &OpenHold| {
+        (!a.ready, a.placed_at, &a.reservation_id) < (!b.ready, b.placed_at, &b.reservation_id)
+    };
+    open.iter()
+        .filter(|h| {
+            open.iter().any(|o| {
+                o.member_id == h.member_id && o.reservation_id != h.reservation_id && better(o, h)
+            })
+        })
+        .map(|h| h.reservation_id.clone())
+        .collect()
+}
+
+/// MergeBooks: the hold queues of the merged books become one. Each queue
+/// keeps its own order (a requeued hold stays at its head); between
+/// queues, the member who joined first goes first.
+pub fn merge_queues<T, K: Ord>(queues: Vec<Vec<T>>, joined: impl Fn(&T) -> K) -> Vec<T> {
+    let mut queues: Vec<std::collections::VecDeque<T>> =
+        queues.into_iter().map(Into::into).collect();
+    let mut merged = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
+    while let Some(next) = queues
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| q.front().map(|head| (joined(head), i)))
+        .min()
+        .map(|(_, i)| i)
+    {
+        merged.extend(queues[next].pop_front());
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +229,43 @@ mod tests {
         assert!(pickup_expired(Some(now - Duration::seconds(1)), now));
         assert!(!pickup_expired(Some(now), now));
         assert!(!pickup_expired(None, now));
+    }
+
+    fn hold(id: &str, member: &str, ready: bool, minute: i64) -> OpenHold {
+        OpenHold {
+            reservation_id: id.to_owned(),
+            member_id: member.to_owned(),
+            ready,
+            placed_at: DateTime::<Utc>::UNIX_EPOCH + Duration::minutes(minute),
+        }
+    }
+
+    #[test]
+    fn a_member_keeps_the_ready_hold_else_the_first_placed() {
+        let open = [
+            hold("a1", "ann", false, 1),
+            hold("a2", "ann", true, 5),
+            hold("b1", "bob", false, 2),
+            hold("b2", "bob", false, 3),
+            hold("c1", "cat", false, 4),
+        ];
+        assert_eq!(duplicate_holds(&open), ["a1", "b2"]);
+    }
+
+    #[test]
+    fn merged_queues_keep_their_own_order_and_interleave_by_joining() {
+        // Each queue in its order; (name, minute joined). x0 was requeued to
+        // the head of its queue although it joined last.
+        let one = vec![("x0", 9), ("x1", 1), ("x2", 4)];
+        let two = vec![("y1", 2), ("y2", 3), ("y3", 8)];
+        let merged = merge_queues(vec![one, two], |(_, minute)| *minute);
+        let names: Vec<&str> = merged.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["y1", "y2", "y3", "x0", "x1", "x2"]);
+        let merged = merge_queues(
+            vec![vec![("x1", 1), ("x2", 4)], vec![("y1", 2), ("y3", 8)]],
+            |(_, m)| *m,
+        );
+        let names: Vec<&str> = merged.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["x1", "y1", "x2", "y3"]);
     }
 }

@@ -10,7 +10,7 @@ use rentalbook_proto::events::v1::{Envelope, envelope::Body};
 
 use crate::desk::Desk;
 
-/// BookRegistered, CopiesAdded and ItemsRegistered.
+/// BookRegistered, CopiesAdded, ItemsRegistered and BooksMerged.
 pub struct Catalogue(pub Desk);
 
 #[async_trait]
@@ -32,6 +32,7 @@ impl EventHandler for Catalogue {
                     .catalogue_copies(tx, &e.book_id, None, &e.items)
                     .await?
             }
+            Some(Body::BooksMerged(e)) => self.0.merge_books(tx, e).await?,
             _ => {}
         }
         Ok(())
@@ -42,6 +43,10 @@ impl EventHandler for Catalogue {
             Some(Body::BookRegistered(e)) => vec![("book", e.book_id.clone())],
             Some(Body::CopiesAdded(e)) => vec![("book", e.book_id.clone())],
             Some(Body::ItemsRegistered(e)) => vec![("book", e.book_id.clone())],
+            Some(Body::BooksMerged(e)) => std::iter::once(&e.into_book_id)
+                .chain(&e.merged_book_ids)
+                .map(|id| ("book", id.clone()))
+                .collect(),
             _ => Vec::new(),
         }
     }

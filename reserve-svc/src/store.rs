@@ -184,6 +184,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateLendingTables),
             Box::new(OutboxTraceparent),
             Box::new(Items),
+            Box::new(rentalbook_plumbing::merged::MergedBooks),
         ]
     }
 }

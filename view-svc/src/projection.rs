@@ -28,12 +28,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rentalbook_plumbing::consumer::EventHandler;
 use rentalbook_plumbing::db::WriteTx;
+use rentalbook_plumbing::merged;
 use rentalbook_plumbing::time::{self, Timestamp};
-use rentalbook_proto::events::v1::{Availability, Envelope, envelope::Body};
+use rentalbook_proto::events::v1::{Availability, Envelope, QueuePlace, envelope::Body};
 use rentalbook_proto::rental::v1::ReturnConfirmation;
 use rentalbook_proto::reserve::v1::ReservationStatus;
 use rentalbook_proto::view::v1::StepKind;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect,
     Set,
@@ -275,7 +276,9 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
         | Body::ItemsRegistered(_)
         | Body::ItemWithdrawn(_)
         | Body::ItemLost(_)
-        | Body::ItemFound(_) => return None,
+        | Body::ItemFound(_)
+        | Body::BooksMerged(_)
+        | Body::QueuesMerged(_) => return None,
     })
 }
 
@@ -373,36 +376,20 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
         return Ok(());
     }
     let db = &**tx;
-    // A journey seen first through a later event (events of two producers
-    // may cross) starts empty.
-    journeys::Entity::insert(journeys::ActiveModel {
-        reservation_id: Set(c.reservation_id.to_owned()),
-        member_id: Set(c.member_id.to_owned()),
-        book_id: Set(c.book_id.to_owned()),
-        stage: Set(String::new()),
-        queue_seq: Set(i64::MAX),
-        pickup_deadline: Set(None),
-        rental_id: Set(None),
-        due_at: Set(None),
-        returned_at: Set(None),
-        return_confirmation: Set(None),
-        stage_seq: Set(0),
-        hold_barcode: Set(String::new()),
-        trapped_at: Set(None),
-        loan_barcode: Set(String::new()),
-        renewals: Set(0),
-        release_seq: Set(None),
-    })
-    .on_conflict_do_nothing()
-    .exec_without_returning(db)
-    .await?;
-    let j = journeys::Entity::find_by_id(c.reservation_id.to_owned())
+    let found = journeys::Entity::find_by_id(c.reservation_id.to_owned())
         .one(db)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("journey {}", c.reservation_id)))?;
+        .await?;
+    let j = match found {
+        Some(j) => j,
+        None => first_seen(tx, &c).await?,
+    };
     let next = merged(&j, &c, at);
     if next != j {
-        next.into_active_model().reset_all().update(db).await?;
+        // The book is the journey's first event's (or the one it was
+        // merged into), never rewritten here: a merge of books moves it.
+        let mut am = next.into_active_model().reset_all();
+        am.book_id = sea_orm::ActiveValue::NotSet;
+        am.update(db).await?;
     }
     for kind in c.steps {
         // The return's own time, the same in every BookReturned of a rental,
@@ -437,6 +424,75 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
     Ok(())
 }
 
+/// A journey seen first through this change (events of two producers may
+/// cross, so it may be a later one): it starts empty, for the book its id
+/// leads to now.
+async fn first_seen(tx: &WriteTx, c: &Change<'_>) -> Result<journeys::Model, DbErr> {
+    let db = &**tx;
+    let book_id = merged::resolve(db, c.book_id).await?;
+    journeys::Entity::insert(journeys::ActiveModel {
+        reservation_id: Set(c.reservation_id.to_owned()),
+        member_id: Set(c.member_id.to_owned()),
+        book_id: Set(book_id),
+        stage: Set(String::new()),
+        queue_seq: Set(i64::MAX),
+        pickup_deadline: Set(None),
+        rental_id: Set(None),
+        due_at: Set(None),
+        returned_at: Set(None),
+        return_confirmation: Set(None),
+        stage_seq: Set(0),
+        hold_barcode: Set(String::new()),
+        trapped_at: Set(None),
+        loan_barcode: Set(String::new()),
+        renewals: Set(0),
+        release_seq: Set(None),
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(db)
+    .await?;
+    journeys::Entity::find_by_id(c.reservation_id.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("journey {}", c.reservation_id)))
+}
+
+/// BooksMerged and the desk's QueuesMerged: journeys of the merged books
+/// are the kept book's (both events move them, so a journey the first one
+/// missed while it was being made is moved by the second); QueuesMerged
+/// also gives the waiting ones their places in the merged queue.
+async fn merge_books(
+    tx: &WriteTx,
+    into: &str,
+    merged_ids: &[String],
+    waiting: &[QueuePlace],
+) -> Result<(), DbErr> {
+    let db = &**tx;
+    merged::record(db, into, merged_ids).await?;
+    journeys::Entity::update_many()
+        .col_expr(journeys::Column::BookId, Expr::val(into))
+        .filter(journeys::Column::BookId.is_in(merged_ids.iter().cloned()))
+        .exec(db)
+        .await?;
+    for place in waiting {
+        journeys::Entity::update_many()
+            .col_expr(journeys::Column::QueueSeq, Expr::val(place.queue_seq))
+            .filter(journeys::Column::ReservationId.eq(&place.reservation_id))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The book a merge event keeps, if the event is one.
+fn merge_of(body: &Body) -> Option<&str> {
+    match body {
+        Body::BooksMerged(e) => Some(&e.into_book_id),
+        Body::QueuesMerged(e) => Some(&e.into_book_id),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl EventHandler for Projection {
     async fn apply(&self, tx: &mut WriteTx, event: &Envelope) -> anyhow::Result<()> {
@@ -469,26 +525,49 @@ impl EventHandler for Projection {
             .await?;
             return Ok(());
         }
-        if let Some(change) = change_of(body) {
-            apply_change(tx, change, at).await?;
+        match body {
+            Body::BooksMerged(e) => {
+                merge_books(tx, &e.into_book_id, &e.merged_book_ids, &[]).await?
+            }
+            Body::QueuesMerged(e) => {
+                merge_books(tx, &e.into_book_id, &e.merged_book_ids, &e.waiting).await?
+            }
+            _ => {
+                if let Some(change) = change_of(body) {
+                    apply_change(tx, change, at).await?;
+                }
+            }
         }
         Ok(())
     }
 
     fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
-        event
-            .body
-            .as_ref()
-            .and_then(change_of)
-            .filter(|c| !c.reservation_id.is_empty())
-            .map(|c| vec![(JOURNEY_LOCK, c.reservation_id.to_owned())])
-            .unwrap_or_default()
+        match &event.body {
+            Some(Body::QueuesMerged(e)) => e
+                .waiting
+                .iter()
+                .map(|p| (JOURNEY_LOCK, p.reservation_id.clone()))
+                .collect(),
+            body => body
+                .as_ref()
+                .and_then(change_of)
+                .filter(|c| !c.reservation_id.is_empty())
+                .map(|c| vec![(JOURNEY_LOCK, c.reservation_id.to_owned())])
+                .unwrap_or_default(),
+        }
     }
 
     async fn after_commit(&self, event: &Envelope) {
         let Some(body) = &event.body else {
             return;
         };
+        if let Some(book_id) = merge_of(body) {
+            // Every page and list with the kept book may change.
+            self.notify_book(book_id, false).await;
+            self.watchers.notify(staff::HOLD_SHELF);
+            self.watchers.notify(staff::LOANS);
+            return;
+        }
         if let Some((book_id, _, _)) = title_of(body) {
             // A title arrived: every page and list with this book may change.
             self.notify_book(book_id, false).await;

@@ -377,6 +377,9 @@ pub async fn book_queue<C: ConnectionTrait>(
     limit: u64,
     now: Timestamp,
 ) -> Result<Option<BookQueue>, DbErr> {
+    // A merged book's id shows the queue of the book it was merged into.
+    let book_id = &rentalbook_plumbing::merged::resolve(db, book_id).await?;
+    let book_id = book_id.as_str();
     let title = pages::titles_of(db, [book_id]).await?.remove(book_id);
     if title.is_none() && !book_known(db, book_id).await? {
         return Ok(None);

@@ -198,6 +198,7 @@ impl MigratorTrait for Migrator {
             Box::new(OutboxTraceparent),
             Box::new(TitleRevisions),
             Box::new(DeskColumns),
+            Box::new(rentalbook_plumbing::merged::MergedBooks),
         ]
     }
 }
@@ -213,6 +214,9 @@ pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     journeys::Entity::delete_many().exec(db).await?;
     steps::Entity::delete_many().exec(db).await?;
     titles::Entity::delete_many().exec(db).await?;
+    rentalbook_plumbing::merged::merged_books::Entity::delete_many()
+        .exec(db)
+        .await?;
     rentalbook_plumbing::schema::inbox::Entity::delete_many()
         .exec(db)
         .await?;
