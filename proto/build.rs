@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "rentalbook/view/v1/view.proto",
     "rentalbook/events/v1/events.proto",
     "rentalbook/errors/v1/errors.proto",
+    "rentalbook/api/v1/field.proto",
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",
 ];

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use rentalbook_proto::api::v1::FieldRules;
 use serde_json::{Value, json};
 
 use crate::routes::{BodyRule, RouteTable};
@@ -50,7 +51,7 @@ pub fn document(table: &RouteTable) -> Value {
             parameters.push(json!({
                 "name": json_path(&input, &p.name),
                 "in": "query",
-                "required": false,
+                "required": rules(&p.field).is_some_and(|r| r.required),
                 "schema": schemas.field(&p.field),
                 "description": field_comment(&p.field).unwrap_or_default(),
             }));
@@ -72,7 +73,10 @@ pub fn document(table: &RouteTable) -> Value {
         }
         let body_schema = match &route.body {
             BodyRule::None => None,
-            BodyRule::Whole => Some(schemas.message_ref(&input)),
+            BodyRule::Whole => {
+                schemas.requests.insert(input.full_name().to_owned());
+                Some(schemas.message_ref(&input))
+            }
             BodyRule::Field(f) => Some(schemas.field(f)),
         };
         if let Some(schema) = body_schema {
@@ -128,7 +132,7 @@ pub fn document(table: &RouteTable) -> Value {
                     "in": "header",
                     "required": false,
                     "description": "Makes a retry safe: the same key with the same request gets the first answer (becomes requestId).",
-                    "schema": {"type": "string", "maxLength": 128},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"},
                 }));
             }
         }
@@ -229,6 +233,85 @@ fn field_comment(field: &FieldDescriptor) -> Option<String> {
     comment(&field.parent_file(), field.path())
 }
 
+/// What a request field accepts (`rentalbook.api.v1.field`), if stated.
+fn rules(field: &FieldDescriptor) -> Option<FieldRules> {
+    let ext = field
+        .parent_pool()
+        .get_extension_by_name("rentalbook.api.v1.field")?;
+    let options = field.options();
+    if !options.has_extension(&ext) {
+        return None;
+    }
+    options
+        .get_extension(&ext)
+        .as_message()?
+        .transcode_to()
+        .ok()
+}
+
+/// A schema with a field's rules: bounds on the integer (and on the digits
+/// proto3 JSON takes for it), lengths, pattern and format on strings, item
+/// counts on lists.
+fn constrained(mut schema: Value, field: &FieldDescriptor, rules: &FieldRules) -> Value {
+    if field.is_list() {
+        if let Some(n) = rules.min_length {
+            schema["minItems"] = n.into();
+        }
+        if let Some(n) = rules.max_length {
+            schema["maxItems"] = n.into();
+        }
+        let items = std::mem::take(&mut schema["items"]);
+        schema["items"] = string_rules(items, rules, false);
+        return schema;
+    }
+    if let (Some(lo), Some(hi)) = (rules.minimum, rules.maximum)
+        && schema.get("oneOf").is_some()
+    {
+        let mut number =
+            json!({"type": "integer", "format": "int32", "minimum": lo, "maximum": hi});
+        if let Some(pattern) = digits_between(lo, hi) {
+            return json!({"oneOf": [number, {"type": "string", "pattern": pattern}]});
+        }
+        number["description"] = "also taken as a string of its digits".into();
+        return number;
+    }
+    string_rules(schema, rules, true)
+}
+
+fn string_rules(mut schema: Value, rules: &FieldRules, lengths: bool) -> Value {
+    if schema["type"] != "string" {
+        return schema;
+    }
+    if lengths {
+        if let Some(n) = rules.min_length {
+            schema["minLength"] = n.into();
+        } else if rules.required {
+            schema["minLength"] = 1.into();
+        }
+        if let Some(n) = rules.max_length {
+            schema["maxLength"] = n.into();
+        }
+    }
+    if !rules.pattern.is_empty() {
+        schema["pattern"] = rules.pattern.clone().into();
+    }
+    if !rules.format.is_empty() {
+        schema["format"] = rules.format.clone().into();
+    }
+    schema
+}
+
+/// The strings of digits of the integers `lo..=hi`, as a pattern, for the
+/// ranges the contracts use (from 0 or 1 up to a power of ten).
+fn digits_between(lo: i64, hi: i64) -> Option<String> {
+    let places = hi.checked_ilog10()?;
+    if !(0..=1).contains(&lo) || hi != 10_i64.pow(places) || places == 0 {
+        return None;
+    }
+    let zero = if lo == 0 { "0|" } else { "" };
+    Some(format!("^({zero}[1-9][0-9]{{0,{}}}|{hi})$", places - 1))
+}
+
 /// An integer written as a string, as proto3 JSON takes it.
 const SIGNED_DIGITS: &str = "^-?[0-9]+$";
 const DIGITS: &str = "^[0-9]+$";
@@ -240,6 +323,8 @@ struct Schemas {
     queued: BTreeSet<String>,
     pending_messages: VecDeque<MessageDescriptor>,
     pending_enums: VecDeque<EnumDescriptor>,
+    /// Request bodies: unknown fields refused, required ones listed.
+    requests: BTreeSet<String>,
 }
 
 impl Schemas {
@@ -302,10 +387,14 @@ impl Schemas {
             return json!({"type": "object", "additionalProperties": value});
         }
         let base = self.kind(&field.kind());
-        if field.is_list() {
+        let schema = if field.is_list() {
             json!({"type": "array", "items": base})
         } else {
             base
+        };
+        match rules(field) {
+            Some(rules) => constrained(schema, field, &rules),
+            None => schema,
         }
     }
 
@@ -313,7 +402,11 @@ impl Schemas {
         loop {
             if let Some(m) = self.pending_messages.pop_front() {
                 let mut properties = serde_json::Map::new();
+                let mut required = Vec::new();
                 for field in m.fields() {
+                    if rules(&field).is_some_and(|r| r.required) {
+                        required.push(field.json_name().to_owned());
+                    }
                     let mut schema = self.field(&field);
                     if let (Some(doc), Value::Object(obj)) = (field_comment(&field), &mut schema) {
                         if obj.contains_key("$ref") {
@@ -326,6 +419,13 @@ impl Schemas {
                     properties.insert(field.json_name().to_owned(), schema);
                 }
                 let mut schema = json!({"type": "object", "properties": properties});
+                if self.requests.contains(m.full_name()) {
+                    // The services refuse fields they do not know.
+                    schema["additionalProperties"] = false.into();
+                    if !required.is_empty() {
+                        schema["required"] = required.into();
+                    }
+                }
                 if let Some(doc) = comment(&m.parent_file(), m.path()) {
                     schema["description"] = doc.into();
                 }
@@ -434,8 +534,37 @@ mod tests {
             ["oneOf"];
         assert_eq!(copies[0]["type"], "integer");
         assert_eq!(copies[1]["type"], "string");
-        assert_eq!(copies[1]["pattern"], SIGNED_DIGITS);
+        assert_eq!(copies[0]["maximum"], 1000);
+        assert_eq!(copies[1]["pattern"], "^(0|[1-9][0-9]{0,2}|1000)$");
+        let ids = &book["properties"]["freeCopies"]["oneOf"];
+        assert_eq!(ids[1]["pattern"], SIGNED_DIGITS);
         assert!(schemas.contains_key("Error"));
+        // The fields' rules, from the contracts.
+        let register = &schemas["rentalbook.book.v1.RegisterBookRequest"];
+        assert_eq!(register["additionalProperties"], false);
+        assert_eq!(register["required"], json!(["title", "author"]));
+        assert_eq!(register["properties"]["title"]["maxLength"], 300);
+        assert_eq!(register["properties"]["title"]["minLength"], 1);
+        assert_eq!(register["properties"]["barcodes"]["maxItems"], 1000);
+        assert_eq!(
+            register["properties"]["barcodes"]["items"]["pattern"],
+            "^[!-~]{1,32}$"
+        );
+        let page_size = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "pageSize")
+            .unwrap();
+        assert_eq!(page_size["schema"]["oneOf"][0]["maximum"], 100);
+        assert_eq!(
+            page_size["schema"]["oneOf"][1]["pattern"],
+            "^(0|[1-9][0-9]{0,1}|100)$"
+        );
+        let get = &doc["paths"]["/v1/books/{book_id}"]["get"]["parameters"][0];
+        assert_eq!(get["schema"]["format"], "uuid");
+        // Answers are not requests: no rules on them.
+        assert!(book.get("additionalProperties").is_none());
         // Comments in the protos become descriptions.
         assert!(
             doc["paths"]["/v1/books"]["post"]["summary"]

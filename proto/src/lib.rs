@@ -40,6 +40,12 @@ pub mod view {
     }
 }
 
+pub mod api {
+    pub mod v1 {
+        tonic::include_proto!("rentalbook.api.v1");
+    }
+}
+
 pub mod errors {
     pub mod v1 {
         tonic::include_proto!("rentalbook.errors.v1");
