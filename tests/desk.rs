@@ -534,3 +534,56 @@ async fn with_the_desk_away_check_in_sets_aside_and_renewal_is_refused_fast(stor
         (ReservationStatus::Ready, "A-1")
     );
 }
+
+both_backends!(a_scan_is_never_answered_with_another_copys_pending_loan);
+async fn a_scan_is_never_answered_with_another_copys_pending_loan(store: Store) {
+    let mut mesh = Mesh::start_with(Options {
+        store,
+        reserve_call_timeout: "500ms",
+        // The desk's failure leaves the loan pending (the breaker stays
+        // closed), and it is settled by asking again, not by the sweep.
+        breaker_failures: 1000,
+        recovery_interval: "1h",
+        ..Options::default()
+    })
+    .await;
+    let book = register(&mesh, "Pending", &["P-1", "P-2"]).await;
+    let hold = mesh.reserve(&member("carol"), &book.book_id).await.unwrap();
+    assert_eq!(hold.barcode, "P-1");
+    // carol picks up while the desk is away: her loan stays pending.
+    mesh.stop_reserve().await;
+    let unanswered = mesh
+        .rent(&member("carol"), &book.book_id)
+        .await
+        .unwrap_err();
+    assert_eq!(unanswered.code(), Code::Unavailable, "{unanswered:?}");
+    mesh.start_reserve().await;
+    // The desk answers again (an unknown barcode is its refusal).
+    eventually("the desk to answer again", || async {
+        check_out(&mesh, "carol", "NO-SUCH")
+            .await
+            .err()
+            .filter(|s| s.code() == Code::NotFound)
+    })
+    .await;
+
+    // The other copy scanned for carol meanwhile is not answered with the
+    // pending loan, which would lend P-1 while the librarian holds P-2.
+    let second = check_out(&mesh, "carol", "P-2").await;
+    assert!(
+        matches!(&second, Err(s) if s.code() == Code::Unavailable),
+        "{second:?}"
+    );
+    // Asked again, the pending loan is settled with the copy held for her;
+    // then the other copy is refused as a second copy of the book.
+    let settled = mesh.rent(&member("carol"), &book.book_id).await.unwrap();
+    assert_eq!(
+        (settled.status(), settled.barcode.as_str()),
+        (RentalStatus::Active, "P-1")
+    );
+    let twice = check_out(&mesh, "carol", "P-2").await.unwrap_err();
+    assert_eq!(
+        refused(&twice),
+        (Code::FailedPrecondition, "ALREADY_ON_LOAN".into())
+    );
+}

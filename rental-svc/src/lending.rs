@@ -204,6 +204,25 @@ impl Lending {
             }
             return Ok(Opened::Answer(answer));
         }
+        if let Some(r) = &existing
+            && let Some(scanned) = barcode
+            && r.barcode.as_deref() != Some(scanned)
+        {
+            // A loan of this book to the member is being settled with
+            // another copy: going on with it would lend that copy, not the
+            // one scanned. Once it is settled the scan is answered.
+            return Err(error::unavailable_retry_after(
+                format!(
+                    "a loan of this book to this member is still being settled{}; try again in a moment",
+                    r.barcode
+                        .as_deref()
+                        .map(|b| format!(" (copy {b})"))
+                        .unwrap_or_default()
+                ),
+                std::time::Duration::from_secs(1),
+            )
+            .into());
+        }
         if existing.is_none() {
             domain::may_open(open.len() as u32, &self.policy).map_err(refusal)?;
         }
