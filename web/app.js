@@ -1966,7 +1966,11 @@ async function openBookPage(bookId) {
   renderBookPage();
   followQueue(bookId, 'book');
   await Promise.all([
-    readBookPage(bookId).catch((e) => problem(e, 'book-notice')),
+    readBookPage(bookId).catch((e) => {
+      // No such book: there is no queue to follow either.
+      if (e instanceof ApiError && e.status === 404 && state.queueWatch?.bookId === bookId) stopQueueWatch();
+      return problem(e, 'book-notice');
+    }),
     loadHoldings(),
     isLibrarian() ? loadPageItems(bookId).catch(() => {}) : null,
   ]);
@@ -1995,6 +1999,7 @@ function renderBookPage() {
   const book = page?.book;
   const title = $('book-title');
   title.textContent = book?.title || t('bookPage.title');
+  $('book-live').hidden = !book;
   const lang = textLang(book?.title);
   if (lang) title.lang = lang;
   else title.removeAttribute('lang');
