@@ -842,3 +842,129 @@ async fn a_books_queue_and_the_loans_due_on_a_day_follow_live(store: Store) {
         "BOOK_NOT_FOUND",
     );
 }
+
+/// A book's queue as a member asks for it: how many wait and when the next
+/// copy is expected back.
+async fn queue_as(staff: &mut Staff, who: &str, book_id: &str, page_size: i32) -> BookQueue {
+    staff
+        .get_book_queue(req(
+            &member(who),
+            GetBookQueueRequest {
+                book_id: book_id.into(),
+                page_size,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+both_backends!(a_member_sees_a_books_queue_in_aggregate_live);
+async fn a_member_sees_a_books_queue_in_aggregate_live(store: Store) {
+    let mesh = start(store).await;
+    let mut staff = staff_at(mesh.view_addr()).await;
+    let book = register(&mesh, "Counted", &["C-1"]).await;
+    // alice has the copy on loan; bob and carol wait behind her.
+    reserve(&mesh, "alice", &book).await;
+    let loan = rent(&mesh, "alice", &book).await;
+    reserve(&mesh, "bob", &book).await;
+    reserve(&mesh, "carol", &book).await;
+    let full = eventually("the queue with the loan", || {
+        let mut staff = staff.clone();
+        let book_id = book.book_id.clone();
+        async move {
+            let q = queue(&mut staff, &book_id, 1, "").await;
+            (q.total_waiting == 2 && q.next_due_at.is_some()).then_some(q)
+        }
+    })
+    .await;
+    assert!(!full.waiting.is_empty() && !full.next_page_token.is_empty());
+
+    // A member, even one who waits: the counts and the next due date, no one
+    // by name, no page of the queue.
+    let seen = queue_as(&mut staff, "bob", &book.book_id, 1).await;
+    assert_eq!(
+        (
+            seen.book_id.as_str(),
+            seen.book_title.as_str(),
+            seen.total_waiting
+        ),
+        (book.book_id.as_str(), "Counted", 2)
+    );
+    assert_eq!(seen.next_due_at, loan.due_at);
+    assert!(seen.generated_at.is_some());
+    assert!(
+        seen.waiting.is_empty() && seen.ready.is_empty() && seen.next_page_token.is_empty(),
+        "{seen:?}"
+    );
+    let stranger = queue_as(&mut staff, "zoe", &book.book_id, 0).await;
+    assert_eq!(
+        (
+            stranger.total_waiting,
+            stranger.next_due_at,
+            stranger.waiting.len()
+        ),
+        (2, loan.due_at, 0)
+    );
+
+    // Live: dave joins the queue, and the member watching sees the count move.
+    let mut watching = staff
+        .watch_book_queue(req(
+            &member("zoe"),
+            GetBookQueueRequest {
+                book_id: book.book_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut watching).await;
+    assert_eq!((first.total_waiting, first.next_due_at), (2, loan.due_at));
+    reserve(&mesh, "dave", &book).await;
+    let mut q = next(&mut watching).await;
+    while q.total_waiting != 3 {
+        q = next(&mut watching).await;
+    }
+    assert!(q.waiting.is_empty() && q.ready.is_empty(), "{q:?}");
+
+    // Through the REST edge, as the book's page asks.
+    let (edge, stop_edge) = mesh.start_edge().await;
+    let res = reqwest::Client::new()
+        .get(format!(
+            "http://{edge}/v1/books/{}/queue?pageSize=1",
+            book.book_id
+        ))
+        .bearer_auth(member("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["totalWaiting"], 3, "{body}");
+    assert!(body["nextDueAt"].is_string(), "{body}");
+    for hidden in ["waiting", "ready", "nextPageToken"] {
+        assert!(
+            body.get(hidden)
+                .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty) || v == ""),
+            "{hidden} in {body}"
+        );
+    }
+    stop_edge.cancel();
+
+    // An unknown book is refused to members too.
+    is_refused(
+        staff
+            .get_book_queue(req(
+                &member("bob"),
+                GetBookQueueRequest {
+                    book_id: uuid::Uuid::now_v7().to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::NotFound,
+        "BOOK_NOT_FOUND",
+    );
+}

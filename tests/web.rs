@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The whole browser run; it takes ~45 s.
-const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(100);
+/// The whole browser run; it takes ~60 s, longer on a busy machine.
+const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(150);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -182,6 +182,8 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         "desk-copies.png",
         "mypage-renew.png",
         "desk-shelf.png",
+        "book.png",
+        "book-ko-phone.png",
     ] {
         assert!(
             screenshot_dir().join(shot).is_file(),

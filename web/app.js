@@ -10,11 +10,13 @@ import {
   preferredLanguage,
   setLanguage,
   t,
+  textLang,
   translateStatic,
 } from './i18n.js';
 import {
   FINISHED,
   bookCard,
+  bookPage,
   bookTitle,
   checkInRow,
   h,
@@ -64,12 +66,23 @@ const state = {
   holdings: new Map(),
   /** Notices inside cards, by card (`book:<id>`, `desk:<id>`, `journey:<id>`). */
   cardNotices: new Map(),
-  /** The desk's staff lists: the hold shelf and overdue loans (live), loans due on a day, members found. */
+  /**
+   * The desk's staff lists: the hold shelf, overdue loans and loans due on a
+   * day (the first page of each, live), members found.
+   */
   staff: { shelf: null, overdue: null, due: null, dueDay: '', members: null, membersPrefix: '' },
-  /** The open staff stream (`{sub, source}`), and how long to wait before reopening it. */
+  /** Entries of the live lists beyond their first page, read with "Show more", by list. */
+  further: {},
+  /** The staff list followed live (`{sub, path, live}`). */
   staffWatch: null,
-  staffRetryMs: 1000,
-  staffRetryTimer: 0,
+  /**
+   * The book whose queue is followed live (`{bookId, where, live, status}`,
+   * `where` the desk or the book's page): one at a time, since every live
+   * list holds one of the few connections a browser opens to a site.
+   */
+  queueWatch: null,
+  /** The book's page on screen: `{bookId, book, queue, items}` (null while not read). */
+  bookPage: null,
   /** The open WatchMyPage stream, and how long to wait before reopening it. */
   watch: null,
   retryMs: 1000,
@@ -243,7 +256,10 @@ const signedIn = () => Boolean(state.session.member);
 function forget() {
   stopWatch();
   stopStaffWatch();
+  stopQueueWatch();
   state.staff = { shelf: null, overdue: null, due: null, dueDay: '', members: null, membersPrefix: '' };
+  state.further = {};
+  state.bookPage = null;
   state.catalogue = { q: '', books: [], next: '', searched: false };
   state.desk = { q: '', books: [], searched: false };
   state.checkout = { member: '', loans: [] };
@@ -265,6 +281,7 @@ function forget() {
   renderCheckout();
   renderCheckin();
   renderStaff();
+  renderBookPage();
   for (const id of ['search-q', 'desk-q', 'member-id', 'checkout-member', 'checkout-barcode', 'checkin-barcode', 'lookup-barcode', 'due-day', 'members-prefix']) {
     $(id).value = '';
   }
@@ -332,6 +349,8 @@ function parseRoute() {
     case 'desk':
       // The desk opens where the librarian left it.
       return { name: 'desk', sub: DESK_TABS.includes(parts[1]) ? parts[1] : state.deskTab };
+    case 'books':
+      return parts[1] ? { name: 'book', bookId: decodeURIComponent(parts[1]) } : { name: 'catalogue' };
     case 'members':
       return parts[1]
         ? { name: 'member', memberId: decodeURIComponent(parts[1]) }
@@ -350,7 +369,11 @@ const VIEWS = {
   mypage: 'view-mypage',
   member: 'view-mypage',
   desk: 'view-desk',
+  book: 'view-book',
 };
+
+/** The view whose link in the main navigation is marked as the current one. */
+const NAV_OF = { member: 'desk', book: 'catalogue' };
 
 async function show(route, { focus = false } = {}) {
   if (!signedIn()) route = { name: 'signin' };
@@ -367,11 +390,14 @@ async function show(route, { focus = false } = {}) {
   }
   $(VIEWS[route.name]).hidden = false;
   for (const link of document.querySelectorAll('#nav a[data-route]')) {
-    const here = link.dataset.route === (route.name === 'member' ? 'desk' : route.name);
+    const here = link.dataset.route === (NAV_OF[route.name] ?? route.name);
     if (here) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   if (route.name !== 'desk') stopStaffWatch();
+  // A book's queue is followed on its page, or at the desk's copies.
+  if (route.name !== 'book' && state.queueWatch?.where === 'book') stopQueueWatch();
+  followDeskQueue();
   if (route.name === 'desk') {
     if (location.hash !== `#/desk/${route.sub}`) history.replaceState(null, '', `#/desk/${route.sub}`);
     showDeskTab(route.sub);
@@ -421,13 +447,14 @@ async function show(route, { focus = false } = {}) {
       searchCatalogue(state.catalogue.q).catch((e) => problem(e, 'search-notice')),
     ]);
   }
+  if (route.name === 'book') await openBookPage(route.bookId);
 }
 
 function setTitle() {
   const r = state.route;
   const key = r.name === 'member' ? 'title.member' : `title.${r.name || 'signin'}`;
-  document.title =
-    r.name === 'desk' ? t('title.deskTab', { tab: t(`desk.tab.${r.sub}`) }) : t(key, { id: r.memberId ?? '' });
+  const vars = { id: r.memberId ?? '', title: state.bookPage?.book?.title || t('bookPage.title') };
+  document.title = r.name === 'desk' ? t('title.deskTab', { tab: t(`desk.tab.${r.sub}`) }) : t(key, vars);
   if (r.name === 'member') $('mypage-title').textContent = t('mypage.titleOf', { id: r.memberId });
   else $('mypage-title').textContent = t('mypage.title');
 }
@@ -479,8 +506,16 @@ function updateBook(book) {
     const i = list.findIndex((b) => b.bookId === book.bookId);
     if (i >= 0) list[i] = book;
   }
+  if (state.bookPage?.bookId === book.bookId) state.bookPage.book = book;
   renderCatalogue();
   renderDeskBooks();
+  renderBookPage();
+}
+
+/** The copy of a book a list or page shows, if any does. */
+function shownBook(bookId) {
+  const shown = [...state.catalogue.books, ...state.desk.books, state.bookPage?.book];
+  return shown.find((b) => b?.bookId === bookId) ?? null;
 }
 
 /** The member's open journeys by book, from their page (the catalogue shows them instead of Reserve). */
@@ -502,6 +537,7 @@ async function loadHoldings() {
     return;
   }
   if (state.catalogue.searched) renderCatalogue();
+  renderBookPage();
 }
 
 /** The sentence for a reservation just made. */
@@ -519,8 +555,11 @@ function holdFromReservation(bookId, r) {
   });
 }
 
-async function reserve(book, button) {
-  const card = `book:${book.bookId}`;
+/**
+ * Reserve, from the catalogue's card or (`place` its notice slot, `list`
+ * what holds the button) the book's page.
+ */
+async function reserve(book, button, { place = `book:${book.bookId}`, list = 'books' } = {}) {
   await act(
     button,
     async () => {
@@ -533,15 +572,17 @@ async function reserve(book, button) {
         if (e instanceof ApiError && e.status >= 400 && e.status < 500) loadHoldings();
         throw e;
       }
-      state.cardNotices.delete(card);
+      if (place.startsWith('book:')) state.cardNotices.delete(place);
+      else clearNotice(place);
       holdFromReservation(book.bookId, r);
       renderCatalogue();
-      // Reserve is gone from the card: the focus goes to what replaced it.
-      document.querySelector(`#books [data-focus-key="mine-${CSS.escape(idPart(book.bookId))}"]`)?.focus();
+      renderBookPage();
+      // Reserve is gone: the focus goes to what replaced it.
+      document.querySelector(`#${list} [data-focus-key="mine-${CSS.escape(idPart(book.bookId))}"]`)?.focus();
       speak(reservedText(book.title, r));
       refreshBookSoon(book.bookId);
     },
-    card,
+    place,
   );
 }
 
@@ -566,9 +607,7 @@ async function moreBooks(button) {
  * the desk decided: read the book again a few times until it has moved.
  */
 function refreshBookSoon(bookId) {
-  const shown = () =>
-    JSON.stringify(state.catalogue.books.find((b) => b.bookId === bookId) ?? null);
-  const before = shown();
+  const before = JSON.stringify(shownBook(bookId));
   const delays = [150, 400, 1000, 2500];
   const again = async () => {
     const delay = delays.shift();
@@ -936,10 +975,15 @@ async function reserveAgain(journey, button) {
 
 function renderDeskBooks() {
   const actions = { addCopies, toggleItems, askItem, keepItem, changeItem };
+  const w = state.queueWatch?.where === 'desk' ? state.queueWatch : null;
   replaceKeepingFocus(
     $('desk-books-list'),
     state.desk.books.map((b) =>
-      bookCard(b, actions, { notice: cardNotice(`desk:${b.bookId}`), items: state.items.get(b.bookId) ?? null }),
+      bookCard(b, actions, {
+        notice: cardNotice(`desk:${b.bookId}`),
+        items: state.items.get(b.bookId) ?? null,
+        queueLive: w?.bookId === b.bookId ? w.status : null,
+      }),
     ),
     $('copies-title'),
   );
@@ -1046,6 +1090,7 @@ async function searchDesk(event) {
       }
       state.desk = { q, books: answer.books || [], searched: true };
       renderDeskBooks();
+      followDeskQueue();
     },
     'desk-search-notice',
   );
@@ -1070,12 +1115,12 @@ function showDeskTab(sub) {
   }
   if (sub === 'checkout') renderCheckout();
   if (sub === 'checkin') renderCheckin();
-  // The hold shelf and the overdue loans follow the events live while open.
+  // The hold shelf, the overdue loans and the loans due follow the events live while open.
   if (STAFF_LIVE[sub]) startStaffWatch(sub);
   else stopStaffWatch();
-  if (sub === 'due') loadDue(state.staff.dueDay).catch((e) => problem(e, 'due-notice'));
   // Copies move while the librarian is elsewhere: read the open lists again.
   if (sub === 'books') for (const bookId of state.items.keys()) loadItems(bookId).catch(() => {});
+  followDeskQueue();
 }
 
 /** The input a scanning screen waits in: the member first, then the copies. */
@@ -1321,6 +1366,7 @@ async function toggleItems(book, button) {
   if (open) {
     state.items.delete(book.bookId);
     renderDeskBooks();
+    followDeskQueue();
     return;
   }
   state.items.set(book.bookId, { items: null, confirm: null });
@@ -1329,10 +1375,12 @@ async function toggleItems(book, button) {
 }
 
 async function loadItems(bookId, { attempt = 0 } = {}) {
+  // The queue followed live is fresher than one read now.
+  const followed = () => state.queueWatch?.where === 'desk' && state.queueWatch.bookId === bookId && state.queueWatch.seen;
   const [answer, queue] = await Promise.all([
     get(`/v1/books/${encodeURIComponent(bookId)}/items`),
     // Without the queue the copies still show.
-    get(`/v1/books/${encodeURIComponent(bookId)}/queue${query({ pageSize: 100 })}`).catch(() => null),
+    followed() ? null : get(`/v1/books/${encodeURIComponent(bookId)}/queue${query({ pageSize: STAFF_PAGE })}`).catch(() => null),
   ]);
   const view = state.items.get(bookId);
   if (!view) return;
@@ -1344,8 +1392,9 @@ async function loadItems(bookId, { attempt = 0 } = {}) {
     return loadItems(bookId, { attempt: attempt + 1 });
   }
   view.items = items;
-  view.queue = queue ?? undefined;
+  if (queue && !followed()) view.queue = queue;
   renderDeskBooks();
+  followDeskQueue();
 }
 
 /** Withdraw or Mark lost pressed: the row asks first. */
@@ -1411,6 +1460,8 @@ async function lookUpItem(event) {
       const item = await get(`/v1/items:lookUp${query({ barcode })}`);
       const book = await get(`/v1/books/${encodeURIComponent(item.bookId)}`);
       clearNotice('lookup-notice');
+      // Opened last: its queue is the one followed live.
+      state.items.delete(book.bookId);
       state.items.set(book.bookId, { items: null, confirm: null, highlight: item.barcode });
       deskShows(book);
       await loadItems(book.bookId);
@@ -1422,90 +1473,263 @@ async function lookUpItem(event) {
   );
 }
 
+// ------------------------------------------------------------------ live lists
+
+/**
+ * A list followed live over a watch stream (Server-Sent Events, the token
+ * cookie sent with it): `onData(list, raw)` gets every message as it comes
+ * (`raw` its text, the same again for the stream's heartbeat). When the
+ * stream fails, the list is read once with `list` (`onData(list)`), and the
+ * stream opened again a little later (1 s, doubling up to 30 s);
+ * `onFailure(error)` says what to do when that read fails too: `retry`
+ * (later, quietly) or `stop` (it has shown why). `onRefusal(error)` shows
+ * why the service ended a stream; `onState` hears `connecting`, `live` and
+ * `reconnecting`.
+ */
+class LiveList {
+  constructor({ watch, list, onData, onState, onFailure, onRefusal }) {
+    Object.assign(this, { watch, list, onData, onState, onFailure, onRefusal });
+    this.source = null;
+    this.timer = 0;
+    this.retryMs = 1000;
+    this.closed = false;
+  }
+
+  open() {
+    this.onState('connecting');
+    const source = new EventSource(this.watch);
+    this.source = source;
+    source.onopen = () => {
+      this.retryMs = 1000;
+    };
+    source.onmessage = (event) => {
+      if (this.source !== source) return;
+      this.onState('live');
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (e) {
+        console.warn('an unreadable list', e);
+        return;
+      }
+      this.onData(data, event.data);
+    };
+    source.addEventListener('error', (event) => {
+      if (this.source !== source) return;
+      this.onState('reconnecting');
+      const failed = typeof event.data === 'string';
+      if (!failed && source.readyState !== EventSource.CLOSED) return; // The browser reconnects by itself.
+      let body = null;
+      if (failed) {
+        try {
+          body = JSON.parse(event.data);
+        } catch {
+          body = null;
+        }
+      }
+      source.close();
+      this.source = null;
+      // The edge's `error` event: the stream failed at the service. An
+      // expired sign-in (16) is found out by the read that follows.
+      if (body && body.code !== 16) this.onRefusal(errorFor(STATUS_OF_CODE[body.code] ?? 400, body, null));
+      this.recover();
+    });
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.source?.close();
+    this.source = null;
+  }
+
+  /** The stream failed: the list as it is now, then the stream again a little later. */
+  async recover() {
+    try {
+      const data = await get(this.list);
+      if (this.closed) return;
+      this.onData(data);
+    } catch (e) {
+      if (this.closed || (await this.onFailure(e)) === 'stop') return;
+    }
+    const wait = this.retryMs;
+    this.retryMs = Math.min(this.retryMs * 2, 30000);
+    this.timer = setTimeout(() => {
+      if (!this.closed && !this.source) this.open();
+    }, wait);
+  }
+}
+
+/**
+ * A failed read of a live list, shown at `place`: `stop` when it is the
+ * sign-in, or a refusal that asking again would not change.
+ */
+async function liveFailure(error, place) {
+  await problem(error, place);
+  if (!signedIn()) return 'stop';
+  const refused = error instanceof ApiError && [400, 403, 404].includes(error.status);
+  return refused ? 'stop' : 'retry';
+}
+
 // ------------------------------------------------------------------ desk: staff views
 
-/** The parts that follow a staff list live: its stream, its list (read when the stream fails). */
+/**
+ * The parts that follow a staff list live: its stream and its list (read
+ * when the stream fails, and for the entries beyond the stream's page), the
+ * field that holds the entries and what tells one from another.
+ */
 const STAFF_LIVE = {
-  shelf: { watch: '/v1/staff/holdShelf:watch', list: '/v1/staff/holdShelf' },
-  overdue: { watch: '/v1/staff/overdue:watch', list: '/v1/staff/overdue' },
+  shelf: { watch: '/v1/staff/holdShelf:watch', list: '/v1/staff/holdShelf', entries: 'holds', key: 'reservationId' },
+  overdue: { watch: '/v1/staff/overdue:watch', list: '/v1/staff/overdue', entries: 'loans', key: 'rentalId' },
+  due: { watch: '/v1/staff/due:watch', list: '/v1/staff/due', entries: 'loans', key: 'rentalId' },
 };
+/** Entries a live list's stream sends (its first page), and each further page "Show more" reads. */
 const STAFF_PAGE = 100;
 
+/** A staff list's stream or list request; `more` are further query parameters. */
+function staffPath(sub, kind, more = {}) {
+  // The loans due on the day the stream answers for ("today" when it opened).
+  const day = sub === 'due' ? (kind === 'list' && state.staff.due?.day) || state.staff.dueDay : undefined;
+  return `${STAFF_LIVE[sub][kind]}${query({ day, pageSize: STAFF_PAGE, ...more })}`;
+}
+
 function setStaffLive(sub, status) {
-  const live = $(`${sub}-live`);
-  live.dataset.state = status;
+  setLiveState($(`${sub}-live`), status);
   if (status === 'live') clearNotice(`${sub}-notice`, { problems: true });
-  live.querySelector('.live-text').textContent = t(
-    status === 'live' ? 'mypage.live' : status === 'connecting' ? 'mypage.connecting' : 'mypage.reconnecting',
-  );
 }
 
 function stopStaffWatch() {
-  clearTimeout(state.staffRetryTimer);
   if (state.staffWatch) {
-    state.staffWatch.source.close();
+    state.staffWatch.live.close();
     state.staffWatch = null;
   }
 }
 
-const stillOn = (sub) => state.route.name === 'desk' && state.deskTab === sub;
+/** Entries beyond a live list's first page, as "Show more" read them: `{items, next, chain}`. */
+const noFurther = () => ({ items: [], next: '', chain: Promise.resolve(), refreshing: false });
 
+/** Follows the list `sub` live (the stream opened again when what it asks for changed: another day). */
 function startStaffWatch(sub) {
-  if (state.staffWatch?.sub === sub) return;
+  const path = staffPath(sub, 'watch');
+  if (state.staffWatch?.sub === sub && state.staffWatch.path === path) return;
   stopStaffWatch();
-  setStaffLive(sub, 'connecting');
+  // The list is read anew: its first page, "Show more" for the rest.
+  state.further[sub] = noFurther();
+  const watch = { sub, path, raw: null };
+  watch.live = new LiveList({
+    watch: path,
+    list: staffPath(sub, 'list'),
+    onState: (status) => setStaffLive(sub, status),
+    onData: (list, raw) => {
+      // The heartbeat sends the same list again.
+      if (raw !== undefined && raw === watch.raw) return;
+      watch.raw = raw ?? null;
+      state.staff[sub] = list;
+      renderStaff();
+      refreshFurther(sub);
+    },
+    onRefusal: (e) => setNotice(`${sub}-notice`, e.message),
+    onFailure: (e) => liveFailure(e, `${sub}-notice`),
+  });
+  state.staffWatch = watch;
   renderStaff();
-  const source = new EventSource(`${STAFF_LIVE[sub].watch}${query({ pageSize: STAFF_PAGE })}`);
-  state.staffWatch = { sub, source };
-  source.onopen = () => {
-    state.staffRetryMs = 1000;
-  };
-  source.onmessage = (event) => {
-    if (state.staffWatch?.source !== source) return;
-    setStaffLive(sub, 'live');
-    try {
-      state.staff[sub] = JSON.parse(event.data);
-    } catch (e) {
-      console.warn('an unreadable list', e);
-      return;
-    }
-    renderStaff();
-  };
-  source.addEventListener('error', (event) => {
-    if (state.staffWatch?.source !== source) return;
-    setStaffLive(sub, 'reconnecting');
-    const failed = typeof event.data === 'string';
-    if (!failed && source.readyState !== EventSource.CLOSED) return; // The browser reconnects by itself.
-    let body = null;
-    if (failed) {
-      try {
-        body = JSON.parse(event.data);
-      } catch {
-        body = null;
-      }
-    }
-    source.close();
-    state.staffWatch = null;
-    if (body && body.code !== 16) setNotice(`${sub}-notice`, errorFor(STATUS_OF_CODE[body.code] ?? 400, body, null).message);
-    recoverStaff(sub);
+  watch.live.open();
+}
+
+/** The entries shown: the live page's, then those read beyond it (each once). */
+function staffEntries(sub) {
+  const { entries, key } = STAFF_LIVE[sub];
+  const first = state.staff[sub]?.[entries] || [];
+  const seen = new Set(first.map((e) => e[key]));
+  return first.concat((state.further[sub]?.items || []).filter((e) => !seen.has(e[key])));
+}
+
+/** Where "Show more" goes on from: after the last entry read, or after the live page. */
+function furtherToken(sub) {
+  const f = state.further[sub];
+  return f?.items.length ? f.next : state.staff[sub]?.nextPageToken || '';
+}
+
+/** Runs reads of a list's further entries one after another, in order. */
+function queueFurther(sub, work) {
+  const f = state.further[sub];
+  const run = f.chain.then(work);
+  f.chain = run.catch(() => {});
+  return run;
+}
+
+/**
+ * Reads the entries after the live page: the next page (`more`), or again
+ * as many as were shown, from where the live page ends now (entries joined
+ * or left it, so those after it moved); when they went to the end of the
+ * list, to its end again, so that entries that joined there show too.
+ */
+async function readFurther(sub, { more = false } = {}) {
+  const f = state.further[sub];
+  const page = state.staff[sub];
+  let items = more ? f.items : [];
+  let token = more ? furtherToken(sub) : page?.nextPageToken || '';
+  let wanted = more ? STAFF_PAGE : f.items.length + (f.next ? 0 : STAFF_PAGE);
+  while (token && wanted > 0) {
+    const answer = await get(staffPath(sub, 'list', { pageToken: token, pageSize: Math.min(wanted, STAFF_PAGE) }));
+    if (state.further[sub] !== f) return;
+    const got = answer[STAFF_LIVE[sub].entries] || [];
+    items = items.concat(got);
+    wanted -= got.length;
+    token = answer.nextPageToken || '';
+    if (!got.length) break;
+  }
+  f.items = items;
+  f.next = token;
+  renderStaff();
+}
+
+/** The live page changed: the entries shown beyond it are read again. */
+function refreshFurther(sub) {
+  const f = state.further[sub];
+  if (!f?.items.length || f.refreshing) return;
+  f.refreshing = true;
+  queueFurther(sub, () => {
+    f.refreshing = false;
+    return readFurther(sub);
+  }).catch(() => {
+    // Kept as they were; the next change of the list reads them again.
   });
 }
 
-/** The stream failed: the list as it is now, then the stream again a little later. */
-async function recoverStaff(sub) {
-  try {
-    state.staff[sub] = await get(`${STAFF_LIVE[sub].list}${query({ pageSize: STAFF_PAGE })}`);
-    renderStaff();
-  } catch (e) {
-    await problem(e, `${sub}-notice`);
-    if (!signedIn()) return;
-    if (e instanceof ApiError && (e.status === 403 || e.status === 400 || e.status === 404)) return;
-  }
-  const wait = state.staffRetryMs;
-  state.staffRetryMs = Math.min(state.staffRetryMs * 2, 30000);
-  state.staffRetryTimer = setTimeout(() => {
-    if (stillOn(sub) && !state.staffWatch) startStaffWatch(sub);
-  }, wait);
+/** "Show more": the next page of the list, and the focus on its first entry. */
+async function moreStaff(sub, button) {
+  await act(
+    button,
+    async () => {
+      const list = $(`${sub}-list`);
+      const before = list.children.length;
+      await queueFurther(sub, () => readFurther(sub, { more: true }));
+      const added = list.children.length - before;
+      const first = list.children[before]?.querySelector('a');
+      if (first) first.focus();
+      if (added > 0) speak(t('mypage.moreShown', { n: added }));
+    },
+    `${sub}-notice`,
+  );
+}
+
+/** Focus on a heading (or anything else) that is not in the Tab order. */
+function focusOn(el) {
+  if (!el.hasAttribute('tabindex')) el.setAttribute('tabindex', '-1');
+  el.focus();
+}
+
+/** "Show more" under a list: there while it has more; the focus leaves it when it goes. */
+function showMore(sub) {
+  const button = $(`${sub}-more`);
+  button.hidden = !furtherToken(sub);
+  if (button.hidden && document.activeElement === button) focusOn($(`${sub}-title`));
+}
+
+/** ", 100 of 130 shown" when the list shows only some of them. */
+function shownOf(shown, total) {
+  return shown < total ? ` ${t('staff.shownOf', { shown, n: total })}` : '';
 }
 
 function renderStaff() {
@@ -1517,7 +1741,7 @@ function renderStaff() {
 
 function renderShelf() {
   const shelf = state.staff.shelf;
-  const holds = shelf?.holds || [];
+  const holds = staffEntries('shelf');
   const pull = holds.filter((e) => e.toPull && e.barcode);
   const box = $('shelf-pull');
   box.hidden = !pull.length;
@@ -1534,26 +1758,40 @@ function renderShelf() {
         ]
       : []),
   );
-  $('shelf-count').textContent = !shelf ? '' : holds.length ? t('shelf.count', { n: shelf.total ?? holds.length }) : t('shelf.empty');
+  const total = shelf?.total ?? holds.length;
+  $('shelf-count').textContent = !shelf
+    ? ''
+    : holds.length
+      ? t('shelf.count', { n: total }) + shownOf(holds.length, total)
+      : t('shelf.empty');
   replaceKeepingFocus($('shelf-list'), holds.map(holdRow), $('shelf-title'));
+  showMore('shelf');
 }
 
 function renderOverdue() {
   const overdue = state.staff.overdue;
-  const loans = overdue?.loans || [];
-  $('overdue-count').textContent = !overdue ? '' : loans.length ? t('overdue.count', { n: overdue.total ?? loans.length }) : t('overdue.empty');
+  const loans = staffEntries('overdue');
+  const total = overdue?.total ?? loans.length;
+  $('overdue-count').textContent = !overdue
+    ? ''
+    : loans.length
+      ? t('overdue.count', { n: total }) + shownOf(loans.length, total)
+      : t('overdue.empty');
   replaceKeepingFocus($('overdue-list'), loans.map(loanEntryRow), $('overdue-title'));
+  showMore('overdue');
 }
 
 function renderDue() {
   const due = state.staff.due;
-  const loans = due?.loans || [];
+  const loans = staffEntries('due');
   const day = due?.day ? formatDay(due.day) : '';
+  const total = due?.total ?? loans.length;
   $('due-count').textContent = !due
     ? ''
-    : t(loans.length ? 'due.count' : 'due.empty', { n: due.total ?? loans.length, day, zone: due.timeZone || '' });
+    : t(loans.length ? 'due.count' : 'due.empty', { n: total, day, zone: due.timeZone || '' }) +
+      shownOf(loans.length, total);
   replaceKeepingFocus($('due-list'), loans.map(loanEntryRow), $('due-title'));
-  $('due-more').hidden = !due?.nextPageToken;
+  showMore('due');
 }
 
 /** "2026-01-10" in the page's language, as a day (no time, no zone shift). */
@@ -1568,19 +1806,17 @@ function formatDay(day) {
   }
 }
 
-async function loadDue(day, { more = false } = {}) {
-  const pageToken = more ? state.staff.due?.nextPageToken : '';
-  const answer = await get(`/v1/staff/due${query({ day, pageSize: STAFF_PAGE, pageToken })}`);
-  clearNotice('due-notice', { problems: true });
-  state.staff.dueDay = day;
-  state.staff.due =
-    more && state.staff.due ? { ...answer, loans: [...(state.staff.due.loans || []), ...(answer.loans || [])] } : answer;
-  renderDue();
-}
-
+/** "Show": the loans due on the day typed (today when empty), followed live. */
 function showDue(event) {
   event.preventDefault();
-  act(event.submitter, () => loadDue($('due-day').value.trim()), 'due-notice');
+  const day = $('due-day').value.trim();
+  if (day !== state.staff.dueDay) {
+    // Another day's loans are not this day's.
+    state.staff.dueDay = day;
+    state.staff.due = null;
+  }
+  clearNotice('due-notice');
+  startStaffWatch('due');
 }
 
 function renderMembers() {
@@ -1628,6 +1864,158 @@ function searchMembers(event) {
   act(event.submitter, () => findMembers($('members-prefix').value.trim()), 'members-notice');
 }
 
+// ------------------------------------------------------------------ a book's queue, live
+
+function stopQueueWatch() {
+  if (state.queueWatch) {
+    state.queueWatch.live.close();
+    state.queueWatch = null;
+  }
+}
+
+/**
+ * Follows a book's queue live (WatchBookQueue; a member gets its aggregate
+ * form) for the desk's copies or the book's page (`where`). Each change of
+ * it after the first reads again what moves with it: the copies, and on the
+ * book's page the counts and what the reader has of the book.
+ */
+function followQueue(bookId, where) {
+  if (state.queueWatch?.bookId === bookId && state.queueWatch.where === where) return;
+  stopQueueWatch();
+  const follow = { bookId, where, status: null, raw: null, seen: false };
+  const place = where === 'desk' ? `desk:${bookId}` : 'book-notice';
+  follow.live = new LiveList({
+    watch: `/v1/staff/queue:watch${query({ bookId, pageSize: STAFF_PAGE })}`,
+    list: `/v1/books/${encodeURIComponent(bookId)}/queue${query({ pageSize: STAFF_PAGE })}`,
+    onState: (status) => {
+      if (follow.status === status) return;
+      follow.status = status;
+      if (where === 'desk') renderDeskBooks();
+      else setLiveState($('book-live'), status);
+    },
+    onData: (queue, raw) => {
+      // The heartbeat sends the same queue again.
+      if (raw !== undefined && raw === follow.raw) return;
+      follow.raw = raw ?? null;
+      const again = follow.seen;
+      follow.seen = true;
+      queueArrived(follow, queue, again);
+    },
+    onRefusal: (e) => report(place, e.message),
+    // A book registered a moment ago is not known here yet: ask again later.
+    onFailure: (e) => (e instanceof ApiError && e.status === 404 ? 'retry' : liveFailure(e, place)),
+  });
+  state.queueWatch = follow;
+  follow.live.open();
+}
+
+function queueArrived(follow, queue, again) {
+  const { bookId } = follow;
+  if (follow.where === 'desk') {
+    const view = state.items.get(bookId);
+    if (!view) return;
+    view.queue = queue;
+    renderDeskBooks();
+    if (again) loadItems(bookId).catch(() => {});
+    return;
+  }
+  if (state.bookPage?.bookId !== bookId) return;
+  state.bookPage.queue = queue;
+  renderBookPage();
+  if (!again) return;
+  refreshBookSoon(bookId);
+  loadHoldings();
+  if (isLibrarian()) loadPageItems(bookId).catch(() => {});
+}
+
+/**
+ * At the desk's Books and copies, the queue of the book whose copies were
+ * opened last is followed live, once its copies and queue have been read
+ * (the view knows the book); the others show theirs as read with the copies.
+ */
+function followDeskQueue() {
+  let target = null;
+  if (state.route.name === 'desk' && state.deskTab === 'books') {
+    for (const [bookId, view] of state.items) {
+      if (view.items && view.queue && state.desk.books.some((b) => b.bookId === bookId)) target = bookId;
+    }
+  }
+  if (target) followQueue(target, 'desk');
+  else if (state.queueWatch?.where === 'desk') stopQueueWatch();
+}
+
+/** A live indicator (`.live` with its `.live-text`) in the state `status`. */
+function setLiveState(el, status) {
+  el.dataset.state = status;
+  el.querySelector('.live-text').textContent = t(
+    status === 'live' ? 'mypage.live' : status === 'connecting' ? 'mypage.connecting' : 'mypage.reconnecting',
+  );
+}
+
+// ------------------------------------------------------------------ a book's page
+
+/**
+ * A book's page (`#/books/<id>`): the book, what the reader has of it, for
+ * a librarian its copies, and its queue followed live.
+ */
+async function openBookPage(bookId) {
+  if (state.bookPage?.bookId !== bookId) {
+    state.bookPage = { bookId, book: null, queue: null, items: null };
+    clearNotice('book-notice');
+  }
+  renderBookPage();
+  followQueue(bookId, 'book');
+  await Promise.all([
+    readBookPage(bookId).catch((e) => {
+      // No such book: there is no queue to follow either.
+      if (e instanceof ApiError && e.status === 404 && state.queueWatch?.bookId === bookId) stopQueueWatch();
+      return problem(e, 'book-notice');
+    }),
+    loadHoldings(),
+    isLibrarian() ? loadPageItems(bookId).catch(() => {}) : null,
+  ]);
+}
+
+async function readBookPage(bookId) {
+  const book = await get(`/v1/books/${encodeURIComponent(bookId)}`);
+  if (state.bookPage?.bookId !== bookId) return;
+  state.bookPage.book = book;
+  renderBookPage();
+  setTitle();
+}
+
+async function loadPageItems(bookId) {
+  const answer = await get(`/v1/books/${encodeURIComponent(bookId)}/items`);
+  if (state.bookPage?.bookId !== bookId) return;
+  state.bookPage.items = answer.items || [];
+  renderBookPage();
+}
+
+/** Reserve on the book's page: its notice under the page's facts. */
+const reserveHere = (book, button) => reserve(book, button, { place: 'book-notice', list: 'book-detail' });
+
+function renderBookPage() {
+  const page = state.bookPage;
+  const book = page?.book;
+  const title = $('book-title');
+  title.textContent = book?.title || t('bookPage.title');
+  $('book-live').hidden = !book;
+  const lang = textLang(book?.title);
+  if (lang) title.lang = lang;
+  else title.removeAttribute('lang');
+  const { summary, staff } = book
+    ? bookPage(book, {
+        queue: page.queue,
+        holding: state.holdings.get(book.bookId) ?? null,
+        items: page.items,
+        librarian: isLibrarian(),
+        actions: { reserve: reserveHere },
+      })
+    : { summary: page ? [h('p', { class: 'hint' }, t('bookPage.loading'))] : [], staff: [] };
+  replaceKeepingFocus($('book-detail'), summary, title);
+  replaceKeepingFocus($('book-staff'), staff, title);
+}
+
 // ------------------------------------------------------------------ language
 
 async function changeLanguage(code) {
@@ -1644,7 +2032,9 @@ async function changeLanguage(code) {
   renderCheckout();
   renderCheckin();
   for (const sub of Object.keys(STAFF_LIVE)) setStaffLive(sub, $(`${sub}-live`).dataset.state || 'connecting');
+  setLiveState($('book-live'), $('book-live').dataset.state || 'connecting');
   renderStaff();
+  renderBookPage();
   renderPage();
 }
 
@@ -1702,9 +2092,9 @@ async function start() {
   $('lookup-form').addEventListener('submit', lookUpItem);
   $('member-form').addEventListener('submit', openMemberPage);
   $('due-form').addEventListener('submit', showDue);
-  $('due-more').addEventListener('click', (e) =>
-    act(e.currentTarget, () => loadDue(state.staff.dueDay, { more: true }), 'due-notice'),
-  );
+  for (const sub of Object.keys(STAFF_LIVE)) {
+    $(`${sub}-more`).addEventListener('click', (e) => moreStaff(sub, e.currentTarget));
+  }
   $('members-form').addEventListener('submit', searchMembers);
   $('members-prefix').addEventListener('input', membersTyped);
   window.addEventListener('hashchange', () => show(parseRoute(), { focus: true }).catch(problem));

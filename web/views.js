@@ -40,14 +40,20 @@ function sentenceWith(key, name, node) {
   return [before, node, after].filter((part) => part !== '');
 }
 
-/** A card's heading: focusable by script, so that focus can land on it after an action. */
-function cardHeading(text, id, key) {
+/**
+ * A card's heading: focusable by script, so that focus can land on it after
+ * an action; with `href`, its text is a link there (a book's own page).
+ */
+function cardHeading(text, id, key, href = null) {
   return h(
     'h2',
     { id, class: 'card-title', tabindex: '-1', lang: textLang(text), dataset: { focusKey: `head-${key}` } },
-    text,
+    href ? h('a', { class: 'title-link', href, dataset: { focusKey: `open-${key}` } }, text) : text,
   );
 }
+
+/** The address of a book's own page. */
+const bookHref = (bookId) => `#/books/${encodeURIComponent(bookId)}`;
 
 /**
  * A notice: a sentence next to what it is about, with its own Dismiss
@@ -124,69 +130,16 @@ export function bookTitle(journey) {
  * `actions.addCopies(book, copies, button)` when the caller may do them;
  * `holding` (`{stage, queuePosition}`) when the reader already waits for,
  * holds or has the book, which then shows instead of Reserve; `notice` a
- * notice element for the card.
+ * notice element for the card; `items` the copies open at the desk
+ * (`{items, queue, confirm, highlight}`), whose queue is followed live when
+ * `queueLive` is the stream's state (`connecting`, `live`, `reconnecting`).
  */
-export function bookCard(book, actions, { holding = null, notice = null, items = null } = {}) {
+export function bookCard(book, actions, { holding = null, notice = null, items = null, queueLive = null } = {}) {
   const key = idPart(book.bookId);
   const titleId = `book-${key}-title`;
-  const status = book.status || 'BOOK_STATUS_UNSPECIFIED';
-  const total = book.totalCopies ?? 0;
-  const facts = h(
-    'dl',
-    { class: 'facts' },
-    h('div', {}, h('dt', {}, t('book.held')), h('dd', {}, book.heldCopies ?? 0)),
-    h('div', {}, h('dt', {}, t('book.onLoan')), h('dd', {}, book.onLoanCopies ?? 0)),
-    h(
-      'div',
-      { class: (book.waiting ?? 0) > 0 ? 'queue busy' : 'queue' },
-      h('dt', {}, t('book.queue')),
-      h('dd', {}, book.waiting ? t('book.queueLength', { n: book.waiting }) : t('book.queueNone')),
-    ),
-  );
+  const facts = bookFacts(book);
   const buttons = h('div', { class: 'actions' });
-  let yours = null;
-  if (actions.reserve && holding) {
-    const stage = holding.stage.replace('JOURNEY_STAGE_', '');
-    const text =
-      stage === 'WAITING'
-        ? holding.queuePosition
-          ? t('book.yours.WAITING', { n: holding.queuePosition })
-          : t('book.yours.WAITING_NO_PLACE')
-        : t(`book.yours.${stage}`);
-    yours = h(
-      'p',
-      { class: 'yours' },
-      h('span', { class: `badge ${STAGE_CLASS[holding.stage] || 'done'}` }, stageLabel(holding.stage)),
-      ' ',
-      text,
-    );
-    buttons.append(
-      h(
-        'a',
-        {
-          class: 'button secondary',
-          href: '#/mypage',
-          'aria-describedby': titleId,
-          dataset: { focusKey: `mine-${key}` },
-        },
-        t('book.toMyPage'),
-      ),
-    );
-  } else if (actions.reserve) {
-    buttons.append(
-      h(
-        'button',
-        {
-          class: 'button',
-          type: 'button',
-          'aria-describedby': titleId,
-          dataset: { focusKey: `reserve-${key}` },
-          onclick: (e) => actions.reserve(book, e.currentTarget),
-        },
-        t('book.reserve'),
-      ),
-    );
-  }
+  const yours = actions.reserve ? reserveOrYours(book, holding, actions.reserve, buttons, titleId) : null;
   if (actions.addCopies) {
     const inputId = `copies-${key}`;
     const input = h('input', {
@@ -243,28 +196,111 @@ export function bookCard(book, actions, { holding = null, notice = null, items =
   return h(
     'li',
     { class: 'card book', dataset: { bookId: book.bookId, cardKey: key } },
-    cardHeading(book.title, titleId, key),
-    h(
-      'p',
-      { class: 'byline' },
-      h(
-        'span',
-        { class: 'author' },
-        sentenceWith('book.by', 'author', h('span', { lang: textLang(book.author) }, book.author)),
-      ),
-      book.isbn ? h('span', { class: 'isbn' }, t('book.isbn', { isbn: book.isbn })) : null,
-    ),
-    h(
-      'p',
-      { class: 'availability' },
-      h('span', { class: `badge ${STATUS_CLASS[status] || 'done'}` }, t(`book.status.${status}`)),
-      h('span', { class: 'free' }, t('book.free', { free: book.freeCopies ?? 0, n: total })),
-    ),
+    cardHeading(book.title, titleId, key, bookHref(book.bookId)),
+    byline(book),
+    availability(book),
     facts,
     yours,
     buttons,
     notice,
-    items ? itemList(book, items, actions) : null,
+    items ? itemList(book, { ...items, live: queueLive }, actions) : null,
+  );
+}
+
+/** Who wrote a book, and its ISBN. */
+function byline(book) {
+  return h(
+    'p',
+    { class: 'byline' },
+    h(
+      'span',
+      { class: 'author' },
+      sentenceWith('book.by', 'author', h('span', { lang: textLang(book.author) }, book.author)),
+    ),
+    book.isbn ? h('span', { class: 'isbn' }, t('book.isbn', { isbn: book.isbn })) : null,
+  );
+}
+
+/** A book's status, and how many of its copies are free. */
+function availability(book) {
+  const status = book.status || 'BOOK_STATUS_UNSPECIFIED';
+  return h(
+    'p',
+    { class: 'availability' },
+    h('span', { class: `badge ${STATUS_CLASS[status] || 'done'}` }, t(`book.status.${status}`)),
+    h('span', { class: 'free' }, t('book.free', { free: book.freeCopies ?? 0, n: book.totalCopies ?? 0 })),
+  );
+}
+
+/**
+ * A book's copies held and on loan and how many wait (`waiting`, when a
+ * fresher count than the book's is known), and `more` facts after them.
+ */
+function bookFacts(book, { waiting = book.waiting ?? 0, more = [] } = {}) {
+  return h(
+    'dl',
+    { class: 'facts' },
+    h('div', {}, h('dt', {}, t('book.held')), h('dd', {}, book.heldCopies ?? 0)),
+    h('div', {}, h('dt', {}, t('book.onLoan')), h('dd', {}, book.onLoanCopies ?? 0)),
+    h(
+      'div',
+      { class: waiting > 0 ? 'queue busy' : 'queue' },
+      h('dt', {}, t('book.queue')),
+      h('dd', {}, waiting ? t('book.queueLength', { n: waiting }) : t('book.queueNone')),
+    ),
+    more,
+  );
+}
+
+/**
+ * What the reader has of a book (`holding`: `{stage, queuePosition}`, they
+ * wait for it, hold it or have it), returned as a sentence with "Open My
+ * Page" added to `buttons`; or, when they have nothing of it, Reserve added
+ * to `buttons` and null returned.
+ */
+function reserveOrYours(book, holding, reserve, buttons, titleId) {
+  const key = idPart(book.bookId);
+  if (!holding) {
+    buttons.append(
+      h(
+        'button',
+        {
+          class: 'button',
+          type: 'button',
+          'aria-describedby': titleId,
+          dataset: { focusKey: `reserve-${key}` },
+          onclick: (e) => reserve(book, e.currentTarget),
+        },
+        t('book.reserve'),
+      ),
+    );
+    return null;
+  }
+  const stage = holding.stage.replace('JOURNEY_STAGE_', '');
+  const text =
+    stage === 'WAITING'
+      ? holding.queuePosition
+        ? t('book.yours.WAITING', { n: holding.queuePosition })
+        : t('book.yours.WAITING_NO_PLACE')
+      : t(`book.yours.${stage}`);
+  buttons.append(
+    h(
+      'a',
+      {
+        class: 'button secondary',
+        href: '#/mypage',
+        'aria-describedby': titleId,
+        dataset: { focusKey: `mine-${key}` },
+      },
+      t('book.toMyPage'),
+    ),
+  );
+  return h(
+    'p',
+    { class: 'yours' },
+    h('span', { class: `badge ${STAGE_CLASS[holding.stage] || 'done'}` }, stageLabel(holding.stage)),
+    ' ',
+    text,
   );
 }
 
@@ -295,7 +331,6 @@ function itemList(book, view, actions) {
   const rows = view.items.map((item) => {
     const code = idPart(item.barcode);
     const codeId = `item-${key}-${code}`;
-    const where = itemWhere(item);
     const asking = view.confirm?.barcode === item.barcode ? view.confirm.action : null;
     const inService = (item.state || '') === 'ITEM_STATE_IN_SERVICE';
     const lost = item.state === 'ITEM_STATE_LOST';
@@ -346,28 +381,10 @@ function itemList(book, view, actions) {
         inService ? act('markLost', t('items.markLost'), 'secondary') : null,
       );
     }
-    const who = where.who
-      ? sentenceWith(
-          where.who[0],
-          'member',
-          h('a', { href: `#/members/${encodeURIComponent(where.who[1] || '')}` }, where.who[1] || '?'),
-        )
-      : null;
     return h(
       'li',
       { class: view.highlight === item.barcode ? 'item found' : 'item', dataset: { barcode: item.barcode } },
-      h(
-        'p',
-        { class: 'item-head' },
-        h(
-          'span',
-          { id: codeId, class: 'barcode', tabindex: '-1', dataset: { focusKey: `item-${code}` } },
-          h('span', { class: 'visually-hidden' }, `${t('items.copy')} `),
-          item.barcode,
-        ),
-        h('span', { class: `badge ${where.cls}` }, where.badge),
-        who ? h('span', { class: 'holder' }, who) : null,
-      ),
+      itemHead(item, codeId),
       controls,
     );
   });
@@ -376,25 +393,72 @@ function itemList(book, view, actions) {
     { id: `items-${key}`, class: 'items' },
     h('h3', { class: 'items-title' }, t('items.title', { n: view.items.length })),
     rows.length ? h('ul', { class: 'item-list' }, rows) : h('p', { class: 'hint' }, t('items.none')),
-    queueSection(book, view.queue),
+    queueSection(book, view.queue, { live: view.live }),
   );
 }
 
-/** A link to a member's page. */
-export function memberLink(memberId) {
-  return h('a', { class: 'member-link', href: `#/members/${encodeURIComponent(memberId || '')}` }, memberId || '?');
+/** A copy's barcode (with the id `codeId`), its state, and who holds or has it. */
+function itemHead(item, codeId) {
+  const where = itemWhere(item);
+  const who = where.who ? sentenceWith(where.who[0], 'member', memberLink(where.who[1])) : null;
+  return h(
+    'p',
+    { class: 'item-head' },
+    h(
+      'span',
+      { id: codeId, class: 'barcode', tabindex: '-1', dataset: { focusKey: `item-${idPart(item.barcode)}` } },
+      h('span', { class: 'visually-hidden' }, `${t('items.copy')} `),
+      item.barcode,
+    ),
+    h('span', { class: `badge ${where.cls}` }, where.badge),
+    who ? h('span', { class: 'holder' }, who) : null,
+  );
 }
 
-/** Who waits for a book, in order (`queue`: GetBookQueue's answer, or undefined while it loads). */
-function queueSection(book, queue) {
+/** A link to a member's page; `focusKey` keeps the focus on it when its list is drawn again. */
+export function memberLink(memberId, focusKey = undefined) {
+  return h(
+    'a',
+    {
+      class: 'member-link',
+      href: `#/members/${encodeURIComponent(memberId || '')}`,
+      dataset: focusKey ? { focusKey } : undefined,
+    },
+    memberId || '?',
+  );
+}
+
+/** A live stream's state (`connecting`, `live`, `reconnecting`) as a dot and a word. */
+function liveEl(status) {
+  const word = status === 'live' ? 'mypage.live' : status === 'connecting' ? 'mypage.connecting' : 'mypage.reconnecting';
+  return h(
+    'p',
+    { class: 'live', dataset: { state: status } },
+    h('span', { class: 'dot', 'aria-hidden': 'true' }),
+    h('span', { class: 'live-text' }, t(word)),
+  );
+}
+
+/**
+ * Who waits for a book, in order (`queue`: GetBookQueue's answer, or
+ * undefined while it loads), under a heading of `level`; `live` the state
+ * of the stream that follows it, when one does.
+ */
+function queueSection(book, queue, { live = null, level = 'h3' } = {}) {
   const key = idPart(book.bookId);
   if (!queue) return null;
   const waiting = queue.waiting || [];
   const total = queue.totalWaiting ?? waiting.length;
+  const beyond = total - (waiting.length ? waiting[waiting.length - 1].position : 0);
   return h(
     'section',
     { class: 'queue', 'aria-labelledby': `queue-${key}-title`, dataset: { queueOf: book.bookId } },
-    h('h3', { id: `queue-${key}-title`, class: 'queue-title' }, total ? t('queue.title', { n: total }) : t('queue.none')),
+    h(
+      'div',
+      { class: 'queue-head' },
+      h(level, { id: `queue-${key}-title`, class: 'queue-title' }, total ? t('queue.title', { n: total }) : t('queue.none')),
+      live ? liveEl(live) : null,
+    ),
     waiting.length
       ? h(
           'ol',
@@ -403,7 +467,7 @@ function queueSection(book, queue) {
             h(
               'li',
               { value: w.position, dataset: { memberId: w.memberId } },
-              memberLink(w.memberId),
+              memberLink(w.memberId, `waits-${idPart(w.reservationId)}`),
               ' ',
               h('span', { class: 'hint' }, t('queue.since', { time: formatTime(w.reservedAt) })),
               w.requeued ? h('span', { class: 'badge wait' }, t('queue.requeued')) : null,
@@ -411,7 +475,62 @@ function queueSection(book, queue) {
           ),
         )
       : null,
+    beyond > 0 && waiting.length ? h('p', { class: 'hint' }, t('queue.beyond', { n: beyond })) : null,
   );
+}
+
+/**
+ * A book's own page (`#/books/<id>`): `summary`, what anyone may know of it
+ * (its copies free, held and on loan, how many wait, when the next copy is
+ * expected back from `queue.nextDueAt`) with Reserve or what the reader has
+ * of it (`actions.reserve` and `holding`, as in the catalogue); and `staff`,
+ * for a librarian, each copy (`items`) with its state and who waits, in
+ * order. `queue` is the book's queue as the caller may see it, or null
+ * while it loads.
+ */
+export function bookPage(book, { queue = null, holding = null, items = null, librarian = false, actions = {} }) {
+  const key = idPart(book.bookId);
+  let next = t('bookPage.loading');
+  if (queue) {
+    const due = queue.nextDueAt ? Date.parse(queue.nextDueAt) : NaN;
+    if (Number.isNaN(due)) next = t('bookPage.nextDueNone');
+    else if (due < Date.now()) next = t('bookPage.nextDueLate', { time: formatTime(queue.nextDueAt) });
+    else next = timeEl(queue.nextDueAt);
+  }
+  const buttons = h('div', { class: 'actions' });
+  const yours = actions.reserve ? reserveOrYours(book, holding, actions.reserve, buttons, 'book-title') : null;
+  const summary = [
+    byline(book),
+    availability(book),
+    bookFacts(book, {
+      waiting: queue?.totalWaiting ?? book.waiting ?? 0,
+      more: h('div', { class: 'next-due' }, h('dt', {}, t('bookPage.nextDue')), h('dd', {}, next)),
+    }),
+    yours,
+    buttons.childElementCount ? buttons : null,
+  ].filter(Boolean);
+  if (!librarian) return { summary, staff: [] };
+  const copies = items
+    ? h(
+        'section',
+        { class: 'items', 'aria-labelledby': `copies-${key}-title` },
+        h('h2', { id: `copies-${key}-title`, class: 'items-title' }, t('items.title', { n: items.length })),
+        items.length
+          ? h(
+              'ul',
+              { class: 'item-list' },
+              items.map((item) =>
+                h(
+                  'li',
+                  { class: 'item', dataset: { barcode: item.barcode } },
+                  itemHead(item, `page-item-${idPart(item.barcode)}`),
+                ),
+              ),
+            )
+          : h('p', { class: 'hint' }, t('items.none')),
+      )
+    : h('p', { class: 'hint' }, t('items.loading'));
+  return { summary, staff: [copies, queueSection(book, queue, { level: 'h2' })].filter(Boolean) };
 }
 
 /** A READY hold on the hold shelf. */
@@ -423,7 +542,7 @@ export function holdRow(entry) {
       dataset: { reservationId: entry.reservationId, barcode: entry.barcode || '', memberId: entry.memberId },
     },
     h('span', { class: 'staff-when' }, h('span', { class: 'visually-hidden' }, `${t('shelf.until')} `), timeEl(entry.pickupDeadline)),
-    memberLink(entry.memberId),
+    memberLink(entry.memberId, `member-${idPart(entry.reservationId)}`),
     h('span', { class: 'staff-title', lang: textLang(entry.bookTitle) }, entry.bookTitle || t('journey.untitled', { id: String(entry.bookId).slice(0, 8) })),
     entry.barcode ? h('span', { class: 'barcode' }, entry.barcode) : null,
     h('span', { class: `badge ${entry.toPull ? 'wait' : 'ready'}` }, t(entry.toPull ? 'shelf.toPull' : 'shelf.onShelf')),
@@ -439,7 +558,7 @@ export function loanEntryRow(loan) {
       dataset: { rentalId: loan.rentalId, barcode: loan.barcode || '', memberId: loan.memberId },
     },
     h('span', { class: 'staff-when' }, h('span', { class: 'visually-hidden' }, `${t('journey.due')} `), timeEl(loan.dueAt)),
-    memberLink(loan.memberId),
+    memberLink(loan.memberId, `member-${idPart(loan.rentalId)}`),
     h('span', { class: 'staff-title', lang: textLang(loan.bookTitle) }, loan.bookTitle || t('journey.untitled', { id: String(loan.bookId).slice(0, 8) })),
     loan.barcode ? h('span', { class: 'barcode' }, loan.barcode) : null,
     loan.renewals ? h('span', { class: 'hint' }, t('journey.renewalsValue', { n: loan.renewals })) : null,

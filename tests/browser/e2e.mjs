@@ -32,11 +32,17 @@
 // left)", the new due date, no Renew once none is left); a librarian's
 // renewal while someone waits is refused in words. The staff views: the hold
 // shelf live (a hold appears as the copy to pull, and goes when picked up),
-// a book's queue in order, loans due on a day, overdue loans (live, on a
-// second all-in-one with three-second loans when SHORT_LOANS_URL is given),
-// members found by id prefix, a lost loan and older journeys in a member's
-// history. A second librarian lends in Korean on a phone. axe-core scans
-// each of those screens.
+// beyond its first page with "Show more" (a new hold joins the entries read
+// that way, live), a book's queue in order (live: a member reserving joins
+// it), loans due on a day (live: a loan made for that day joins them),
+// overdue loans (live, on a second all-in-one with three-second loans when
+// SHORT_LOANS_URL is given), members found by id prefix, a lost loan and
+// older journeys in a member's history. A book's page, from its title: for
+// a member in Korean on a phone (copies free, held and on loan, how many
+// wait, when the next copy is expected back, Reserve) and for a librarian
+// (each copy, who waits), both following the queue live. A second
+// librarian lends in Korean on a phone. axe-core scans each of those
+// screens.
 //
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
 // Page, check-in and hold shelf ones are copied to docs/images/ when they are missing
@@ -264,7 +270,7 @@ async function tapTargets(page, where) {
   const small = await page.evaluate(() =>
     [
       ...document.querySelectorAll(
-        'button, select, a.button, .nav a, .subnav a, .brand, [role="tab"], input[type="text"], input[type="search"], input[type="number"], .choices label',
+        'button, select, a.button, .nav a, .subnav a, .brand, .title-link, .staff-row .member-link, [role="tab"], input[type="text"], input[type="search"], input[type="number"], .choices label',
       ),
     ]
       .filter((el) => el.checkVisibility())
@@ -1127,6 +1133,51 @@ try {
   await lib.locator('#shelf-pull .barcode', { hasText: fledglingCopy }).waitFor({ state: 'detached' });
   step(`the hold shelf: ${fledglingCopy} for frank to pull, live within ${shelfLiveMs} ms; gone when he picked it up`);
 
+  // More holds than a page: the stream sends the first page (asked here for
+  // pages of one, as if there were hundreds), "Show more" reads the rest,
+  // and those stay right as the list moves.
+  const shelfTotal = (await apiCall(lib, 'GET', '/v1/staff/holdShelf')).body.total;
+  check(shelfTotal >= 2, `holds on the shelf: ${shelfTotal}`);
+  await lib.route('**/v1/staff/holdShelf:watch?*', (route) => {
+    const url = new URL(route.request().url());
+    url.searchParams.set('pageSize', '1');
+    return route.continue({ url: url.toString() });
+  });
+  await deskTab(lib, 'Overdue');
+  await deskTab(lib, 'Hold shelf');
+  const shelfCount = lib.locator('#shelf-count');
+  await shelfCount.getByText(`1 of ${shelfTotal} shown.`, { exact: false }).waitFor();
+  check((await lib.locator('#shelf-list li').count()) === 1, 'the first page shows one hold');
+  await hush(lib);
+  await lib.locator('#shelf-more').click();
+  await shelfCount.getByText(`1 of ${shelfTotal} shown.`, { exact: false }).waitFor({ state: 'detached' });
+  await lib.locator('#shelf-more').waitFor({ state: 'hidden' });
+  const shelfIds = () => lib.locator('#shelf-list li').evaluateAll((rows) => rows.map((r) => r.dataset.reservationId));
+  const shown = await shelfIds();
+  check(shown.length === shelfTotal && new Set(shown).size === shelfTotal, `Show more shows every hold once: ${shown}`);
+  const afterShelfMore = await lib.evaluate(() => {
+    const el = document.activeElement;
+    return { link: el?.classList.contains('member-link'), row: [...document.querySelectorAll('#shelf-list li')].indexOf(el?.closest('li')) };
+  });
+  check(afterShelfMore.link && afterShelfMore.row === 1, `after Show more the focus is on the next hold: ${JSON.stringify(afterShelfMore)}`);
+  await spoken(lib, new RegExp(`^${shelfTotal - 1} more shown\\.$`));
+  await scan(lib, 'the hold shelf beyond its first page');
+  // A new hold, the latest deadline, joins beyond the first page, live.
+  const MIND = 'Mind of My Mind';
+  const mind = (await apiCall(lib, 'POST', '/v1/books', { title: MIND, author: 'Octavia E. Butler', totalCopies: 1 })).body;
+  const mindCopy = mind.items?.[0]?.barcode ?? '';
+  check(mindCopy !== '', `${MIND} was registered with a copy: ${JSON.stringify(mind)}`);
+  await reserveByApi(frank, mind.bookId);
+  await shelfRow(lib, mindCopy).getByRole('link', { name: 'frank' }).waitFor();
+  await shelfCount.getByText(`${shelfTotal + 1} copies wait`, { exact: false }).waitFor();
+  const grown = await lib.locator('#shelf-list li').evaluateAll((rows) => rows.map((r) => r.dataset.barcode));
+  check(
+    grown.length === shelfTotal + 1 && new Set(grown).size === grown.length && grown.at(-1) === mindCopy,
+    `the hold joined once, at the end: ${grown}`,
+  );
+  await lib.unroute('**/v1/staff/holdShelf:watch?*');
+  step(`the hold shelf beyond its first page: Show more read ${shelfTotal - 1} more, and a new hold joined them live`);
+
   // The book's queue, next to its copies.
   await deskTab(lib, 'Books and copies');
   await desk.getByLabel('Search by title, author or ISBN').fill(FLEDGLING);
@@ -1137,11 +1188,92 @@ try {
   const queued = await fledglingCard.locator('.queue-list li').evaluateAll((rows) => rows.map((r) => r.dataset.memberId));
   check(queued.join(',') === 'alice,bob', `the queue in order: ${queued}`);
   await fledglingCard.locator('.queue-list').getByRole('link', { name: 'alice' }).waitFor();
+  await fledglingCard.locator('.queue .live[data-state="live"]').waitFor();
   await scan(lib, "a book's copies and queue");
   step(`${FLEDGLING}'s queue: ${queued.join(', ')}`);
 
-  // Loans due on a day: none today, frank's on its due day.
+  // The book's page, for a member in Korean on a phone: reached from the
+  // catalogue's title, it says how many copies are free, held and on loan,
+  // how many wait and when the next copy is expected back (frank's loan),
+  // and offers Reserve; nobody's name.
+  const hana = await newPage('hana', { locale: 'ko-KR', viewport: PHONE });
+  await hana.goto('/');
+  await hana.locator('#signin-member').fill('hana');
+  await hana.locator('#signin-form button[type="submit"]').click();
+  await hana.getByRole('heading', { name: '내 페이지', level: 1 }).waitFor();
+  await hana.getByRole('link', { name: '도서 목록', exact: true }).click();
+  await hana.locator('#search-q').fill(FLEDGLING);
+  await view(hana, 'catalogue').getByRole('button', { name: '검색' }).click();
+  await card(hana, FLEDGLING).getByRole('link', { name: FLEDGLING, exact: true }).click();
+  await hana.getByRole('heading', { name: FLEDGLING, level: 1 }).waitFor();
+  check(hana.url().endsWith(`#/books/${fledgling.bookId}`), `the book's page has its own address: ${hana.url()}`);
+  const hanaBook = view(hana, 'book');
+  await hana.locator('#book-live[data-state="live"]').getByText('실시간').waitFor();
+  await hanaBook.getByText('1권 중 0권 대출 가능').waitFor();
+  await hanaBook.locator('.facts .queue dd').getByText('2명', { exact: true }).waitFor();
+  const nextDue = hanaBook.locator('.next-due');
+  await nextDue.getByText('다음 반납 예정').waitFor();
+  check(
+    (await nextDue.locator('time').getAttribute('datetime')) === fledglingLoan.body.dueAt,
+    `the next copy is expected back when frank's loan is due: ${await nextDue.textContent()}`,
+  );
+  check((await hanaBook.locator('.queue-list, .item-list').count()) === 0, 'a member sees no one by name');
+  await tapTargets(hana, "a book's page on a phone (Korean)");
+  await headerApart(hana, "a book's page on a phone (Korean)");
+  await scan(hana, "a book's page on a phone (Korean)");
+  await shot(hana, 'book-ko-phone.png');
+  // Reserve: her place in the queue instead, the focus on what replaced it.
+  await hanaBook.getByRole('button', { name: '예약', exact: true }).click();
+  await hanaBook.getByText('이 책의 대기 순번 3번입니다.').waitFor();
+  check(
+    (await hana.evaluate(() => document.activeElement?.textContent)) === '내 페이지 열기',
+    'after Reserve the focus is on "Open My Page"',
+  );
+  await hanaBook.locator('.facts .queue dd').getByText('3명', { exact: true }).waitFor();
+  // At the desk, the queue follows: hana joins it, with no reload.
+  await fledglingCard.locator('.queue-list li[data-member-id="hana"]').waitFor();
+  await fledglingCard.getByText('3 members wait, in this order').waitFor();
+  step("a book's page in Korean on a phone: counts, the next copy back, Reserve; the desk's queue took hana in live");
+
+  // The librarian opens it from the desk's card: each copy with its state,
+  // and who waits, in order; hana cancelling leaves the queue, live.
+  await fledglingCard.getByRole('link', { name: FLEDGLING, exact: true }).click();
+  await lib.getByRole('heading', { name: FLEDGLING, level: 1 }).waitFor();
+  check(lib.url().endsWith(`#/books/${fledgling.bookId}`), `the librarian's book page: ${lib.url()}`);
+  const libBook = view(lib, 'book');
+  const pageCopy = libBook.locator(`li.item[data-barcode="${fledglingCopy}"]`);
+  await pageCopy.getByText('On loan').waitFor();
+  await pageCopy.getByRole('link', { name: 'frank' }).waitFor();
+  await libBook.getByText('3 members wait, in this order').waitFor();
+  const waitingHere = await libBook.locator('.queue-list li').evaluateAll((rows) => rows.map((r) => r.dataset.memberId));
+  check(waitingHere.join(',') === 'alice,bob,hana', `who waits, in order: ${waitingHere}`);
+  check(
+    (await libBook.locator('.next-due time').getAttribute('datetime')) === fledglingLoan.body.dueAt,
+    'the librarian sees when the next copy is expected back too',
+  );
+  await scan(lib, "a book's page for a librarian");
+  await shot(lib, 'book.png');
+  await lib.setViewportSize(PHONE);
+  await tapTargets(lib, "a book's page for a librarian, on a phone");
+  await lib.setViewportSize(DESKTOP);
+  const hanaHold = (await apiCall(hana, 'GET', '/v1/reservations')).body.reservations.find(
+    (r) => r.bookId === fledgling.bookId && r.status === 'RESERVATION_STATUS_WAITING',
+  );
+  check(
+    (await apiCall(hana, 'POST', `/v1/reservations/${hanaHold.reservationId}:cancel`)).status === 200,
+    'hana cancels',
+  );
+  await libBook.locator('.queue-list li[data-member-id="hana"]').waitFor({ state: 'detached' });
+  await libBook.getByText('2 members wait, in this order').waitFor();
+  // Her own page of the book learns it too: Reserve again.
+  await hanaBook.getByRole('button', { name: '예약', exact: true }).waitFor();
+  await hanaBook.locator('.facts .queue dd').getByText('2명', { exact: true }).waitFor();
+  step("the librarian's book page: the copy on loan to frank, alice, bob and hana waiting; hana's cancellation live on both");
+
+  // Loans due on a day, live: none today, frank's on its due day, and a
+  // loan made meanwhile for that day joins it with no reload.
   await deskTab(lib, 'Due');
+  await lib.locator('#due-live[data-state="live"]').waitFor();
   await lib.locator('#due-count').getByText(/^No loan is due on .* \(UTC\)\.$/).waitFor();
   const dueDay = fledglingLoan.body.dueAt.slice(0, 10);
   await lib.locator('#due-day').fill(dueDay);
@@ -1149,13 +1281,32 @@ try {
   const dueRow = lib.locator(`#due-list li[data-barcode="${fledglingCopy}"]`);
   await dueRow.getByRole('link', { name: 'frank' }).waitFor();
   await dueRow.getByText(FLEDGLING).waitFor();
+  await lib.locator('#due-live[data-state="live"]').waitFor();
+  const dueCount = await lib.locator('#due-list li').count();
+  const BLOODCHILD = 'Bloodchild';
+  const bloodchild = (await apiCall(lib, 'POST', '/v1/books', { title: BLOODCHILD, author: 'Octavia E. Butler', totalCopies: 1 })).body;
+  const bloodCopy = bloodchild.items?.[0]?.barcode ?? '';
+  check(bloodCopy !== '', `${BLOODCHILD} was registered with a copy: ${JSON.stringify(bloodchild)}`);
+  let bloodLoan = null;
+  for (let attempt = 0; !bloodLoan; attempt++) {
+    // The desk learns the copy a moment after it is registered.
+    const lent = await apiCall(lib, 'POST', '/v1/desk:checkOut', { memberId: 'gus', barcode: bloodCopy });
+    if (lent.status === 200) bloodLoan = lent.body;
+    else check(attempt < 30, `lending ${bloodCopy} to gus: ${JSON.stringify(lent)}`);
+    if (!bloodLoan) await lib.waitForTimeout(150);
+  }
+  check(bloodLoan.dueAt.slice(0, 10) === dueDay, `gus's loan is due on ${dueDay} too: ${bloodLoan.dueAt}`);
+  const bloodRow = lib.locator(`#due-list li[data-barcode="${bloodCopy}"]`);
+  await bloodRow.getByRole('link', { name: 'gus' }).waitFor();
+  await bloodRow.getByText(BLOODCHILD).waitFor();
+  check((await lib.locator('#due-list li').count()) === dueCount + 1, 'the loan joined the list once');
   await scan(lib, 'loans due on a day');
   // Overdue: live, and none (loans here last 14 days).
   await deskTab(lib, 'Overdue');
   await lib.locator('#overdue-live[data-state="live"]').waitFor();
   await lib.locator('#overdue-count').getByText('No loan is overdue.').waitFor();
   await scan(lib, 'overdue loans');
-  step(`due on ${dueDay}: frank's ${fledglingCopy}; nothing overdue, live`);
+  step(`due on ${dueDay}, live: frank's ${fledglingCopy}, then gus's ${bloodCopy} as it was lent; nothing overdue, live`);
 
   // Members by id prefix, as the librarian types; a member leads to their page.
   await deskTab(lib, 'Members');

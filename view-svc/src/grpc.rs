@@ -272,6 +272,21 @@ async fn book_queue(db: &Db, q: &QueueQuery, now: Timestamp) -> Result<BookQueue
     })
 }
 
+/// A book's queue as the caller may see it: all of it for a librarian; for
+/// anyone else only how many wait and when the next copy is expected back,
+/// not who waits nor for whom a copy is held.
+fn queue_seen_by(librarian: bool, queue: BookQueue) -> BookQueue {
+    if librarian {
+        return queue;
+    }
+    BookQueue {
+        waiting: Vec::new(),
+        ready: Vec::new(),
+        next_page_token: String::new(),
+        ..queue
+    }
+}
+
 /// The day of a ListDue request: YYYY-MM-DD, or today in the library.
 fn day_of(library: &Library, day: &str, now: Timestamp) -> Result<NaiveDate, Status> {
     if day.is_empty() {
@@ -444,11 +459,10 @@ impl StaffService for Staff {
         &self,
         request: Request<GetBookQueueRequest>,
     ) -> Result<Response<BookQueue>, Status> {
-        Caller::of(&request)?.require_librarian("see a book's queue")?;
+        let caller = Caller::of(&request)?;
         let q = queue_query(request.get_ref())?;
-        Ok(Response::new(
-            book_queue(&self.shared.watchers.db, &q, time::now()).await?,
-        ))
+        let queue = book_queue(&self.shared.watchers.db, &q, time::now()).await?;
+        Ok(Response::new(queue_seen_by(caller.is_librarian(), queue)))
     }
 
     type WatchBookQueueStream = ReceiverStream<Result<BookQueue, Status>>;
@@ -458,7 +472,7 @@ impl StaffService for Staff {
         request: Request<GetBookQueueRequest>,
     ) -> Result<Response<Self::WatchBookQueueStream>, Status> {
         let caller = Caller::of(&request)?;
-        caller.require_librarian("see a book's queue")?;
+        let librarian = caller.is_librarian();
         let q = Arc::new(queue_query(request.get_ref())?);
         // Refused at once when the book is unknown, like GetBookQueue.
         book_queue(&self.shared.watchers.db, &q, time::now()).await?;
@@ -468,7 +482,10 @@ impl StaffService for Staff {
         let db = self.shared.watchers.db.clone();
         let read = move |now: Timestamp| {
             let (db, q) = (db.clone(), q.clone());
-            async move { Ok((book_queue(&db, &q, now).await?, None)) }
+            async move {
+                let queue = book_queue(&db, &q, now).await?;
+                Ok((queue_seen_by(librarian, queue), None))
+            }
         };
         let settings = self
             .shared
