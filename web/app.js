@@ -39,7 +39,7 @@ const state = {
   /** `{name, memberId}` of the view on screen. */
   route: { name: '' },
   catalogue: { q: '', books: [], next: '', searched: false },
-  desk: { q: '', books: [], searched: false },
+  desk: { q: '', books: [], searched: false, selected: new Set() },
   /** The desk's sub-view (`checkout`, `checkin`, `books`, `members`). */
   deskTab: 'checkout',
   /** Check-out: the member lent to, and this session's loans (newest first). */
@@ -261,7 +261,7 @@ function forget() {
   state.further = {};
   state.bookPage = null;
   state.catalogue = { q: '', books: [], next: '', searched: false };
-  state.desk = { q: '', books: [], searched: false };
+  state.desk = { q: '', books: [], searched: false, selected: new Set() };
   state.checkout = { member: '', loans: [] };
   state.checkin = { entries: [], last: null };
   state.checkinSession += 1;
@@ -974,7 +974,7 @@ async function reserveAgain(journey, button) {
 // ------------------------------------------------------------------ desk
 
 function renderDeskBooks() {
-  const actions = { addCopies, toggleItems, askItem, keepItem, changeItem };
+  const actions = { addCopies, toggleItems, askItem, keepItem, changeItem, select: selectForMerge };
   const w = state.queueWatch?.where === 'desk' ? state.queueWatch : null;
   replaceKeepingFocus(
     $('desk-books-list'),
@@ -983,9 +983,56 @@ function renderDeskBooks() {
         notice: cardNotice(`desk:${b.bookId}`),
         items: state.items.get(b.bookId) ?? null,
         queueLive: w?.bookId === b.bookId ? w.status : null,
+        selected: state.desk.selected.has(b.bookId),
       }),
     ),
     $('copies-title'),
+  );
+  renderMergeBar();
+}
+
+// ------------------------------------------------------------------ desk: merging books
+
+/** The books selected to merge, oldest (the one kept) first. */
+function booksToMerge() {
+  return state.desk.books
+    .filter((b) => state.desk.selected.has(b.bookId))
+    .sort((a, b) => String(a.registeredAt).localeCompare(String(b.registeredAt)) || a.bookId.localeCompare(b.bookId));
+}
+
+function selectForMerge(book, checked) {
+  if (checked) state.desk.selected.add(book.bookId);
+  else state.desk.selected.delete(book.bookId);
+  renderMergeBar();
+}
+
+/** Says what merging the selected books does, once two or more are selected. */
+function renderMergeBar() {
+  const chosen = booksToMerge();
+  const bar = $('merge-bar');
+  bar.hidden = chosen.length < 2;
+  if (bar.hidden) return;
+  $('merge-summary').textContent = t('merge.summary', { n: chosen.length, title: chosen[0].title });
+}
+
+async function mergeSelected(event) {
+  const chosen = booksToMerge();
+  if (chosen.length < 2) return;
+  await act(
+    event.currentTarget,
+    async () => {
+      const kept = await post('/v1/books:merge', { bookIds: chosen.map((b) => b.bookId) });
+      const gone = new Set(chosen.map((b) => b.bookId).filter((id) => id !== kept.bookId));
+      state.desk.selected = new Set();
+      state.desk.books = state.desk.books.filter((b) => !gone.has(b.bookId));
+      for (const id of gone) state.items.delete(id);
+      setNotice('merge-notice', t('merge.done', { title: kept.title, n: kept.totalCopies }), 'done', {
+        focus: true,
+      });
+      updateBook(kept);
+      renderDeskBooks();
+    },
+    'merge-notice',
   );
 }
 
@@ -1088,7 +1135,8 @@ async function searchDesk(event) {
       for (const card of [...state.cardNotices.keys()]) {
         if (card.startsWith('desk:')) state.cardNotices.delete(card);
       }
-      state.desk = { q, books: answer.books || [], searched: true };
+      state.desk = { q, books: answer.books || [], searched: true, selected: new Set() };
+      clearNotice('merge-notice');
       renderDeskBooks();
       followDeskQueue();
     },
@@ -2085,6 +2133,7 @@ async function start() {
   $('books-more').addEventListener('click', (e) => moreBooks(e.currentTarget));
   $('register-form').addEventListener('submit', register);
   $('desk-search-form').addEventListener('submit', searchDesk);
+  $('merge-button').addEventListener('click', mergeSelected);
   $('checkout-member-form').addEventListener('submit', startLending);
   $('checkout-form').addEventListener('submit', scanOut);
   $('checkout-change').addEventListener('click', anotherMember);

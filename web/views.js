@@ -134,7 +134,11 @@ export function bookTitle(journey) {
  * (`{items, queue, confirm, highlight}`), whose queue is followed live when
  * `queueLive` is the stream's state (`connecting`, `live`, `reconnecting`).
  */
-export function bookCard(book, actions, { holding = null, notice = null, items = null, queueLive = null } = {}) {
+export function bookCard(
+  book,
+  actions,
+  { holding = null, notice = null, items = null, queueLive = null, selected = false } = {},
+) {
   const key = idPart(book.bookId);
   const titleId = `book-${key}-title`;
   const facts = bookFacts(book);
@@ -190,6 +194,24 @@ export function bookCard(book, actions, { holding = null, notice = null, items =
           onclick: (e) => actions.toggleItems(book, e.currentTarget),
         },
         t(items ? 'items.hide' : 'items.show'),
+      ),
+    );
+  }
+  if (actions.select) {
+    const boxId = `merge-${key}`;
+    buttons.append(
+      h(
+        'span',
+        { class: 'select-merge' },
+        h('input', {
+          id: boxId,
+          type: 'checkbox',
+          checked: selected,
+          'aria-describedby': titleId,
+          dataset: { focusKey: boxId },
+          onchange: (e) => actions.select(book, e.currentTarget.checked),
+        }),
+        h('label', { for: boxId }, t('merge.select')),
       ),
     );
   }

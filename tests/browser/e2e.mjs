@@ -1178,6 +1178,32 @@ try {
   await lib.unroute('**/v1/staff/holdShelf:watch?*');
   step(`the hold shelf beyond its first page: Show more read ${shelfTotal - 1} more, and a new hold joined them live`);
 
+  await deskTab(lib, 'Books and copies');
+  // A book registered twice: both records selected at the desk and merged
+  // into the older one, which then has both copies; the other leaves the list.
+  const WILD_SEED = 'Wild Seed';
+  for (const copies of [1, 2]) {
+    const made = await apiCall(lib, 'POST', '/v1/books', { title: WILD_SEED, author: 'Octavia E. Butler', totalCopies: copies });
+    check(made.status === 200, `registering ${WILD_SEED}: ${JSON.stringify(made)}`);
+  }
+  await desk.getByLabel('Search by title, author or ISBN').fill(WILD_SEED);
+  await desk.getByRole('button', { name: 'Search' }).click();
+  const twins = card(lib, WILD_SEED, 'desk');
+  await twins.nth(1).waitFor();
+  check(await lib.locator('#merge-bar').isHidden(), 'nothing to merge before two books are selected');
+  await twins.nth(0).getByLabel('Select to merge').check();
+  check(await lib.locator('#merge-bar').isHidden(), 'one book alone is not merged');
+  await twins.nth(1).getByLabel('Select to merge').check();
+  await lib.locator('#merge-summary').getByText(/Merge 2 selected books into the oldest record, “Wild Seed”/).waitFor();
+  await tapTargets(lib, 'the desk with two books selected to merge');
+  await lib.getByRole('button', { name: 'Merge', exact: true }).click();
+  await notice(lib, /Merged into “Wild Seed”, which now has 3 copies\./, '#merge-notice');
+  await twins.nth(1).waitFor({ state: 'detached' });
+  check((await twins.count()) === 1, 'one record of Wild Seed is left');
+  check(await lib.locator('#merge-bar').isHidden(), 'the merge bar goes once merged');
+  await scan(lib, 'the desk after a merge');
+  step(`${WILD_SEED}, registered twice, merged into one record with 3 copies`);
+
   // The book's queue, next to its copies.
   await deskTab(lib, 'Books and copies');
   await desk.getByLabel('Search by title, author or ISBN').fill(FLEDGLING);
