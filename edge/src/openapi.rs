@@ -74,8 +74,15 @@ pub fn document(table: &RouteTable) -> Value {
         let body_schema = match &route.body {
             BodyRule::None => None,
             BodyRule::Whole => {
-                schemas.requests.insert(input.full_name().to_owned());
-                Some(schemas.message_ref(&input))
+                // The fields the path binds are not sent again in the body.
+                let in_path: BTreeSet<String> = route
+                    .template
+                    .variables()
+                    .iter()
+                    .filter(|v| !v.field_path.contains('.'))
+                    .map(|v| v.field_path.clone())
+                    .collect();
+                Some(schemas.body_ref(&input, in_path))
             }
             BodyRule::Field(f) => Some(schemas.field(f)),
         };
@@ -323,8 +330,9 @@ struct Schemas {
     queued: BTreeSet<String>,
     pending_messages: VecDeque<MessageDescriptor>,
     pending_enums: VecDeque<EnumDescriptor>,
-    /// Request bodies: unknown fields refused, required ones listed.
-    requests: BTreeSet<String>,
+    /// Request bodies still to write: their names, messages and the fields
+    /// their paths bind.
+    pending_bodies: VecDeque<(String, MessageDescriptor, BTreeSet<String>)>,
 }
 
 impl Schemas {
@@ -336,6 +344,21 @@ impl Schemas {
             self.pending_messages.push_back(m.clone());
         }
         json!({"$ref": format!("#/components/schemas/{}", m.full_name())})
+    }
+
+    /// A request body: the message less the fields its path binds, with
+    /// unknown fields refused and the required ones listed.
+    fn body_ref(&mut self, m: &MessageDescriptor, in_path: BTreeSet<String>) -> Value {
+        let name = if in_path.is_empty() {
+            m.full_name().to_owned()
+        } else {
+            format!("{}.Body", m.full_name())
+        };
+        if self.queued.insert(name.clone()) {
+            self.pending_bodies
+                .push_back((name.clone(), m.clone(), in_path));
+        }
+        json!({"$ref": format!("#/components/schemas/{name}")})
     }
 
     fn enum_ref(&mut self, e: &EnumDescriptor) -> Value {
@@ -398,37 +421,51 @@ impl Schemas {
         }
     }
 
+    /// A message's schema; as a request body (`in_path` given), without
+    /// the fields its path binds, refusing unknown fields and listing the
+    /// required ones.
+    fn object(&mut self, m: &MessageDescriptor, in_path: Option<&BTreeSet<String>>) -> Value {
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        for field in m.fields() {
+            if in_path.is_some_and(|p| p.contains(field.name())) {
+                continue;
+            }
+            if rules(&field).is_some_and(|r| r.required) {
+                required.push(field.json_name().to_owned());
+            }
+            let mut schema = self.field(&field);
+            if let (Some(doc), Value::Object(obj)) = (field_comment(&field), &mut schema) {
+                if obj.contains_key("$ref") {
+                    // A $ref takes no siblings in OpenAPI 3.0.
+                    schema = json!({"allOf": [schema], "description": doc});
+                } else {
+                    obj.insert("description".into(), doc.into());
+                }
+            }
+            properties.insert(field.json_name().to_owned(), schema);
+        }
+        let mut schema = json!({"type": "object", "properties": properties});
+        if in_path.is_some() {
+            // The services refuse fields they do not know.
+            schema["additionalProperties"] = false.into();
+            if !required.is_empty() {
+                schema["required"] = required.into();
+            }
+        }
+        if let Some(doc) = comment(&m.parent_file(), m.path()) {
+            schema["description"] = doc.into();
+        }
+        schema
+    }
+
     fn finish(mut self) -> serde_json::Map<String, Value> {
         loop {
-            if let Some(m) = self.pending_messages.pop_front() {
-                let mut properties = serde_json::Map::new();
-                let mut required = Vec::new();
-                for field in m.fields() {
-                    if rules(&field).is_some_and(|r| r.required) {
-                        required.push(field.json_name().to_owned());
-                    }
-                    let mut schema = self.field(&field);
-                    if let (Some(doc), Value::Object(obj)) = (field_comment(&field), &mut schema) {
-                        if obj.contains_key("$ref") {
-                            // A $ref takes no siblings in OpenAPI 3.0.
-                            schema = json!({"allOf": [schema], "description": doc});
-                        } else {
-                            obj.insert("description".into(), doc.into());
-                        }
-                    }
-                    properties.insert(field.json_name().to_owned(), schema);
-                }
-                let mut schema = json!({"type": "object", "properties": properties});
-                if self.requests.contains(m.full_name()) {
-                    // The services refuse fields they do not know.
-                    schema["additionalProperties"] = false.into();
-                    if !required.is_empty() {
-                        schema["required"] = required.into();
-                    }
-                }
-                if let Some(doc) = comment(&m.parent_file(), m.path()) {
-                    schema["description"] = doc.into();
-                }
+            if let Some((name, m, in_path)) = self.pending_bodies.pop_front() {
+                let schema = self.object(&m, Some(&in_path));
+                self.done.insert(name, schema);
+            } else if let Some(m) = self.pending_messages.pop_front() {
+                let schema = self.object(&m, None);
                 self.done.insert(m.full_name().to_owned(), schema);
             } else if let Some(e) = self.pending_enums.pop_front() {
                 let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
@@ -563,6 +600,15 @@ mod tests {
         );
         let get = &doc["paths"]["/v1/books/{book_id}"]["get"]["parameters"][0];
         assert_eq!(get["schema"]["format"], "uuid");
+        // A body leaves out what its path binds.
+        let add = &schemas["rentalbook.book.v1.AddCopiesRequest.Body"];
+        assert!(add["properties"].get("bookId").is_none(), "{add}");
+        assert_eq!(add["additionalProperties"], false);
+        assert_eq!(
+            doc["paths"]["/v1/books/{book_id}:addCopies"]["post"]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/rentalbook.book.v1.AddCopiesRequest.Body"
+        );
         // Answers are not requests: no rules on them.
         assert!(book.get("additionalProperties").is_none());
         // Comments in the protos become descriptions.
