@@ -279,7 +279,7 @@ async fn errors_have_http_statuses_and_one_json_shape() {
         .post(
             "/v1/books",
             &alice,
-            json!({"title": "Mine", "totalCopies": 1}),
+            json!({"title": "Mine", "author": "Alice", "totalCopies": 1}),
         )
         .await;
     assert_error(&a, StatusCode::FORBIDDEN, 7, "LIBRARIANS_ONLY");

@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod origin;
 pub mod request;
 pub mod routes;
+pub mod rules;
 pub mod session;
 mod sse;
 pub mod transcode;

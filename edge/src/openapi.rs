@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use rentalbook_proto::api::v1::FieldRules;
+
+use crate::rules::of as rules;
 use serde_json::{Value, json};
 
 use crate::routes::{BodyRule, RouteTable};
@@ -238,22 +240,6 @@ fn comment(file: &FileDescriptor, path: &[i32]) -> Option<String> {
 
 fn field_comment(field: &FieldDescriptor) -> Option<String> {
     comment(&field.parent_file(), field.path())
-}
-
-/// What a request field accepts (`rentalbook.api.v1.field`), if stated.
-fn rules(field: &FieldDescriptor) -> Option<FieldRules> {
-    let ext = field
-        .parent_pool()
-        .get_extension_by_name("rentalbook.api.v1.field")?;
-    let options = field.options();
-    if !options.has_extension(&ext) {
-        return None;
-    }
-    options
-        .get_extension(&ext)
-        .as_message()?
-        .transcode_to()
-        .ok()
 }
 
 /// A schema with a field's rules: bounds on the integer (and on the digits

@@ -1,0 +1,210 @@
+//! What request fields accept (`rentalbook.api.v1.field` in the contracts):
+//! read for the OpenAPI document and checked on every REST request before it
+//! is forwarded, so that what the document states and what the edge lets
+//! through come from one source. The services check the same rules for
+//! their gRPC callers.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
+
+use prost_reflect::{DynamicMessage, FieldDescriptor, ReflectMessage, Value};
+use regex::Regex;
+use rentalbook_plumbing::error::{DOMAIN, Reason};
+use rentalbook_proto::api::v1::FieldRules;
+
+use crate::errors::ApiError;
+
+/// A field's rules, if the contracts state any.
+pub fn of(field: &FieldDescriptor) -> Option<FieldRules> {
+    let ext = field
+        .parent_pool()
+        .get_extension_by_name("rentalbook.api.v1.field")?;
+    let options = field.options();
+    if !options.has_extension(&ext) {
+        return None;
+    }
+    options
+        .get_extension(&ext)
+        .as_message()?
+        .transcode_to()
+        .ok()
+}
+
+/// Refuses a request whose fields break their rules: 400 INVALID_FIELD
+/// naming the first such field. The request id is left to the services,
+/// which answer INVALID_REQUEST_ID.
+pub fn check(msg: &DynamicMessage) -> Result<(), ApiError> {
+    for field in msg.descriptor().fields() {
+        if field.name() == "request_id" {
+            continue;
+        }
+        let Some(rules) = of(&field) else {
+            continue;
+        };
+        if let Some(problem) = violation(&field, &rules, &msg.get_field(&field)) {
+            let mut e = ApiError::bad_request(problem).with_reason(Reason::InvalidField);
+            e.details.push(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": Reason::InvalidField.as_str_name(),
+                "domain": DOMAIN,
+                "metadata": {"field": field.name()},
+            }));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn violation(field: &FieldDescriptor, rules: &FieldRules, value: &Value) -> Option<String> {
+    let name = field.name();
+    match value {
+        Value::List(items) => {
+            let n = items.len() as u64;
+            if rules.required && n == 0 {
+                return Some(format!("{name} is required"));
+            }
+            if let Some(min) = rules.min_length.filter(|m| n < u64::from(*m) && n > 0) {
+                return Some(format!("{name} needs at least {min} items (got {n})"));
+            }
+            if let Some(max) = rules.max_length.filter(|m| n > u64::from(*m)) {
+                return Some(format!("{name} takes at most {max} items (got {n})"));
+            }
+            items.iter().find_map(|item| match item {
+                Value::String(s) => text_violation(name, rules, s, false),
+                _ => None,
+            })
+        }
+        Value::String(s) => {
+            if s.is_empty() {
+                return rules.required.then(|| format!("{name} is required"));
+            }
+            text_violation(name, rules, s, true)
+        }
+        Value::I32(n) => number_violation(name, rules, i64::from(*n)),
+        Value::I64(n) => number_violation(name, rules, *n),
+        Value::U32(n) => number_violation(name, rules, i64::from(*n)),
+        _ => None,
+    }
+}
+
+fn number_violation(name: &str, rules: &FieldRules, n: i64) -> Option<String> {
+    let low = rules.minimum.is_some_and(|min| n < min);
+    let high = rules.maximum.is_some_and(|max| n > max);
+    (low || high).then(|| match (rules.minimum, rules.maximum) {
+        (Some(min), Some(max)) => format!("{name} must be from {min} to {max} (got {n})"),
+        (Some(min), None) => format!("{name} must be at least {min} (got {n})"),
+        (None, _) => format!(
+            "{name} must be at most {} (got {n})",
+            rules.maximum.unwrap_or(n)
+        ),
+    })
+}
+
+fn text_violation(name: &str, rules: &FieldRules, s: &str, lengths: bool) -> Option<String> {
+    let shown: String = s.chars().take(40).collect();
+    if lengths {
+        let n = s.chars().count() as u64;
+        if let Some(max) = rules.max_length.filter(|m| n > u64::from(*m)) {
+            return Some(format!("{name} takes at most {max} characters (got {n})"));
+        }
+        if let Some(min) = rules.min_length.filter(|m| n < u64::from(*m)) {
+            return Some(format!("{name} needs at least {min} characters (got {n})"));
+        }
+    }
+    if rules.format == "uuid" && uuid::Uuid::try_parse(s).is_err() {
+        return Some(format!("`{shown}` is not an id ({name})"));
+    }
+    if !rules.pattern.is_empty() && !matches(&rules.pattern, s) {
+        return Some(format!("`{shown}` is not a valid {name}"));
+    }
+    None
+}
+
+/// Whether `s` matches `pattern`; patterns are compiled once. A pattern
+/// that does not compile matches everything (the contracts' are tested).
+fn matches(pattern: &str, s: &str) -> bool {
+    static COMPILED: LazyLock<RwLock<HashMap<String, Option<Regex>>>> =
+        LazyLock::new(Default::default);
+    if let Some(re) = COMPILED.read().ok().and_then(|m| m.get(pattern).cloned()) {
+        return re.is_none_or(|re| re.is_match(s));
+    }
+    let re = Regex::new(pattern).ok();
+    let found = re.as_ref().is_none_or(|re| re.is_match(s));
+    if let Ok(mut m) = COMPILED.write() {
+        m.insert(pattern.to_owned(), re);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, json: serde_json::Value) -> DynamicMessage {
+        let pool = crate::descriptor_pool().unwrap();
+        let desc = pool.get_message_by_name(name).unwrap();
+        DynamicMessage::deserialize(desc, json).unwrap()
+    }
+
+    fn refused(name: &str, json: serde_json::Value) -> Option<String> {
+        check(&request(name, json)).err().map(|e| e.message)
+    }
+
+    #[test]
+    fn every_pattern_of_the_contracts_compiles() {
+        let pool = crate::descriptor_pool().unwrap();
+        for m in pool.all_messages() {
+            for f in m.fields() {
+                if let Some(r) = of(&f).filter(|r| !r.pattern.is_empty()) {
+                    assert!(
+                        Regex::new(&r.pattern).is_ok(),
+                        "{}: {}",
+                        f.full_name(),
+                        r.pattern
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_breaking_their_fields_rules_are_refused_naming_the_field() {
+        let list = "rentalbook.book.v1.ListBooksRequest";
+        assert_eq!(refused(list, serde_json::json!({"pageSize": 100})), None);
+        assert_eq!(refused(list, serde_json::json!({})), None);
+        let e = refused(list, serde_json::json!({"pageSize": 101})).unwrap();
+        assert!(e.contains("page_size"), "{e}");
+        let register = "rentalbook.book.v1.RegisterBookRequest";
+        let ok = serde_json::json!({"title": "T", "author": "A", "totalCopies": 2});
+        assert_eq!(refused(register, ok), None);
+        let e = refused(register, serde_json::json!({"author": "A"})).unwrap();
+        assert!(e.contains("title is required"), "{e}");
+        let e = refused(
+            register,
+            serde_json::json!({"title": "t".repeat(301), "author": "A"}),
+        )
+        .unwrap();
+        assert!(e.contains("at most 300 characters"), "{e}");
+        let e = refused(
+            register,
+            serde_json::json!({"title": "T", "author": "A", "barcodes": ["has space"]}),
+        )
+        .unwrap();
+        assert!(e.contains("barcodes"), "{e}");
+        let merge = "rentalbook.book.v1.MergeBooksRequest";
+        let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let e = refused(merge, serde_json::json!({"bookIds": [id]})).unwrap();
+        assert!(e.contains("at least 2"), "{e}");
+        let e = refused(merge, serde_json::json!({"bookIds": [id, "nope"]})).unwrap();
+        assert!(e.contains("not an id"), "{e}");
+        let get = "rentalbook.book.v1.GetBookRequest";
+        assert_eq!(refused(get, serde_json::json!({"bookId": id})), None);
+        let checkout = "rentalbook.rental.v1.CheckOutRequest";
+        let e = refused(
+            checkout,
+            serde_json::json!({"memberId": "al ice", "barcode": "B-1"}),
+        )
+        .unwrap();
+        assert!(e.contains("member_id"), "{e}");
+    }
+}
