@@ -571,7 +571,7 @@ mod tests {
         // A backend that is down answers 503 at once, with a retry hint.
         let res = send(
             &router,
-            http::Request::get("/v1/books/x")
+            http::Request::get("/v1/books/01890a5d-ac96-774b-bcce-b302099a8057")
                 .header("authorization", "Bearer t")
                 .body(axum::body::Body::empty())
                 .unwrap(),
@@ -616,7 +616,10 @@ mod tests {
         let before = metrics(router.clone()).await;
 
         // Two books (the backend is down: 503), and a method of one's own.
-        for uri in ["/v1/books/first-raw-id", "/v1/books/second-raw-id"] {
+        for uri in [
+            "/v1/books/01890a5d-ac96-774b-bcce-b302099a8057",
+            "/v1/books/01890a5d-ac96-774b-bcce-b302099a8058",
+        ] {
             let res = send(&router, request("GET", uri)).await;
             assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         }

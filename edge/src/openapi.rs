@@ -88,11 +88,22 @@ pub fn document(table: &RouteTable) -> Value {
             }
             BodyRule::Field(f) => Some(schemas.field(f)),
         };
+        // A body with required fields must be sent; otherwise an empty
+        // body stands for an empty message.
+        let body_required = matches!(route.body, BodyRule::Whole)
+            && input.fields().any(|f| {
+                rules(&f).is_some_and(|r| r.required)
+                    && !route
+                        .template
+                        .variables()
+                        .iter()
+                        .any(|v| v.field_path == f.name())
+            });
         if let Some(schema) = body_schema {
             op.insert(
                 "requestBody".into(),
                 json!({
-                    "required": false,
+                    "required": body_required,
                     "content": {"application/json": {"schema": schema}},
                 }),
             );
@@ -586,6 +597,14 @@ mod tests {
         );
         let get = &doc["paths"]["/v1/books/{book_id}"]["get"]["parameters"][0];
         assert_eq!(get["schema"]["format"], "uuid");
+        assert_eq!(
+            doc["paths"]["/v1/books"]["post"]["requestBody"]["required"],
+            true
+        );
+        assert_eq!(
+            doc["paths"]["/v1/books/{book_id}"]["patch"]["requestBody"]["required"],
+            false
+        );
         // A body leaves out what its path binds.
         let add = &schemas["rentalbook.book.v1.AddCopiesRequest.Body"];
         assert!(add["properties"].get("bookId").is_none(), "{add}");

@@ -114,10 +114,40 @@ fn text_violation(name: &str, rules: &FieldRules, s: &str, lengths: bool) -> Opt
     if rules.format == "uuid" && uuid::Uuid::try_parse(s).is_err() {
         return Some(format!("`{shown}` is not an id ({name})"));
     }
+    if rules.format == "date" && !is_date(s) {
+        return Some(format!("{name} `{shown}` is not a day written YYYY-MM-DD"));
+    }
     if !rules.pattern.is_empty() && !matches(&rules.pattern, s) {
         return Some(format!("`{shown}` is not a valid {name}"));
     }
     None
+}
+
+/// A day of the calendar written YYYY-MM-DD.
+fn is_date(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let number = |t: &str, len: usize| {
+        (t.len() == len && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u32>().ok())
+            .flatten()
+    };
+    let (Some(y), Some(m), Some(d)) = (number(y, 4), number(m, 2), number(d, 2)) else {
+        return false;
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&d)
 }
 
 /// Whether `s` matches `pattern`; patterns are compiled once. A pattern
@@ -199,6 +229,13 @@ mod tests {
         assert!(e.contains("not an id"), "{e}");
         let get = "rentalbook.book.v1.GetBookRequest";
         assert_eq!(refused(get, serde_json::json!({"bookId": id})), None);
+        let due = "rentalbook.view.v1.ListDueRequest";
+        assert_eq!(refused(due, serde_json::json!({"day": "2028-02-29"})), None);
+        assert_eq!(refused(due, serde_json::json!({"day": ""})), None);
+        for day in ["9866-55-07", "2027-02-29", "2026-4-01"] {
+            let e = refused(due, serde_json::json!({"day": day})).unwrap();
+            assert!(e.contains("YYYY-MM-DD"), "{day}: {e}");
+        }
         let checkout = "rentalbook.rental.v1.CheckOutRequest";
         let e = refused(
             checkout,
