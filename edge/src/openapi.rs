@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
-use rentalbook_proto::api::v1::FieldRules;
+use rentalbook_proto::api::v1::{FieldRules, Refusals};
 
 use crate::rules::of as rules;
 use serde_json::{Value, json};
@@ -76,14 +76,18 @@ pub fn document(table: &RouteTable) -> Value {
         let body_schema = match &route.body {
             BodyRule::None => None,
             BodyRule::Whole => {
-                // The fields the path binds are not sent again in the body.
-                let in_path: BTreeSet<String> = route
+                // The fields the path binds are not sent again in the body,
+                // nor the request id, which the Idempotency-Key header gives.
+                let mut in_path: BTreeSet<String> = route
                     .template
                     .variables()
                     .iter()
                     .filter(|v| !v.field_path.contains('.'))
                     .map(|v| v.field_path.clone())
                     .collect();
+                if input.get_field_by_name("request_id").is_some() {
+                    in_path.insert("request_id".into());
+                }
                 Some(schemas.body_ref(&input, in_path))
             }
             BodyRule::Field(f) => Some(schemas.field(f)),
@@ -123,16 +127,16 @@ pub fn document(table: &RouteTable) -> Value {
                 "content": {"application/json": {"schema": output}},
             })
         };
-        op.insert(
-            "responses".into(),
+        let mut responses = refusal_responses(&route.rpc.method);
+        responses.insert("200".into(), ok);
+        responses.insert(
+            "default".into(),
             json!({
-                "200": ok,
-                "default": {
                     "description": "An error: 400 bad request, 401 no or bad credentials, 403 not allowed, 404 not found, 409 conflict, 429 too many, 503 unavailable (see Retry-After), 504 timeout",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                },
             }),
         );
+        op.insert("responses".into(), responses.into());
         if !route.template.as_str().starts_with("/v1/") {
             op.insert("security".into(), json!([]));
         }
@@ -221,6 +225,44 @@ pub fn document(table: &RouteTable) -> Value {
     })
 }
 
+/// The refusals a method states (`rentalbook.api.v1.refusals`), by HTTP
+/// status: the answers to requests the document allows that are expected
+/// all the same.
+fn refusal_responses(method: &prost_reflect::MethodDescriptor) -> serde_json::Map<String, Value> {
+    let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
+    let pool = method.parent_pool();
+    let refusals = pool
+        .get_extension_by_name("rentalbook.api.v1.refusals")
+        .filter(|ext| method.options().has_extension(ext))
+        .and_then(|ext| {
+            method
+                .options()
+                .get_extension(&ext)
+                .as_message()?
+                .transcode_to::<Refusals>()
+                .ok()
+        });
+    for reason in refusals.iter().flat_map(|r| r.reasons()) {
+        let code = rentalbook_plumbing::error::code_of(reason);
+        by_status
+            .entry(crate::errors::http_status(code).as_u16())
+            .or_default()
+            .push(reason.as_str_name());
+    }
+    by_status
+        .into_iter()
+        .map(|(status, reasons)| {
+            (
+                status.to_string(),
+                json!({
+                    "description": format!("Refused, with the ErrorInfo reason {}", reasons.join(", ")),
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }),
+            )
+        })
+        .collect()
+}
+
 /// A dotted proto field path in lowerCamelCase, as documented.
 fn json_path(message: &MessageDescriptor, path: &str) -> String {
     crate::routes::resolve_field_path(message, path)
@@ -299,7 +341,10 @@ fn string_rules(mut schema: Value, rules: &FieldRules, lengths: bool) -> Value {
     if !rules.pattern.is_empty() {
         schema["pattern"] = rules.pattern.clone().into();
     }
-    if !rules.format.is_empty() {
+    // A format holds for a value given: an optional field may be empty
+    // (ListDue's day: today), which no format admits, so its pattern says
+    // what it takes.
+    if !rules.format.is_empty() && (rules.required || !lengths) {
         schema["format"] = rules.format.clone().into();
     }
     schema
@@ -548,7 +593,7 @@ mod tests {
         assert_eq!(
             doc["paths"]["/v1/books"]["post"]["requestBody"]["content"]["application/json"]["schema"]
                 ["$ref"],
-            "#/components/schemas/rentalbook.book.v1.RegisterBookRequest"
+            "#/components/schemas/rentalbook.book.v1.RegisterBookRequest.Body"
         );
         assert!(
             doc["paths"]["/v1/mypage:watch"]["get"]["responses"]["200"]["content"]
@@ -564,7 +609,7 @@ mod tests {
         );
         assert!(schemas.contains_key("rentalbook.view.v1.JourneyStep"));
         // Integers as numbers or as strings of digits, as proto3 JSON takes them.
-        let copies = &schemas["rentalbook.book.v1.RegisterBookRequest"]["properties"]["totalCopies"]
+        let copies = &schemas["rentalbook.book.v1.RegisterBookRequest.Body"]["properties"]["totalCopies"]
             ["oneOf"];
         assert_eq!(copies[0]["type"], "integer");
         assert_eq!(copies[1]["type"], "string");
@@ -574,9 +619,13 @@ mod tests {
         assert_eq!(ids[1]["pattern"], SIGNED_DIGITS);
         assert!(schemas.contains_key("Error"));
         // The fields' rules, from the contracts.
-        let register = &schemas["rentalbook.book.v1.RegisterBookRequest"];
+        let register = &schemas["rentalbook.book.v1.RegisterBookRequest.Body"];
         assert_eq!(register["additionalProperties"], false);
         assert_eq!(register["required"], json!(["title", "author"]));
+        assert!(
+            register["properties"].get("requestId").is_none(),
+            "the Idempotency-Key header gives it"
+        );
         assert_eq!(register["properties"]["title"]["maxLength"], 300);
         assert_eq!(register["properties"]["title"]["minLength"], 1);
         assert_eq!(register["properties"]["barcodes"]["maxItems"], 1000);
@@ -604,6 +653,28 @@ mod tests {
         assert_eq!(
             doc["paths"]["/v1/books/{book_id}"]["patch"]["requestBody"]["required"],
             false
+        );
+        // Each method's refusals of allowed requests, by status.
+        let reserve = &doc["paths"]["/v1/reservations"]["post"]["responses"];
+        assert!(
+            reserve["409"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("ALREADY_RESERVED"),
+            "{reserve}"
+        );
+        assert!(
+            reserve["400"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("TOO_MANY_RESERVATIONS"),
+            "{reserve}"
+        );
+        assert!(
+            reserve["404"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("BOOK_NOT_FOUND")
         );
         // A body leaves out what its path binds.
         let add = &schemas["rentalbook.book.v1.AddCopiesRequest.Body"];

@@ -54,6 +54,29 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// The gRPC code a refusal with this reason answers (and so its HTTP status
+/// at the edge); the OpenAPI document lists each method's refusals by it.
+pub fn code_of(reason: Reason) -> Code {
+    use Reason::*;
+    match reason {
+        Unspecified => Code::Unknown,
+        InvalidField | InvalidPageToken | InvalidRequestId | RequestIdReused | MalformedRequest => {
+            Code::InvalidArgument
+        }
+        SignInRequired => Code::Unauthenticated,
+        LibrariansOnly | ServicesOnly | OtherMember | CrossSiteRequest => Code::PermissionDenied,
+        BookNotFound | ReservationNotFound | RentalNotFound | ItemNotFound => Code::NotFound,
+        DuplicateIsbn | AlreadyReserved | BarcodeTaken => Code::AlreadyExists,
+        TooManyCopies | AlreadyOnLoan | TooManyReservations | ReservationClosed
+        | NoReadyReservation | TooManyRentals | RentalNotActive | ItemHeldForAnother
+        | ItemOnLoan | ItemNotInService | RenewalWaitedFor | RenewalsUsedUp => {
+            Code::FailedPrecondition
+        }
+        TemporarilyUnavailable => Code::Unavailable,
+        Overloaded | TooManyStreams => Code::ResourceExhausted,
+    }
+}
+
 /// A refusal: a precise gRPC code, an English sentence for people, and the
 /// [`Reason`] with its metadata for programs (a `google.rpc.ErrorInfo` in
 /// the status details), so that pages can say it in the member's language.
