@@ -550,8 +550,8 @@ async fn the_edge_describes_and_reports_itself() {
     }
     // proto3 JSON takes integers as numbers or as strings of digits, and
     // the document says so.
-    let copies = &doc.body["components"]["schemas"]["rentalbook.book.v1.RegisterBookRequest"]["properties"]
-        ["totalCopies"]["oneOf"];
+    let copies = &doc.body["components"]["schemas"]["rentalbook.book.v1.RegisterBookRequest.Body"]
+        ["properties"]["totalCopies"]["oneOf"];
     let types: Vec<&str> = copies
         .as_array()
         .unwrap_or_else(|| panic!("totalCopies is a oneOf: {copies}"))
