@@ -193,7 +193,7 @@ async fn call(
             idempotency_key,
         },
     )?;
-    crate::rules::check(&msg)?;
+    crate::rules::check(&msg, &route.rpc.checks)?;
 
     let mut request = tonic::Request::new(msg);
     // Whom an event stream counts against: the token's subject (the service

@@ -26,6 +26,8 @@ pub struct Rpc {
     pub backend: String,
     /// `/package.Service/Method`.
     pub grpc_path: PathAndQuery,
+    /// What its request's fields accept, checked before it is forwarded.
+    pub checks: Vec<crate::rules::FieldCheck>,
 }
 
 impl Rpc {
@@ -414,6 +416,7 @@ impl RouteTable {
                     method: method.clone(),
                     backend: backend.clone(),
                     grpc_path,
+                    checks: crate::rules::of_message(&method.input())?,
                 });
                 let mut bindings = vec![rule.clone()];
                 bindings.extend(rule.additional_bindings.iter().cloned());

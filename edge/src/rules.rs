@@ -4,10 +4,7 @@
 //! through come from one source. The services check the same rules for
 //! their gRPC callers.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, RwLock};
-
-use prost_reflect::{DynamicMessage, FieldDescriptor, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, Value};
 use regex::Regex;
 use rentalbook_plumbing::error::{DOMAIN, Reason};
 use rentalbook_proto::api::v1::FieldRules;
@@ -30,24 +27,50 @@ pub fn of(field: &FieldDescriptor) -> Option<FieldRules> {
         .ok()
 }
 
-/// Refuses a request whose fields break their rules: 400 INVALID_FIELD
-/// naming the first such field. The request id is left to the services,
-/// which answer INVALID_REQUEST_ID.
-pub fn check(msg: &DynamicMessage) -> Result<(), ApiError> {
-    for field in msg.descriptor().fields() {
-        if field.name() == "request_id" {
-            continue;
-        }
+/// A request field's rules, ready to check: its pattern compiled.
+#[derive(Debug)]
+pub struct FieldCheck {
+    field: FieldDescriptor,
+    rules: FieldRules,
+    pattern: Option<Regex>,
+}
+
+/// The checks of a request message's fields, made once when the routes are
+/// built. The request id is left to the services, which answer
+/// INVALID_REQUEST_ID. A pattern that does not compile is an error.
+pub fn of_message(message: &MessageDescriptor) -> anyhow::Result<Vec<FieldCheck>> {
+    let mut checks = Vec::new();
+    for field in message.fields().filter(|f| f.name() != "request_id") {
         let Some(rules) = of(&field) else {
             continue;
         };
-        if let Some(problem) = violation(&field, &rules, &msg.get_field(&field)) {
+        let pattern = match rules.pattern.as_str() {
+            "" => None,
+            p => Some(
+                Regex::new(p)
+                    .map_err(|e| anyhow::anyhow!("the pattern of {}: {e}", field.full_name()))?,
+            ),
+        };
+        checks.push(FieldCheck {
+            field,
+            rules,
+            pattern,
+        });
+    }
+    Ok(checks)
+}
+
+/// Refuses a request whose fields break their rules: 400 INVALID_FIELD
+/// naming the first such field.
+pub fn check(msg: &DynamicMessage, checks: &[FieldCheck]) -> Result<(), ApiError> {
+    for c in checks {
+        if let Some(problem) = violation(c, &msg.get_field(&c.field)) {
             let mut e = ApiError::bad_request(problem).with_reason(Reason::InvalidField);
             e.details.push(serde_json::json!({
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                 "reason": Reason::InvalidField.as_str_name(),
                 "domain": DOMAIN,
-                "metadata": {"field": field.name()},
+                "metadata": {"field": c.field.name()},
             }));
             return Err(e);
         }
@@ -55,8 +78,8 @@ pub fn check(msg: &DynamicMessage) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn violation(field: &FieldDescriptor, rules: &FieldRules, value: &Value) -> Option<String> {
-    let name = field.name();
+fn violation(c: &FieldCheck, value: &Value) -> Option<String> {
+    let (name, rules) = (c.field.name(), &c.rules);
     match value {
         Value::List(items) => {
             let n = items.len() as u64;
@@ -70,7 +93,7 @@ fn violation(field: &FieldDescriptor, rules: &FieldRules, value: &Value) -> Opti
                 return Some(format!("{name} takes at most {max} items (got {n})"));
             }
             items.iter().find_map(|item| match item {
-                Value::String(s) => text_violation(name, rules, s, false),
+                Value::String(s) => text_violation(c, s, false),
                 _ => None,
             })
         }
@@ -78,7 +101,7 @@ fn violation(field: &FieldDescriptor, rules: &FieldRules, value: &Value) -> Opti
             if s.is_empty() {
                 return rules.required.then(|| format!("{name} is required"));
             }
-            text_violation(name, rules, s, true)
+            text_violation(c, s, true)
         }
         Value::I32(n) => number_violation(name, rules, i64::from(*n)),
         Value::I64(n) => number_violation(name, rules, *n),
@@ -100,7 +123,8 @@ fn number_violation(name: &str, rules: &FieldRules, n: i64) -> Option<String> {
     })
 }
 
-fn text_violation(name: &str, rules: &FieldRules, s: &str, lengths: bool) -> Option<String> {
+fn text_violation(c: &FieldCheck, s: &str, lengths: bool) -> Option<String> {
+    let (name, rules) = (c.field.name(), &c.rules);
     let shown: String = s.chars().take(40).collect();
     if lengths {
         let n = s.chars().count() as u64;
@@ -117,7 +141,7 @@ fn text_violation(name: &str, rules: &FieldRules, s: &str, lengths: bool) -> Opt
     if rules.format == "date" && !is_date(s) {
         return Some(format!("{name} `{shown}` is not a day written YYYY-MM-DD"));
     }
-    if !rules.pattern.is_empty() && !matches(&rules.pattern, s) {
+    if c.pattern.as_ref().is_some_and(|p| !p.is_match(s)) {
         return Some(format!("`{shown}` is not a valid {name}"));
     }
     None
@@ -150,25 +174,11 @@ fn is_date(s: &str) -> bool {
     (1..=days).contains(&d)
 }
 
-/// Whether `s` matches `pattern`; patterns are compiled once. A pattern
-/// that does not compile matches everything (the contracts' are tested).
-fn matches(pattern: &str, s: &str) -> bool {
-    static COMPILED: LazyLock<RwLock<HashMap<String, Option<Regex>>>> =
-        LazyLock::new(Default::default);
-    if let Some(re) = COMPILED.read().ok().and_then(|m| m.get(pattern).cloned()) {
-        return re.is_none_or(|re| re.is_match(s));
-    }
-    let re = Regex::new(pattern).ok();
-    let found = re.as_ref().is_none_or(|re| re.is_match(s));
-    if let Ok(mut m) = COMPILED.write() {
-        m.insert(pattern.to_owned(), re);
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use prost_reflect::ReflectMessage;
 
     fn request(name: &str, json: serde_json::Value) -> DynamicMessage {
         let pool = crate::descriptor_pool().unwrap();
@@ -177,7 +187,9 @@ mod tests {
     }
 
     fn refused(name: &str, json: serde_json::Value) -> Option<String> {
-        check(&request(name, json)).err().map(|e| e.message)
+        let msg = request(name, json);
+        let checks = of_message(&msg.descriptor()).unwrap();
+        check(&msg, &checks).err().map(|e| e.message)
     }
 
     #[test]

@@ -41,25 +41,21 @@ impl Desk {
         merged::record(&**tx, into, &e.merged_book_ids).await?;
         // The kept book as the desk knows it; made now if its registration
         // has not been applied (it always comes first on the bus).
-        if book_stock::Entity::find_by_id(into.to_owned())
+        let kept = match book_stock::Entity::find_by_id(into.to_owned())
             .one(&**tx)
             .await?
-            .is_none()
         {
-            book_stock::ActiveModel {
-                book_id: Set(into.to_owned()),
-                total_copies: Set(0),
-                registered_copies: Set(0),
-                book_seq: Set(0),
+            Some(kept) => kept,
+            None => {
+                book_stock::ActiveModel {
+                    book_id: Set(into.to_owned()),
+                    total_copies: Set(0),
+                    registered_copies: Set(0),
+                    book_seq: Set(0),
+                }
+                .insert(&**tx)
+                .await?
             }
-            .insert(&**tx)
-            .await?;
-        }
-        let Some(kept) = book_stock::Entity::find_by_id(into.to_owned())
-            .one(&**tx)
-            .await?
-        else {
-            return Err(DbErr::RecordNotFound(format!("book_stock {into}")));
         };
         if others.is_empty() {
             // Applied before, or the merged books had nothing at the desk.
