@@ -305,12 +305,7 @@ impl Lending {
         match answer {
             Ok(reservation) => {
                 let rental = self
-                    .activate(
-                        &member,
-                        &pending.rental_id,
-                        &reservation.reservation_id,
-                        &reservation.barcode,
-                    )
+                    .activate(&member, &pending.rental_id, &reservation)
                     .await?;
                 Ok(self.rental(rental, time::now()))
             }
@@ -328,8 +323,7 @@ impl Lending {
         &self,
         member: &MemberId,
         rental_id: &str,
-        reservation_id: &str,
-        barcode: &str,
+        reservation: &rentalbook_proto::reserve::v1::Reservation,
     ) -> ServiceResult<rentals::Model> {
         let mut tx = self.db.begin().await?;
         // The member's lock first, as in step (1), which opens rentals.
@@ -342,6 +336,10 @@ impl Lending {
             return Ok(r);
         }
         let now = time::now();
+        // The book the desk lent from: the one a merged book's id led to.
+        let book_id = Some(reservation.book_id.clone())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| r.book_id.clone());
         if r.status == status::REJECTED {
             // The member may have opened another rental of the book since the
             // refusal; the desk refuses that one, since their reservation of
@@ -350,7 +348,7 @@ impl Lending {
                 .col_expr(rentals::Column::Status, Expr::value(status::REJECTED))
                 .col_expr(rentals::Column::UpdatedAt, Expr::value(now))
                 .filter(rentals::Column::MemberId.eq(member.as_str()))
-                .filter(rentals::Column::BookId.eq(&r.book_id))
+                .filter(rentals::Column::BookId.is_in([&r.book_id, &book_id]))
                 .filter(rentals::Column::Status.eq(status::PENDING))
                 .exec(&*tx)
                 .await?;
@@ -358,10 +356,11 @@ impl Lending {
         let due = domain::due_at(now, &self.policy);
         let mut am = r.into_active_model();
         am.status = Set(status::ACTIVE.to_owned());
-        am.reservation_id = Set(Some(reservation_id.to_owned()));
+        am.book_id = Set(book_id);
+        am.reservation_id = Set(Some(reservation.reservation_id.clone()));
         am.rented_at = Set(Some(now));
         am.due_at = Set(Some(due));
-        am.barcode = Set(Some(barcode.to_owned()).filter(|b| !b.is_empty()));
+        am.barcode = Set(Some(reservation.barcode.clone()).filter(|b| !b.is_empty()));
         am.updated_at = Set(now);
         let r = am.update(&*tx).await?;
         outbox::stage(
@@ -370,12 +369,12 @@ impl Lending {
             now,
             Body::BookRented(BookRented {
                 rental_id: r.rental_id.clone(),
-                reservation_id: reservation_id.to_owned(),
+                reservation_id: reservation.reservation_id.clone(),
                 book_id: r.book_id.clone(),
                 member_id: r.member_id.clone(),
                 rented_at: Some(time::to_proto(now)),
                 due_at: Some(time::to_proto(due)),
-                barcode: barcode.to_owned(),
+                barcode: reservation.barcode.clone(),
             }),
         )
         .await?;
