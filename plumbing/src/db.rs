@@ -381,10 +381,12 @@ mod tests {
             ),
             "gave up waiting for the writer"
         );
+        // It gave up near the deadline, not after the pool's own 5 s: a
+        // bound loose enough for a loaded machine's scheduling.
         let took = started.elapsed();
         assert!(
-            took < Duration::from_millis(300),
-            "before the deadline: {took:?}"
+            took < Duration::from_millis(1300),
+            "near the deadline, not the pool's timeout: {took:?}"
         );
     }
 
