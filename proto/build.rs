@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "rentalbook/reserve/v1/reserve.proto",
     "rentalbook/rental/v1/rental.proto",
     "rentalbook/view/v1/view.proto",
+    "rentalbook/notice/v1/notice.proto",
     "rentalbook/events/v1/events.proto",
     "rentalbook/errors/v1/errors.proto",
     "rentalbook/api/v1/field.proto",

@@ -65,7 +65,9 @@ pub fn code_of(reason: Reason) -> Code {
         }
         SignInRequired => Code::Unauthenticated,
         LibrariansOnly | ServicesOnly | OtherMember | CrossSiteRequest => Code::PermissionDenied,
-        BookNotFound | ReservationNotFound | RentalNotFound | ItemNotFound => Code::NotFound,
+        BookNotFound | ReservationNotFound | RentalNotFound | ItemNotFound | NoticeNotFound => {
+            Code::NotFound
+        }
         DuplicateIsbn | AlreadyReserved | BarcodeTaken => Code::AlreadyExists,
         TooManyCopies | AlreadyOnLoan | TooManyReservations | ReservationClosed
         | NoReadyReservation | TooManyRentals | RentalNotActive | ItemHeldForAnother

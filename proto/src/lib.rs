@@ -34,6 +34,12 @@ pub mod rental {
     }
 }
 
+pub mod notice {
+    pub mod v1 {
+        tonic::include_proto!("rentalbook.notice.v1");
+    }
+}
+
 pub mod view {
     pub mod v1 {
         tonic::include_proto!("rentalbook.view.v1");
@@ -89,6 +95,9 @@ pub mod events {
                     Body::BookReturned(_) => "rental.returned",
                     Body::LoanRenewed(_) => "rental.renewed",
                     Body::RentalLost(_) => "rental.lost",
+                    Body::NoticeSent(_) => "notice.sent",
+                    Body::NoticesRead(_) => "notice.read",
+                    Body::HistoryErased(_) => "member.history_erased",
                 }
             }
         }

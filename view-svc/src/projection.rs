@@ -279,6 +279,8 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
         | Body::ItemFound(_)
         | Body::BooksMerged(_)
         | Body::QueuesMerged(_) => return None,
+        // Notices and erasure change no journey's stage.
+        Body::NoticeSent(_) | Body::NoticesRead(_) | Body::HistoryErased(_) => return None,
     })
 }
 
