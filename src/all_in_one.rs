@@ -44,6 +44,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEW_PORT", default_value_t = 8084)]
     pub view_port: u16,
 
+    /// notice-svc's gRPC port.
+    #[arg(long, env = "NOTICE_PORT", default_value_t = 8085)]
+    pub notice_port: u16,
+
     /// The REST edge's port (REST/JSON, My Page as Server-Sent Events, /metrics).
     #[arg(long, env = "EDGE_PORT", default_value_t = 8088)]
     pub edge_port: u16,
@@ -67,6 +71,10 @@ pub struct ServeArgs {
     /// view-svc's database (default: view.db in the data directory).
     #[arg(long, env = "VIEW_DATABASE_URL")]
     pub view_database_url: Option<String>,
+
+    /// notice-svc's database (default: notice.db in the data directory).
+    #[arg(long, env = "NOTICE_DATABASE_URL")]
+    pub notice_database_url: Option<String>,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -221,6 +229,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bus.clone(),
     )
     .await?;
+    // Notices show on My Page; by e-mail too when SMTP_URL is set (the
+    // environment fills in notice-svc's settings).
+    let notice = notice_svc::App::build_with(
+        <notice_svc::Config as clap::Parser>::try_parse_from(plan.common(
+            "notice-svc",
+            args.notice_port,
+            db(&args.notice_database_url, "notice.db"),
+        ))?,
+        bind(args.host, args.notice_port, "notice-svc").await?,
+        bus.clone(),
+    )
+    .await?;
     let mut edge_config = <edge::Config as clap::Parser>::try_parse_from([
         "edge".to_owned(),
         "--listen-addr".into(),
@@ -233,6 +253,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         format!("http://{}", rental.local_addr()),
         "--view-svc-url".into(),
         format!("http://{}", view.local_addr()),
+        "--notice-svc-url".into(),
+        format!("http://{}", notice.local_addr()),
     ])?;
     // The web pages' "sign in as" form, for a laptop's private library only.
     if args.host.is_loopback() {
@@ -252,6 +274,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.spawn(reserve.run(shutdown.clone()));
     running.spawn(rental.run(shutdown.clone()));
     running.spawn(view.run(shutdown.clone()));
+    running.spawn(notice.run(shutdown.clone()));
     let edge_addr = edge.local_addr();
     running.spawn(edge.run(shutdown.clone()));
     // The banner comes last, once every service has run its migrations and
@@ -286,7 +309,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// own lines at info, the libraries' (sqlx, sea-orm and its migrations,
 /// hyper, h2, tonic, async-nats, ...) at warn.
 pub const DEFAULT_LOG_FILTER: &str = "warn,rentalbook=info,rentalbook_plumbing=info,\
-     book_svc=info,reserve_svc=info,rental_svc=info,view_svc=info,edge=info";
+     book_svc=info,reserve_svc=info,rental_svc=info,view_svc=info,notice_svc=info,edge=info";
 
 /// How long the banner waits for every service to serve before it is
 /// printed anyway, with a word that something is still starting.
@@ -346,11 +369,12 @@ fn healthz_all_serving(edge: SocketAddr) -> bool {
 
 fn banner(args: &ServeArgs, data_dir: &Path, serving: bool) {
     let host = args.host;
-    let (rental, reserve, book, view, edge) = (
+    let (rental, reserve, book, view, notice, edge) = (
         args.rental_port,
         args.reserve_port,
         args.book_port,
         args.view_port,
+        args.notice_port,
         args.edge_port,
     );
     let events = match &args.nats_url {
@@ -367,7 +391,7 @@ fn banner(args: &ServeArgs, data_dir: &Path, serving: bool) {
         "\nrentalbook is running (all in one process; data in {dir})\n\
          \x20 web pages   {sign_in}\n\
          \x20 REST        http://{host}:{edge}/v1/...   (OpenAPI at /openapi.json, metrics at /metrics)\n\
-         \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}\n\
+         \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}  notice-svc {host}:{notice}\n\
          \x20 events      {events}\n\
          \x20 a token     rentalbook token --sub alice --role member   (or --role librarian)\n\
          \x20             (cargo run --release -- token ... from a checkout)\n\

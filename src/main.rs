@@ -20,8 +20,8 @@ use rentalbook_plumbing::ids::MemberId;
     name = "rentalbook",
     version,
     about = "Book reservation and rental for libraries",
-    long_about = "Book reservation and rental for libraries.\n\nWithout a command, runs the whole product in one process: book-svc, reserve-svc, rental-svc, view-svc and the REST edge on their ports, each with a SQLite file in the data directory, over an embedded durable event bus. With NATS_URL set it uses NATS JetStream instead, and with the *_DATABASE_URL settings PostgreSQL.",
-    after_help = "Lending policy (read from the environment, as in the mesh): LOAN_PERIOD (14d), HOLD_PICKUP_WINDOW (72h), MAX_OPEN_RESERVATIONS (5), MAX_ACTIVE_RENTALS (5), EXPIRY_SWEEP_INTERVAL (30s), RENT_RECOVERY_INTERVAL (5s), RESERVE_CALL_TIMEOUT (2s), BREAKER_FAILURES (5), BREAKER_OPEN_FOR (5s), MAX_CONCURRENT_REQUESTS (256). Every service binary lists its own settings under --help."
+    long_about = "Book reservation and rental for libraries.\n\nWithout a command, runs the whole product in one process: book-svc, reserve-svc, rental-svc, view-svc, notice-svc and the REST edge on their ports, each with a SQLite file in the data directory, over an embedded durable event bus. With NATS_URL set it uses NATS JetStream instead, and with the *_DATABASE_URL settings PostgreSQL.",
+    after_help = "Lending policy (read from the environment, as in the mesh): LOAN_PERIOD (14d), HOLD_PICKUP_WINDOW (72h), MAX_OPEN_RESERVATIONS (5), MAX_ACTIVE_RENTALS (5), EXPIRY_SWEEP_INTERVAL (30s), RENT_RECOVERY_INTERVAL (5s), RESERVE_CALL_TIMEOUT (2s), BREAKER_FAILURES (5), BREAKER_OPEN_FOR (5s), MAX_CONCURRENT_REQUESTS (256). Notices: SMTP_URL (unset: My Page only), SMTP_FROM, LIBRARY_NAME, DEFAULT_LANGUAGE (ko), DUE_SOON_BEFORE (2d), OVERDUE_REMINDER_EVERY (7d), LIBRARY_TIMEZONE (UTC), NOTICE_SEND_FOR (24h), NOTICE_RETENTION (90d). Every service binary lists its own settings under --help."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,7 +47,7 @@ enum Command {
     /// Runs one service as its own process, as its own binary would
     /// (`rentalbook service reserve-svc -- --help` lists its settings).
     Service {
-        /// book-svc, reserve-svc, rental-svc, view-svc or edge.
+        /// book-svc, reserve-svc, rental-svc, view-svc, notice-svc or edge.
         name: String,
         /// The service's own flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -172,9 +172,14 @@ async fn one_service(name: &str, args: Vec<String>) -> anyhow::Result<()> {
             rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
             view_svc::App::build(config).await?.run(shutdown).await
         }
+        "notice-svc" => {
+            let config = notice_svc::Config::parse_from(argv);
+            rentalbook_plumbing::telemetry::init_logging(&config.common.log_format);
+            notice_svc::App::build(config).await?.run(shutdown).await
+        }
         "edge" => edge::run_process(argv).await,
         other => anyhow::bail!(
-            "`{other}` is not a service (book-svc, reserve-svc, rental-svc, view-svc, edge)"
+            "`{other}` is not a service (book-svc, reserve-svc, rental-svc, view-svc, notice-svc, edge)"
         ),
     }
 }

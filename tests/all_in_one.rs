@@ -24,6 +24,7 @@ struct Ports {
     reserve: u16,
     book: u16,
     view: u16,
+    notice: u16,
     edge: u16,
 }
 
@@ -34,6 +35,7 @@ impl Ports {
             reserve: rentalbook_testkit::free_port(),
             book: rentalbook_testkit::free_port(),
             view: rentalbook_testkit::free_port(),
+            notice: rentalbook_testkit::free_port(),
             edge: rentalbook_testkit::free_port(),
         }
     }
@@ -51,6 +53,7 @@ fn command(data: &Path, ports: &Ports) -> Command {
         .args(["--reserve-port", &ports.reserve.to_string()])
         .args(["--book-port", &ports.book.to_string()])
         .args(["--view-port", &ports.view.to_string()])
+        .args(["--notice-port", &ports.notice.to_string()])
         .env("RENT_RECOVERY_INTERVAL", "200ms")
         .env("RESERVE_CALL_TIMEOUT", "1s")
         .env_remove("RENTALBOOK_JWT_SECRET")
@@ -89,6 +92,8 @@ fn check(data: &Path) -> (bool, String) {
         .env_remove("RESERVE_DATABASE_URL")
         .env_remove("RENTAL_DATABASE_URL")
         .env_remove("VIEW_DATABASE_URL")
+        .env_remove("NOTICE_DATABASE_URL")
+        .env_remove("SMTP_URL")
         .output()
         .expect("running rentalbook check");
     (

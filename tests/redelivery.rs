@@ -24,7 +24,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Every durable consumer of the mesh.
-const CONSUMERS: [&str; 7] = [
+const CONSUMERS: [&str; 8] = [
     "book-svc",
     "reserve-svc-books",
     "reserve-svc-returns",
@@ -32,6 +32,7 @@ const CONSUMERS: [&str; 7] = [
     "rental-svc-losses",
     "rental-svc-books",
     "view-svc",
+    "notice-svc",
 ];
 
 const MEMBERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -389,7 +390,7 @@ async fn a_poison_message_is_dead_lettered_and_the_services_go_on(store: Store) 
     readers.sort();
     assert_eq!(
         readers,
-        ["reserve-svc-books", "view-svc"],
+        ["notice-svc", "reserve-svc-books", "view-svc"],
         "{store:?}: one dead letter per consumer of book.registered"
     );
     for letter in &letters {
@@ -430,7 +431,7 @@ async fn a_poison_message_is_dead_lettered_and_the_services_go_on(store: Store) 
 
     // Replayed, the event comes back to every consumer of its subject
     // (those that applied an event drop its copy by their inbox); still
-    // poison, it is dead-lettered again by both: kept, never lost.
+    // poison, it is dead-lettered again by each: kept, never lost.
     let desk_letter = letters
         .iter()
         .find(|l| l.consumer == "reserve-svc-books")
@@ -443,7 +444,13 @@ async fn a_poison_message_is_dead_lettered_and_the_services_go_on(store: Store) 
     consumers.sort();
     assert_eq!(
         consumers,
-        ["reserve-svc-books", "view-svc", "view-svc"],
+        [
+            "notice-svc",
+            "notice-svc",
+            "reserve-svc-books",
+            "view-svc",
+            "view-svc"
+        ],
         "{again:?}"
     );
     assert!(!ids(&again).contains(&desk_letter.id));

@@ -103,6 +103,7 @@ fn start(data: &Path, env: &[(&str, &str)]) -> (Running, String, PathBuf, PathBu
         .args(["--reserve-port", &port()])
         .args(["--book-port", &port()])
         .args(["--view-port", &port()])
+        .args(["--notice-port", &port()])
         // The all-in-one's own log filter, as on a first `cargo run --release`.
         .env_remove("RUST_LOG")
         .env_remove("RENTALBOOK_JWT_SECRET")
@@ -113,6 +114,8 @@ fn start(data: &Path, env: &[(&str, &str)]) -> (Running, String, PathBuf, PathBu
         .env_remove("RESERVE_DATABASE_URL")
         .env_remove("RENTAL_DATABASE_URL")
         .env_remove("VIEW_DATABASE_URL")
+        .env_remove("NOTICE_DATABASE_URL")
+        .env_remove("SMTP_URL")
         .env_remove("LOAN_PERIOD")
         .envs(env.iter().copied())
         .stdout(std::fs::File::create(&banner_file).unwrap())

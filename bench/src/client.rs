@@ -104,13 +104,15 @@ pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
     r
 }
 
-/// The four services' gRPC addresses and the edge's HTTP address.
+/// The services' gRPC addresses and the edge's HTTP address.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Endpoints {
     pub book: SocketAddr,
     pub reserve: SocketAddr,
     pub rental: SocketAddr,
     pub view: SocketAddr,
+    /// notice-svc (the all-in-one's; the mesh targets run without it).
+    pub notice: SocketAddr,
     /// REST/JSON through the edge.
     pub edge: SocketAddr,
 }
@@ -124,6 +126,7 @@ impl Endpoints {
             reserve: free(),
             rental: free(),
             view: free(),
+            notice: free(),
             edge: free(),
         }
     }

@@ -102,6 +102,7 @@ pub(crate) const SCRUBBED_ENV: &[&str] = &[
     "RESERVE_DATABASE_URL",
     "RENTAL_DATABASE_URL",
     "VIEW_DATABASE_URL",
+    "NOTICE_DATABASE_URL",
     "LISTEN_ADDR",
     "METRICS_ADDR",
     "RESERVE_SVC_URL",
@@ -113,10 +114,13 @@ pub(crate) const SCRUBBED_ENV: &[&str] = &[
     "RESERVE_PORT",
     "BOOK_PORT",
     "VIEW_PORT",
+    "NOTICE_PORT",
     "EDGE_PORT",
     "BOOK_SVC_URL",
     "RENTAL_SVC_URL",
     "VIEW_SVC_URL",
+    "NOTICE_SVC_URL",
+    "SMTP_URL",
     "CORS_ALLOWED_ORIGINS",
     "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT",
@@ -416,8 +420,9 @@ impl Target {
             .args(["--reserve-port", &e.reserve.port().to_string()])
             .args(["--book-port", &e.book.port().to_string()])
             .args(["--view-port", &e.view.port().to_string()])
+            .args(["--notice-port", &e.notice.port().to_string()])
             .args(["--edge-port", &e.edge.port().to_string()]);
-        let probes = [e.rental, e.reserve, e.book, e.view]
+        let probes = [e.rental, e.reserve, e.book, e.view, e.notice]
             .into_iter()
             .map(Probe::Grpc)
             .chain([Probe::Http(e.edge)])

@@ -92,6 +92,10 @@ pub struct Config {
     #[arg(long, env = "VIEW_SVC_URL", default_value = "http://127.0.0.1:8084")]
     pub view_svc_url: String,
 
+    /// notice-svc (notices and their settings, erasing one's history).
+    #[arg(long, env = "NOTICE_SVC_URL", default_value = "http://127.0.0.1:8085")]
+    pub notice_svc_url: String,
+
     /// Where browsers load the pages from (`https://library.example`), when
     /// a gateway in front rewrites the Host header: calls that change
     /// something and are signed in by the token cookie must come from it.
@@ -182,12 +186,13 @@ pub struct Config {
 impl Config {
     /// The backends by the name their package carries
     /// (`rentalbook.<name>.v1`).
-    pub fn backend_urls(&self) -> [(&'static str, &str); 4] {
+    pub fn backend_urls(&self) -> [(&'static str, &str); 5] {
         [
             ("book", self.book_svc_url.as_str()),
             ("reserve", self.reserve_svc_url.as_str()),
             ("rental", self.rental_svc_url.as_str()),
             ("view", self.view_svc_url.as_str()),
+            ("notice", self.notice_svc_url.as_str()),
         ]
     }
 }

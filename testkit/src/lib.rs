@@ -10,6 +10,8 @@
 //!   first use.
 //! * [`PrivateNats`] / [`PrivatePostgres`]: a server owned by one test, which
 //!   it can stop and start again (same port, same data) for fault tests.
+//! * [`SmtpSink`]: a real SMTP server (aiosmtpd) keeping what it receives,
+//!   which a test reads, stops and starts again.
 //!
 //! Servers are started from the real binaries (`nats-server`; `initdb` and
 //! `postgres` from `/usr/lib/postgresql/*/bin` or `PATH`), on free ports of
@@ -25,9 +27,11 @@ use std::time::{Duration, Instant};
 mod nats;
 mod postgres;
 mod process;
+mod smtp;
 
 pub use nats::PrivateNats;
 pub use postgres::PrivatePostgres;
+pub use smtp::{Mail, SmtpSink};
 
 /// How long a server may take to become ready.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -17,6 +17,7 @@ use rentalbook_plumbing::embedded_bus::EmbeddedBus;
 use rentalbook_plumbing::ids::MemberId;
 use rentalbook_proto::book::v1::book_service_client::BookServiceClient;
 use rentalbook_proto::book::v1::{Book, RegisterBookRequest};
+use rentalbook_proto::notice::v1::notice_service_client::NoticeServiceClient;
 use rentalbook_proto::rental::v1::rental_service_client::RentalServiceClient;
 use rentalbook_proto::rental::v1::{RentRequest, Rental, ReturnRentalRequest};
 use rentalbook_proto::reserve::v1::reservation_service_client::ReservationServiceClient;
@@ -78,6 +79,9 @@ pub struct Options {
     /// Flags every service gets besides the usual ones (the token rules:
     /// `--jwt-audience`, `--jwt-issuer`, `--jwt-leeway`).
     pub common_args: Vec<&'static str>,
+    /// notice-svc's flags besides the usual ones (`--smtp-url`, its
+    /// periods).
+    pub notice_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -96,6 +100,7 @@ impl Default for Options {
             recovery_interval: "200ms",
             event_max_deliver: 8,
             common_args: Vec::new(),
+            notice_args: Vec::new(),
         }
     }
 }
@@ -142,13 +147,14 @@ impl Running {
     }
 }
 
-/// book-svc, reserve-svc, rental-svc and view-svc of one test.
+/// book-svc, reserve-svc, rental-svc, view-svc and notice-svc of one test.
 pub struct Mesh {
     pub options: Options,
     pub nats_url: String,
     pub stream: String,
     pub prefix: String,
     db_urls: [String; 4],
+    notice_db_url: String,
     _sqlite_dir: Option<tempfile::TempDir>,
     /// The one bus every service shares on SQLite.
     embedded: Option<Arc<EmbeddedBus>>,
@@ -156,6 +162,7 @@ pub struct Mesh {
     reserve: Running,
     rental: Running,
     view: Running,
+    notice: Running,
 }
 
 fn common_args(nats_url: &str, stream: &str, prefix: &str) -> Vec<String> {
@@ -201,7 +208,7 @@ impl Mesh {
         let stream = rentalbook_testkit::unique_name("RB");
         let prefix = stream.to_lowercase();
         let mut embedded = None;
-        let (db_urls, sqlite_dir) = match options.store {
+        let (db_urls, notice_db_url, sqlite_dir) = match options.store {
             Store::Postgres => (
                 [
                     rentalbook_testkit::fresh_postgres_url().await,
@@ -209,6 +216,7 @@ impl Mesh {
                     rentalbook_testkit::fresh_postgres_url().await,
                     rentalbook_testkit::fresh_postgres_url().await,
                 ],
+                rentalbook_testkit::fresh_postgres_url().await,
                 None,
             ),
             Store::Sqlite => {
@@ -229,6 +237,7 @@ impl Mesh {
                         url("rental.db"),
                         url("view.db"),
                     ],
+                    url("notice.db"),
                     Some(dir),
                 )
             }
@@ -244,23 +253,27 @@ impl Mesh {
             stream,
             prefix,
             db_urls,
+            notice_db_url,
             _sqlite_dir: sqlite_dir,
             embedded,
             book: placeholder(),
             reserve: placeholder(),
             rental: placeholder(),
             view: placeholder(),
+            notice: placeholder(),
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
         mesh.book = mesh.spawn_book(any_port).await;
         mesh.reserve = mesh.spawn_reserve(any_port).await;
         mesh.rental = mesh.spawn_rental(any_port).await;
         mesh.view = mesh.spawn_view(any_port, "view-svc", false).await;
+        mesh.notice = mesh.spawn_notice(any_port).await;
         for addr in [
             mesh.book.addr,
             mesh.reserve.addr,
             mesh.rental.addr,
             mesh.view.addr,
+            mesh.notice.addr,
         ] {
             wait_serving(addr).await;
         }
@@ -345,6 +358,39 @@ impl Mesh {
         }
         let listener = bind_again(addr).await;
         launch!(self, view_svc, "view-svc", args, listener)
+    }
+
+    async fn spawn_notice(&self, addr: SocketAddr) -> Running {
+        let mut args = vec![
+            "notice-svc".to_owned(),
+            "--database-url".into(),
+            self.notice_db_url.clone(),
+            "--notice-clock-interval".into(),
+            "200ms".into(),
+        ];
+        args.extend(self.options.notice_args.iter().cloned());
+        let listener = bind_again(addr).await;
+        launch!(self, notice_svc, "notice-svc", args, listener)
+    }
+
+    /// Stops notice-svc (graceful shutdown); the rest goes on without it.
+    pub async fn stop_notice(&mut self) {
+        self.notice.stop().await;
+    }
+
+    /// Starts notice-svc again on the same port and database.
+    pub async fn start_notice(&mut self) {
+        self.notice = self.spawn_notice(self.notice.addr).await;
+        wait_serving(self.notice.addr).await;
+    }
+
+    pub fn notice_addr(&self) -> SocketAddr {
+        self.notice.addr
+    }
+
+    /// notice-svc's database.
+    pub fn notice_db_url(&self) -> &str {
+        &self.notice_db_url
     }
 
     /// Stops view-svc; the rest of the mesh goes on without it.
@@ -610,7 +656,13 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for r in [&self.book, &self.reserve, &self.rental, &self.view] {
+        for r in [
+            &self.book,
+            &self.reserve,
+            &self.rental,
+            &self.view,
+            &self.notice,
+        ] {
             r.stop.cancel();
         }
     }
@@ -779,6 +831,8 @@ impl Mesh {
             format!("http://{}", self.rental.addr),
             "--view-svc-url".into(),
             format!("http://{view}"),
+            "--notice-svc-url".into(),
+            format!("http://{}", self.notice.addr),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = <edge::Config as clap::Parser>::try_parse_from(args).unwrap();
@@ -792,5 +846,49 @@ impl Mesh {
         let stop = CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
         (addr, stop)
+    }
+}
+
+impl Mesh {
+    pub async fn notices(&self) -> NoticeServiceClient<Channel> {
+        NoticeServiceClient::new(channel(self.notice.addr).await)
+    }
+
+    /// A notice-svc of its own beside the mesh's (its own database, durable
+    /// consumer and `extra` flags), started now: what a first start on an
+    /// existing stream is.
+    pub async fn start_notice_instance_with(
+        &self,
+        consumer: &str,
+        extra: &[String],
+    ) -> (SocketAddr, CancellationToken) {
+        let db_url = match self.options.store {
+            Store::Postgres => rentalbook_testkit::fresh_postgres_url().await,
+            Store::Sqlite => format!(
+                "sqlite://{}",
+                self._sqlite_dir
+                    .as_ref()
+                    .expect("sqlite dir")
+                    .path()
+                    .join(format!("{consumer}.db"))
+                    .display()
+            ),
+        };
+        let mut args = vec![
+            "notice-svc".to_owned(),
+            "--database-url".into(),
+            db_url,
+            "--consumer-name".into(),
+            consumer.into(),
+            "--notice-clock-interval".into(),
+            "200ms".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding notice-svc");
+        let running = launch!(self, notice_svc, "notice-svc", args, listener);
+        wait_serving(running.addr).await;
+        (running.addr, running.stop.clone())
     }
 }

@@ -158,6 +158,8 @@ impl System {
                     e.book.port().to_string(),
                     "--view-port".into(),
                     e.view.port().to_string(),
+                    "--notice-port".into(),
+                    e.notice.port().to_string(),
                     "--edge-port".into(),
                     e.edge.port().to_string(),
                 ];
