@@ -75,6 +75,8 @@ pub struct Options {
     pub recovery_interval: &'static str,
     /// Tries of a poison event before it is dead-lettered.
     pub event_max_deliver: u32,
+    /// `--history-retention` of view-svc, reserve-svc and rental-svc.
+    pub history_retention: &'static str,
     /// Flags every service gets besides the usual ones (the token rules:
     /// `--jwt-audience`, `--jwt-issuer`, `--jwt-leeway`).
     pub common_args: Vec<&'static str>,
@@ -95,6 +97,7 @@ impl Default for Options {
             breaker_open_for: "1s",
             recovery_interval: "200ms",
             event_max_deliver: 8,
+            history_retention: "90d",
             common_args: Vec::new(),
         }
     }
@@ -289,6 +292,8 @@ impl Mesh {
             o.sweep_interval.into(),
             "--max-open-reservations".into(),
             o.max_open_reservations.to_string(),
+            "--history-retention".into(),
+            o.history_retention.into(),
         ];
         let listener = bind_again(addr).await;
         launch!(self, reserve_svc, "reserve-svc", args, listener)
@@ -316,6 +321,8 @@ impl Mesh {
             o.breaker_open_for.into(),
             "--rent-recovery-interval".into(),
             o.recovery_interval.into(),
+            "--history-retention".into(),
+            o.history_retention.into(),
         ];
         let listener = TcpListener::bind(addr).await.expect("binding rental-svc");
         launch!(self, rental_svc, "rental-svc", args, listener)
@@ -339,6 +346,8 @@ impl Mesh {
             db_url.to_owned(),
             "--consumer-name".into(),
             consumer.to_owned(),
+            "--history-retention".into(),
+            self.options.history_retention.into(),
         ];
         if rebuild {
             args.push("--rebuild".into());
