@@ -188,13 +188,20 @@ pub async fn sweep(db: &Db, watchers: &Watchers, cutoff: Timestamp) -> Result<u6
             tx.lock(MEMBER_LOCK, m).await?;
         }
         rebuild::wait_for_rebuild(&tx).await?;
+        let mut journeys_erased = 0;
         for m in &members {
             let erased = erase_member(&tx, m, cutoff).await?;
+            journeys_erased += erased.journeys;
             swept += erased.journeys + erased.notices;
         }
         tx.commit().await?;
         for m in &members {
             watchers.notify(m);
+        }
+        if journeys_erased == 0 {
+            // Changed since they were found (a lost copy returned after
+            // all): the next sweep looks again.
+            break;
         }
     }
     let tx = db.begin().await?;
