@@ -1162,13 +1162,19 @@ async fn applied_once(
     for (service, db) in services {
         rows_of.insert(service, inbox::Entity::find().all(db.conn()).await?);
     }
-    let consumers: [(&str, &str, &str); 7] = [
+    let consumers: [(&str, &str, &str); 9] = [
         ("book-svc", "book-svc", "reservation.>"),
         ("reserve-svc-books", "reserve-svc", "book.>"),
         ("reserve-svc-returns", "reserve-svc", "rental.returned"),
+        (
+            "reserve-svc-erasures",
+            "reserve-svc",
+            "member.history_erased",
+        ),
         ("rental-svc", "rental-svc", "reservation.return_recorded"),
         ("rental-svc-losses", "rental-svc", "reservation.item_lost"),
         ("rental-svc-books", "rental-svc", "book.merged"),
+        ("rental-svc-erasures", "rental-svc", "member.history_erased"),
         (args.view_consumer.as_str(), "view-svc", ""),
     ];
     for (durable, service, filter) in &consumers {

@@ -24,13 +24,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Every durable consumer of the mesh.
-const CONSUMERS: [&str; 8] = [
+const CONSUMERS: [&str; 10] = [
     "book-svc",
     "reserve-svc-books",
     "reserve-svc-returns",
+    "reserve-svc-erasures",
     "rental-svc",
     "rental-svc-losses",
     "rental-svc-books",
+    "rental-svc-erasures",
     "view-svc",
     "notice-svc",
 ];

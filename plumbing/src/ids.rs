@@ -36,6 +36,12 @@ impl fmt::Display for MemberId {
     }
 }
 
+/// What stands for the member on a finished row whose member erased their
+/// history or outlived `HISTORY_RETENTION` (SPEC §10): the row still counts
+/// and keeps the item's history, but names nobody. It is not a member id
+/// (`~` is never in one), so no caller and no request can be it.
+pub const ERASED_MEMBER: &str = "~erased";
+
 /// A server-made id (UUIDv7), kept in its canonical hyphenated text form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(Uuid);
@@ -150,6 +156,7 @@ mod tests {
         assert!(MemberId::parse("").is_err());
         assert!(MemberId::parse("al ice").is_err());
         assert!(MemberId::parse("ålice").is_err());
+        assert!(MemberId::parse(ERASED_MEMBER).is_err());
     }
 
     #[test]

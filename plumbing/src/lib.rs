@@ -13,6 +13,7 @@
 //! - [`embedded_bus`]: the same contract on a SQLite file, for one process.
 //! - [`consumer`]: durable consumers that apply each event exactly once.
 //! - [`idempotency`]: client request ids that make a retried mutation safe.
+//! - [`retention`]: how far back a retention sweep reaches and how often it runs.
 //! - [`propagation`]: W3C traceparent across calls and events.
 //! - [`serve`]: the gRPC server every service runs (health, reflection, metrics, shutdown).
 //! - [`telemetry`]: JSON logs and the Prometheus endpoint.
@@ -33,6 +34,7 @@ pub mod ids;
 pub mod merged;
 pub mod outbox;
 pub mod propagation;
+pub mod retention;
 pub mod schema;
 pub mod serve;
 pub mod telemetry;

@@ -94,9 +94,40 @@ pub fn may_return(status: &str) -> Result<bool, Refusal> {
     }
 }
 
+/// When a rental became history (SPEC §10, privacy): a loan returned when
+/// its copy came back; one lost (R13) or refused by the desk when that was
+/// recorded, its last change. None while it is the member's current
+/// business: PENDING or ACTIVE. Erasing a member's history up to a moment
+/// anonymises the rentals that finished by then.
+pub fn finished_at(
+    status: &str,
+    returned_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    match status {
+        status::RETURNED => returned_at,
+        status::LOST | status::REJECTED => Some(updated_at),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn returned_lost_and_refused_rentals_are_history() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        assert_eq!(
+            finished_at(status::RETURNED, Some(t(5)), t(9)),
+            Some(t(5)),
+            "when the copy came back, not when the desk confirmed it"
+        );
+        assert_eq!(finished_at(status::LOST, None, t(6)), Some(t(6)));
+        assert_eq!(finished_at(status::REJECTED, None, t(7)), Some(t(7)));
+        assert_eq!(finished_at(status::ACTIVE, None, t(1)), None);
+        assert_eq!(finished_at(status::PENDING, None, t(1)), None);
+    }
 
     const POLICY: Policy = Policy {
         loan_period: Duration::days(14),

@@ -8,12 +8,15 @@
 //! - [`store`]: tables and migrations.
 //! - [`grpc`]: the RentalService handlers.
 //! - [`events`]: return confirmations from reserve-svc's events.
+//! - [`privacy`]: a member's HistoryErased and the `HISTORY_RETENTION`
+//!   sweep: finished rentals name no member any more.
 
 pub mod desk_client;
 pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod lending;
+pub mod privacy;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -92,6 +95,12 @@ pub struct Config {
     /// How often rentals left PENDING by a failed call are settled (R7).
     #[arg(long, env = "RENT_RECOVERY_INTERVAL", default_value = "5s")]
     pub rent_recovery_interval: PolicyDuration,
+
+    /// How long a finished rental (returned, lost, or refused by the desk)
+    /// keeps its member: then it is anonymised, as a member's own erasure
+    /// of their history does; counts and item history stay.
+    #[arg(long, env = "HISTORY_RETENTION", default_value = "90d")]
+    pub history_retention: PolicyDuration,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -178,6 +187,18 @@ impl App {
             },
             Arc::new(events::Books),
         );
+        let erasures = Consumer::new(
+            db.clone(),
+            bus.clone(),
+            ConsumerSpec {
+                durable: "rental-svc-erasures".into(),
+                filter: "member.history_erased".into(),
+                max_deliver: config.common.event_max_deliver,
+                ack_wait: config.common.event_ack_wait.get(),
+            },
+            Arc::new(privacy::Erasures),
+        );
+        let (sweep_db, retention) = (db.clone(), config.history_retention.get());
         let confirmations = Consumer::new(
             db.clone(),
             bus,
@@ -196,6 +217,19 @@ impl App {
             Box::new(|stop: CancellationToken| Box::pin(confirmations.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(losses.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(books.run(stop))),
+            Box::new(|stop: CancellationToken| Box::pin(erasures.run(stop))),
+            Box::new(move |stop: CancellationToken| {
+                Box::pin(rentalbook_plumbing::retention::sweep_periodically(
+                    NAME,
+                    "rental history",
+                    retention,
+                    stop,
+                    move |cutoff| {
+                        let db = sweep_db.clone();
+                        async move { Ok(privacy::sweep(&db, cutoff).await?) }
+                    },
+                ))
+            }),
             Box::new(move |stop: CancellationToken| {
                 Box::pin(async move {
                     loop {
@@ -235,5 +269,27 @@ impl App {
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         serve::run::<store::Migrator>(self.launch, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_history_retention_has_a_default_and_help_lists_it() {
+        let c = Config::try_parse_from(["rental-svc"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(90 * 86_400));
+        let c = Config::try_parse_from(["rental-svc", "--history-retention", "2s"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(2));
+        assert!(Config::try_parse_from(["rental-svc", "--history-retention", "0s"]).is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("HISTORY_RETENTION"), "{help}");
     }
 }

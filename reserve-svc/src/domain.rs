@@ -4,6 +4,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::store::status;
+
 /// Policy values from configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
@@ -98,6 +100,24 @@ pub fn pickup_expired(pickup_deadline: Option<DateTime<Utc>>, now: DateTime<Utc>
     pickup_deadline.is_some_and(|d| d < now)
 }
 
+/// When a reservation became history (SPEC §10, privacy): a hold
+/// cancelled or expired when it ended, which was its last change; a loan
+/// when its copy came back or was lost, which the desk records as the
+/// return. None while it is the member's current business: WAITING, READY,
+/// or FULFILLED with the copy still out. Erasing a member's history up to a
+/// moment anonymises the reservations that finished by then.
+pub fn finished_at(
+    status: &str,
+    returned_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    match status {
+        status::CANCELLED | status::EXPIRED => Some(updated_at),
+        status::FULFILLED => returned_at,
+        _ => None,
+    }
+}
+
 /// An open reservation of a book being merged into another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenHold {
@@ -146,6 +166,25 @@ pub fn merge_queues<T, K: Ord>(queues: Vec<Vec<T>>, joined: impl Fn(&T) -> K) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_holds_and_loans_whose_copy_is_back_are_history() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        assert_eq!(finished_at(status::CANCELLED, None, t(5)), Some(t(5)));
+        assert_eq!(finished_at(status::EXPIRED, None, t(6)), Some(t(6)));
+        assert_eq!(
+            finished_at(status::FULFILLED, Some(t(7)), t(9)),
+            Some(t(7)),
+            "a loan ends when its copy comes back"
+        );
+        assert_eq!(
+            finished_at(status::FULFILLED, None, t(9)),
+            None,
+            "the copy is still out"
+        );
+        assert_eq!(finished_at(status::WAITING, None, t(1)), None);
+        assert_eq!(finished_at(status::READY, None, t(1)), None);
+    }
 
     const POLICY: Policy = Policy {
         pickup_window: Duration::hours(72),

@@ -8,12 +8,15 @@
 //! - [`store`]: tables and migrations.
 //! - [`grpc`]: the ReservationService handlers.
 //! - [`events`]: copy totals and returns from events.
+//! - [`privacy`]: a member's HistoryErased and the `HISTORY_RETENTION`
+//!   sweep: finished reservations name no member any more.
 
 pub mod desk;
 pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod items;
+pub mod privacy;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -68,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "EXPIRY_SWEEP_INTERVAL", default_value = "30s")]
     pub expiry_sweep_interval: PolicyDuration,
 
+    /// How long a finished reservation (cancelled, expired, or its loan
+    /// over) keeps its member: then it is anonymised, as a member's own
+    /// erasure of their history does; counts and item history stay.
+    #[arg(long, env = "HISTORY_RETENTION", default_value = "90d")]
+    pub history_retention: PolicyDuration,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -119,16 +128,36 @@ impl App {
         );
         let returns = Consumer::new(
             db.clone(),
-            bus,
+            bus.clone(),
             spec("reserve-svc-returns", "rental.returned"),
             Arc::new(events::Returns(desk.clone())),
         );
+        let erasures = Consumer::new(
+            db.clone(),
+            bus,
+            spec("reserve-svc-erasures", "member.history_erased"),
+            Arc::new(privacy::Erasures),
+        );
+        let (sweep_db, retention) = (db.clone(), config.history_retention.get());
         let interval = config.expiry_sweep_interval.get();
         let sweeper = desk;
         let tasks: Vec<Task> = vec![
             Box::new(|stop: CancellationToken| Box::pin(relay.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(catalogue.run(stop))),
             Box::new(|stop: CancellationToken| Box::pin(returns.run(stop))),
+            Box::new(|stop: CancellationToken| Box::pin(erasures.run(stop))),
+            Box::new(move |stop: CancellationToken| {
+                Box::pin(rentalbook_plumbing::retention::sweep_periodically(
+                    NAME,
+                    "reservation history",
+                    retention,
+                    stop,
+                    move |cutoff| {
+                        let db = sweep_db.clone();
+                        async move { Ok(privacy::sweep(&db, cutoff).await?) }
+                    },
+                ))
+            }),
             Box::new(move |stop: CancellationToken| {
                 Box::pin(async move {
                     loop {
@@ -170,5 +199,27 @@ impl App {
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         serve::run::<store::Migrator>(self.launch, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_history_retention_has_a_default_and_help_lists_it() {
+        let c = Config::try_parse_from(["reserve-svc"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(90 * 86_400));
+        let c = Config::try_parse_from(["reserve-svc", "--history-retention", "2s"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(2));
+        assert!(Config::try_parse_from(["reserve-svc", "--history-retention", "0s"]).is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("HISTORY_RETENTION"), "{help}");
     }
 }

@@ -76,6 +76,8 @@ pub struct Options {
     pub recovery_interval: &'static str,
     /// Tries of a poison event before it is dead-lettered.
     pub event_max_deliver: u32,
+    /// `--history-retention` of view-svc, reserve-svc and rental-svc.
+    pub history_retention: &'static str,
     /// Flags every service gets besides the usual ones (the token rules:
     /// `--jwt-audience`, `--jwt-issuer`, `--jwt-leeway`).
     pub common_args: Vec<&'static str>,
@@ -99,6 +101,7 @@ impl Default for Options {
             breaker_open_for: "1s",
             recovery_interval: "200ms",
             event_max_deliver: 8,
+            history_retention: "90d",
             common_args: Vec::new(),
             notice_args: Vec::new(),
         }
@@ -302,6 +305,8 @@ impl Mesh {
             o.sweep_interval.into(),
             "--max-open-reservations".into(),
             o.max_open_reservations.to_string(),
+            "--history-retention".into(),
+            o.history_retention.into(),
         ];
         let listener = bind_again(addr).await;
         launch!(self, reserve_svc, "reserve-svc", args, listener)
@@ -329,6 +334,8 @@ impl Mesh {
             o.breaker_open_for.into(),
             "--rent-recovery-interval".into(),
             o.recovery_interval.into(),
+            "--history-retention".into(),
+            o.history_retention.into(),
         ];
         let listener = TcpListener::bind(addr).await.expect("binding rental-svc");
         launch!(self, rental_svc, "rental-svc", args, listener)
@@ -352,6 +359,8 @@ impl Mesh {
             db_url.to_owned(),
             "--consumer-name".into(),
             consumer.to_owned(),
+            "--history-retention".into(),
+            self.options.history_retention.into(),
         ];
         if rebuild {
             args.push("--rebuild".into());

@@ -90,6 +90,52 @@ pub mod stage {
     pub const FINISHED: [&str; 4] = [RETURNED, LOST, CANCELLED, EXPIRED];
 }
 
+/// Whether a journey in this stage is over: part of the member's history.
+pub fn is_finished(s: &str) -> bool {
+    stage::FINISHED.contains(&s)
+}
+
+/// When a journey finished, after a change applied at `at` took it from
+/// `before` (finished at `before_at`, if it was) to `after`: a returned
+/// journey when its book came back (`returned_at`); a lost, cancelled or
+/// expired one when the one event that ends it that way happened, the
+/// change that brought it there; None while it goes on. Whatever order its
+/// events come in, a journey gets the same moment.
+pub fn finished_at(
+    before: &str,
+    before_at: Option<DateTime<Utc>>,
+    after: &str,
+    returned_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    match after {
+        stage::RETURNED => returned_at.or(Some(at)),
+        stage::LOST | stage::CANCELLED | stage::EXPIRED if before == after => {
+            before_at.or(Some(at))
+        }
+        stage::LOST | stage::CANCELLED | stage::EXPIRED => Some(at),
+        _ => None,
+    }
+}
+
+/// Whether an erasure up to `up_to` (the member's HistoryErased, or the
+/// retention sweep's cutoff) takes a journey in `stored` stage that
+/// finished at `finished_at`: only a finished one, finished by then.
+pub fn erased_by(stored: &str, finished_at: Option<DateTime<Utc>>, up_to: DateTime<Utc>) -> bool {
+    is_finished(stored) && finished_at.is_some_and(|f| f <= up_to)
+}
+
+/// Whether an erasure up to `up_to` takes a notice made at `created_at`:
+/// one made by then, unless it is about a journey still open (a hold or a
+/// loan the member still has), which it keeps telling about.
+pub fn notice_erased_by(
+    created_at: DateTime<Utc>,
+    about_open_journey: bool,
+    up_to: DateTime<Utc>,
+) -> bool {
+    created_at <= up_to && !about_open_journey
+}
+
 /// Where a stage stands; ENDED for the two that end a hold before the loan.
 const ENDED: u8 = 6;
 
@@ -248,6 +294,71 @@ mod tests {
         ] {
             assert_eq!(hold_stage(past, stage::READY), past);
         }
+    }
+
+    #[test]
+    fn a_journey_finishes_when_its_last_event_happened() {
+        let t = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap();
+        // Returned: when the book came back, whatever event told it.
+        assert_eq!(
+            finished_at(stage::RENTED, None, stage::RETURNED, Some(t(5)), t(9)),
+            Some(t(5))
+        );
+        assert_eq!(
+            finished_at(
+                stage::RETURNED,
+                Some(t(6)),
+                stage::RETURNED,
+                Some(t(5)),
+                t(9)
+            ),
+            Some(t(5)),
+            "BookReturned's time replaces ReturnRecorded's stand-in"
+        );
+        // Cancelled, expired, lost: the event that ended it, kept after.
+        for ended in [stage::CANCELLED, stage::EXPIRED, stage::LOST] {
+            assert_eq!(
+                finished_at(stage::READY, None, ended, None, t(7)),
+                Some(t(7))
+            );
+            assert_eq!(finished_at("", None, ended, None, t(7)), Some(t(7)));
+            assert_eq!(
+                finished_at(ended, Some(t(7)), ended, None, t(8)),
+                Some(t(7)),
+                "a later event of the journey changes nothing"
+            );
+        }
+        assert_eq!(
+            finished_at(stage::LOST, Some(t(7)), stage::RETURNED, Some(t(8)), t(9)),
+            Some(t(8)),
+            "a lost copy returned after all"
+        );
+        for open in [stage::WAITING, stage::READY, stage::RENTED] {
+            assert_eq!(finished_at(open, None, open, None, t(1)), None);
+        }
+    }
+
+    #[test]
+    fn an_erasure_takes_finished_journeys_and_notices_up_to_its_moment() {
+        let t = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap();
+        for finished in stage::FINISHED {
+            assert!(erased_by(finished, Some(t(5)), t(5)), "{finished}");
+            assert!(erased_by(finished, Some(t(4)), t(5)), "{finished}");
+            assert!(!erased_by(finished, Some(t(6)), t(5)), "{finished}: after");
+            assert!(!erased_by(finished, None, t(5)), "{finished}: no moment");
+        }
+        for open in [stage::WAITING, stage::READY, stage::RENTED, ""] {
+            assert!(
+                !erased_by(open, Some(t(1)), t(5)),
+                "{open:?} is not history"
+            );
+        }
+        assert!(notice_erased_by(t(5), false, t(5)));
+        assert!(!notice_erased_by(t(6), false, t(5)), "made after");
+        assert!(
+            !notice_erased_by(t(1), true, t(5)),
+            "about a current loan or hold"
+        );
     }
 
     #[test]

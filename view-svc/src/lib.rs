@@ -10,6 +10,8 @@
 //!   renewals.
 //! - [`projection`]: events into the read model, then watchers told.
 //! - [`rebuild`]: `--rebuild`, safe with several replicas.
+//! - [`privacy`]: a member's HistoryErased and the `HISTORY_RETENTION`
+//!   sweep: finished journeys and old notices leave the read model.
 //! - [`pages`]: a member's page and history from the read model.
 //! - [`staff`]: the hold shelf, overdue and due loans, a book's queue,
 //!   members by id prefix.
@@ -24,6 +26,7 @@ pub mod domain;
 pub mod fanout;
 pub mod grpc;
 pub mod pages;
+pub mod privacy;
 pub mod projection;
 pub mod rebuild;
 pub mod staff;
@@ -99,6 +102,12 @@ pub struct Config {
     /// days of "loans due on a day" begin and end there.
     #[arg(long, env = "LIBRARY_TIMEZONE", default_value = "UTC", value_parser = parse_time_zone)]
     pub library_timezone: chrono_tz::Tz,
+
+    /// How long finished journeys (returned, lost, cancelled, expired) and
+    /// notices stay on My Page: older ones leave the read model, as a
+    /// member's own erasure of their history takes them.
+    #[arg(long, env = "HISTORY_RETENTION", default_value = "90d")]
+    pub history_retention: PolicyDuration,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -177,6 +186,8 @@ impl App {
                 watchers: watchers.clone(),
             }),
         );
+        let (sweep_db, sweep_watchers) = (db.clone(), watchers.clone());
+        let retention = config.history_retention.get();
         let (publish_bus, listen_bus) = (bus.clone(), bus.clone());
         let rebuild_first = config.rebuild;
         let model = db.clone();
@@ -191,6 +202,18 @@ impl App {
                 consumer.run(stop).await
             })
         })];
+        tasks.push(Box::new(move |stop: CancellationToken| {
+            Box::pin(rentalbook_plumbing::retention::sweep_periodically(
+                NAME,
+                "history",
+                retention,
+                stop,
+                move |cutoff| {
+                    let (db, watchers) = (sweep_db.clone(), sweep_watchers.clone());
+                    async move { Ok(privacy::sweep(&db, &watchers, cutoff).await?) }
+                },
+            ))
+        }));
         if let Some(fanout_rx) = fanout_rx {
             let me = replica.clone();
             tasks.push(Box::new(move |stop: CancellationToken| {
@@ -282,5 +305,20 @@ mod tests {
         let help = String::from_utf8(help).unwrap();
         assert!(help.contains("MAX_RENEWALS"), "{help}");
         assert!(help.contains("LIBRARY_TIMEZONE"), "{help}");
+    }
+
+    #[test]
+    fn the_history_retention_has_a_default_and_help_lists_it() {
+        let c = Config::try_parse_from(["view-svc"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(90 * 86_400));
+        let c = Config::try_parse_from(["view-svc", "--history-retention", "2s"]).unwrap();
+        assert_eq!(c.history_retention.get(), Duration::from_secs(2));
+        assert!(Config::try_parse_from(["view-svc", "--history-retention", "0s"]).is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("HISTORY_RETENTION"), "{help}");
     }
 }

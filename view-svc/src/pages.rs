@@ -1,20 +1,24 @@
-//! Builds a member's page, and their history, from the read model.
+//! Builds a member's page (journeys and notices), and their history, from
+//! the read model.
 
 use std::collections::HashMap;
 
 use rentalbook_plumbing::time::{self, Timestamp};
 use rentalbook_proto::rental::v1::ReturnConfirmation;
-use rentalbook_proto::view::v1::{Journey, JourneyStage, JourneyStep, MyPage};
+use rentalbook_proto::view::v1::{Journey, JourneyStage, JourneyStep, MyPage, PageNotice};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
 
 use crate::domain::{self, Library, stage};
-use crate::store::{journeys, steps, titles};
+use crate::store::{journeys, notices, steps, titles};
 
 /// Journeys shown, newest first.
 const MAX_JOURNEYS: u64 = 200;
+
+/// Notices shown, newest first.
+const MAX_NOTICES: u64 = 50;
 
 /// The page and the next moment it changes by the clock alone.
 pub async fn build<C: ConnectionTrait>(
@@ -44,7 +48,38 @@ pub async fn build<C: ConnectionTrait>(
             _ => {}
         }
     }
+    page.notices = notices::Entity::find()
+        .filter(notices::Column::MemberId.eq(member))
+        .order_by_desc(notices::Column::CreatedAt)
+        .order_by_desc(notices::Column::NoticeId)
+        .limit(MAX_NOTICES)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(notice_of)
+        .collect();
+    let unread = notices::Entity::find()
+        .filter(notices::Column::MemberId.eq(member))
+        .filter(notices::Column::Read.eq(false))
+        .count(db)
+        .await?;
+    page.unread_notices = i32::try_from(unread).unwrap_or(i32::MAX);
     Ok((page, next_change))
+}
+
+fn notice_of(n: notices::Model) -> PageNotice {
+    PageNotice {
+        notice_id: n.notice_id,
+        kind: n.kind,
+        book_id: n.book_id,
+        book_title: n.book_title,
+        barcode: n.barcode,
+        deadline: time::opt_to_proto(n.deadline),
+        reservation_id: n.reservation_id,
+        rental_id: n.rental_id,
+        created_at: Some(time::to_proto(n.created_at)),
+        read: n.read,
+    }
 }
 
 /// The titles of these books that are known.
@@ -190,4 +225,6 @@ pub fn same(a: &MyPage, b: &MyPage) -> bool {
         && a.journeys == b.journeys
         && a.open_reservations == b.open_reservations
         && a.active_rentals == b.active_rentals
+        && a.notices == b.notices
+        && a.unread_notices == b.unread_notices
 }

@@ -21,16 +21,29 @@
 //!   latest, the confirmation goes from PENDING to CONFIRMED;
 //! - each step is written once, except that a step's own event times it
 //!   after a stand-in did, and that READY, REQUEUED and RENEWED, which may
-//!   happen more than once, keep the latest time.
+//!   happen more than once, keep the latest time;
+//! - the moment a journey finished is its return's, or that of the one
+//!   event that lost, cancelled or expired it ([`domain::finished_at`]).
+//!
+//! Notices (NoticeSent) are listed on the member's page; NoticesRead reads
+//! those made up to its moment, and the latest such moment is kept so that a
+//! notice applied after it is read too. HistoryErased erases the member's
+//! finished history ([`privacy`]): an erased journey's later events are
+//! dropped, and a journey finished by its moment through an event applied
+//! after it goes then. Every change of a member's journeys and notices holds
+//! the member's lock besides the journey's, so that no erasure is decided
+//! while one of them is being rewritten.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rentalbook_plumbing::consumer::EventHandler;
+use rentalbook_plumbing::consumer::{EventHandler, Poison};
 use rentalbook_plumbing::db::WriteTx;
 use rentalbook_plumbing::merged;
 use rentalbook_plumbing::time::{self, Timestamp};
-use rentalbook_proto::events::v1::{Availability, Envelope, QueuePlace, envelope::Body};
+use rentalbook_proto::events::v1::{
+    Availability, Envelope, NoticeSent, QueuePlace, envelope::Body,
+};
 use rentalbook_proto::rental::v1::ReturnConfirmation;
 use rentalbook_proto::reserve::v1::ReservationStatus;
 use rentalbook_proto::view::v1::StepKind;
@@ -41,10 +54,10 @@ use sea_orm::{
 };
 
 use crate::domain::{self, stage};
-use crate::rebuild;
 use crate::staff;
-use crate::store::{journeys, steps, titles};
+use crate::store::{journeys, notices, notices_read, steps, titles};
 use crate::watch::Watchers;
+use crate::{privacy, rebuild};
 
 pub struct Projection {
     pub watchers: Arc<Watchers>,
@@ -279,7 +292,7 @@ fn change_of(body: &Body) -> Option<Change<'_>> {
         | Body::ItemFound(_)
         | Body::BooksMerged(_)
         | Body::QueuesMerged(_) => return None,
-        // Notices and erasure change no journey's stage.
+        // Notices and erasure change no journey: see `member_event`.
         Body::NoticeSent(_) | Body::NoticesRead(_) | Body::HistoryErased(_) => return None,
     })
 }
@@ -328,6 +341,13 @@ fn merged(j: &journeys::Model, c: &Change<'_>, at: Timestamp) -> journeys::Model
     if let Some(after) = c.stage {
         next.stage = domain::advance(&next.stage, after).to_owned();
     }
+    // BookReturned knows when the book came back; ReturnRecorded, which
+    // may come first, stands in until then.
+    let returned_at = c
+        .returned_at
+        .or(j.returned_at)
+        .or_else(|| (c.confirmed == Some(true)).then_some(at));
+    let finished_at = domain::finished_at(&j.stage, j.finished_at, &next.stage, returned_at, at);
     journeys::Model {
         // The placement's book_seq; the earliest if a replay tells another.
         queue_seq: c.queue_seq.map_or(j.queue_seq, |q| q.min(j.queue_seq)),
@@ -349,12 +369,8 @@ fn merged(j: &journeys::Model, c: &Change<'_>, at: Timestamp) -> journeys::Model
         due_at: j.due_at.max(c.due_at),
         renewals: c.renewals.map_or(j.renewals, |r| r.max(j.renewals)),
         release_seq: j.release_seq.max(c.release_seq),
-        // BookReturned knows when the book came back; ReturnRecorded, which
-        // may come first, stands in until then.
-        returned_at: c
-            .returned_at
-            .or(j.returned_at)
-            .or_else(|| (c.confirmed == Some(true)).then_some(at)),
+        returned_at,
+        finished_at,
         return_confirmation: if confirmed {
             Some(CONFIRMED.to_owned())
         } else if c.confirmed.is_some() {
@@ -383,9 +399,16 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
         .await?;
     let j = match found {
         Some(j) => j,
+        // An event of an erased journey, late or sent again, brings none
+        // of it back.
+        None if privacy::was_erased(db, c.reservation_id).await? => return Ok(()),
         None => first_seen(tx, &c).await?,
     };
     let next = merged(&j, &c, at);
+    let finished = domain::is_finished(&next.stage)
+        .then_some(next.finished_at)
+        .flatten();
+    let member = next.member_id.clone();
     if next != j {
         // The book is the journey's first event's (or the one it was
         // merged into), never rewritten here: a merge of books moves it.
@@ -423,7 +446,92 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
             .exec_without_returning(db)
             .await?;
     }
+    // A journey finished by an event applied after its member's erasure,
+    // at or before the erasure's moment, goes as the erasure took the
+    // others.
+    if let Some(finished) = finished
+        && let Some(up_to) = privacy::erased_up_to(db, &member).await?
+        && finished <= up_to
+    {
+        privacy::erase_member(tx, &member, up_to).await?;
+    }
     Ok(())
+}
+
+/// NoticeSent: the notice is on the member's page, read already if the
+/// member read their notices up to a later moment (a NoticesRead applied
+/// first); a notice made before the member's erasure and about no open
+/// journey goes as the erasure took the others.
+async fn notice_sent(tx: &WriteTx, e: &NoticeSent, at: Timestamp) -> Result<(), DbErr> {
+    let db = &**tx;
+    let read_up_to = notices_read::Entity::find_by_id(e.member_id.clone())
+        .one(db)
+        .await?
+        .map(|r| r.up_to);
+    notices::Entity::insert(notices::ActiveModel {
+        notice_id: Set(e.notice_id.clone()),
+        member_id: Set(e.member_id.clone()),
+        kind: Set(e.kind),
+        book_id: Set(e.book_id.clone()),
+        book_title: Set(e.book_title.clone()),
+        barcode: Set(e.barcode.clone()),
+        deadline: Set(ts(&e.deadline)),
+        reservation_id: Set(e.reservation_id.clone()),
+        rental_id: Set(e.rental_id.clone()),
+        created_at: Set(at),
+        read: Set(read_up_to.is_some_and(|up_to| at <= up_to)),
+    })
+    .on_conflict(
+        OnConflict::column(notices::Column::NoticeId)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    if let Some(up_to) = privacy::erased_up_to(db, &e.member_id).await?
+        && at <= up_to
+    {
+        privacy::erase_member(tx, &e.member_id, up_to).await?;
+    }
+    Ok(())
+}
+
+/// NoticesRead: the member's notices made at or before `up_to` are read,
+/// and so are those whose NoticeSent is applied later (the latest moment
+/// is kept).
+async fn notices_read(tx: &WriteTx, member: &str, up_to: Timestamp) -> Result<(), DbErr> {
+    let db = &**tx;
+    notices_read::Entity::insert(notices_read::ActiveModel {
+        member_id: Set(member.to_owned()),
+        up_to: Set(up_to),
+    })
+    .on_conflict(
+        OnConflict::column(notices_read::Column::MemberId)
+            .update_column(notices_read::Column::UpTo)
+            .action_and_where(notices_read::Column::UpTo.lt(up_to))
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    notices::Entity::update_many()
+        .col_expr(notices::Column::Read, Expr::val(true))
+        .filter(notices::Column::MemberId.eq(member))
+        .filter(notices::Column::CreatedAt.lte(up_to))
+        .filter(notices::Column::Read.eq(false))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The member whose notices or history an event is about: NoticeSent,
+/// NoticesRead and HistoryErased.
+fn member_event(body: &Body) -> Option<&str> {
+    match body {
+        Body::NoticeSent(e) => Some(&e.member_id),
+        Body::NoticesRead(e) => Some(&e.member_id),
+        Body::HistoryErased(e) => Some(&e.member_id),
+        _ => None,
+    }
 }
 
 /// A journey seen first through this change (events of two producers may
@@ -449,6 +557,7 @@ async fn first_seen(tx: &WriteTx, c: &Change<'_>) -> Result<journeys::Model, DbE
         loan_barcode: Set(String::new()),
         renewals: Set(0),
         release_seq: Set(None),
+        finished_at: Set(None),
     })
     .on_conflict_do_nothing()
     .exec_without_returning(db)
@@ -528,6 +637,24 @@ impl EventHandler for Projection {
             return Ok(());
         }
         match body {
+            Body::NoticeSent(e) => {
+                if e.notice_id.is_empty() || e.member_id.is_empty() {
+                    return Err(Poison::error("NoticeSent without a notice or member id"));
+                }
+                notice_sent(tx, e, at).await?
+            }
+            Body::NoticesRead(e) => {
+                let up_to = ts(&e.up_to)
+                    .filter(|_| !e.member_id.is_empty())
+                    .ok_or_else(|| Poison::error("NoticesRead without a member or moment"))?;
+                notices_read(tx, &e.member_id, up_to).await?
+            }
+            Body::HistoryErased(e) => {
+                let up_to = ts(&e.up_to)
+                    .filter(|_| !e.member_id.is_empty())
+                    .ok_or_else(|| Poison::error("HistoryErased without a member or moment"))?;
+                privacy::history_erased(tx, &e.member_id, up_to).await?;
+            }
             Body::BooksMerged(e) => {
                 merge_books(tx, &e.into_book_id, &e.merged_book_ids, &[]).await?
             }
@@ -550,11 +677,23 @@ impl EventHandler for Projection {
                 .iter()
                 .map(|p| (JOURNEY_LOCK, p.reservation_id.clone()))
                 .collect(),
+            Some(body) if member_event(body).is_some() => member_event(body)
+                .filter(|m| !m.is_empty())
+                .map(|m| vec![(privacy::MEMBER_LOCK, m.to_owned())])
+                .unwrap_or_default(),
+            // The journey's, then its member's, which an erasure of the
+            // member's history takes.
             body => body
                 .as_ref()
                 .and_then(change_of)
                 .filter(|c| !c.reservation_id.is_empty())
-                .map(|c| vec![(JOURNEY_LOCK, c.reservation_id.to_owned())])
+                .map(|c| {
+                    let mut locks = vec![(JOURNEY_LOCK, c.reservation_id.to_owned())];
+                    if !c.member_id.is_empty() {
+                        locks.push((privacy::MEMBER_LOCK, c.member_id.to_owned()));
+                    }
+                    locks
+                })
                 .unwrap_or_default(),
         }
     }
@@ -575,6 +714,11 @@ impl EventHandler for Projection {
             self.notify_book(book_id, false).await;
             self.watchers.notify(staff::HOLD_SHELF);
             self.watchers.notify(staff::LOANS);
+            return;
+        }
+        if let Some(member) = member_event(body) {
+            // The member's notices or history changed: their page only.
+            self.watchers.notify(member);
             return;
         }
         let Some(change) = change_of(body) else {
@@ -636,10 +780,11 @@ mod tests {
     use super::*;
     use rentalbook_plumbing::db::Db;
     use rentalbook_proto::events::v1::{
-        BookRegistered, BookRented, BookReturned, BookUpdated, LoanRenewed, RentalLost,
-        ReservationCancelled, ReservationFulfilled, ReservationPlaced, ReservationReady,
-        ReservationRequeued, ReservationRetrapped, ReturnRecorded,
+        BookRegistered, BookRented, BookReturned, BookUpdated, HistoryErased, LoanRenewed,
+        NoticesRead, RentalLost, ReservationCancelled, ReservationFulfilled, ReservationPlaced,
+        ReservationReady, ReservationRequeued, ReservationRetrapped, ReturnRecorded,
     };
+    use rentalbook_proto::notice::v1::NoticeKind;
     use rentalbook_proto::view::v1::{JourneyStage, MyPage};
     use sea_orm_migration::MigratorTrait;
 
@@ -1176,5 +1321,310 @@ mod tests {
                 "events applied in the order {order:?}"
             );
         }
+    }
+
+    fn notice(n: u32, member: &str, secs: i64, reservation_id: &str, rental_id: &str) -> Envelope {
+        event(
+            secs,
+            Body::NoticeSent(NoticeSent {
+                notice_id: format!("n{n:04}"),
+                member_id: member.into(),
+                kind: NoticeKind::DueSoon as i32,
+                book_id: "b-notice".into(),
+                book_title: "Persuasion".into(),
+                barcode: String::new(),
+                deadline: at(secs + 100),
+                reservation_id: reservation_id.into(),
+                rental_id: rental_id.into(),
+            }),
+        )
+    }
+
+    fn read_up_to(member: &str, secs: i64, up_to: i64) -> Envelope {
+        event(
+            secs,
+            Body::NoticesRead(NoticesRead {
+                member_id: member.into(),
+                up_to: at(up_to),
+            }),
+        )
+    }
+
+    fn history_erased(member: &str, secs: i64, up_to: i64) -> Envelope {
+        event(
+            secs,
+            Body::HistoryErased(HistoryErased {
+                member_id: member.into(),
+                up_to: at(up_to),
+            }),
+        )
+    }
+
+    async fn apply_all(db: &Db, projection: &Projection, events: &[Envelope]) {
+        let mut tx = db.begin().await.unwrap();
+        for e in events {
+            projection.apply(&mut tx, e).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    /// The member's whole page as read at 50 s, the moment of reading aside.
+    async fn whole_page(db: &Db, member: &str) -> MyPage {
+        let now = time::from_proto(&at(50).unwrap()).unwrap();
+        let (mut page, _) = crate::pages::build(db.conn(), member, now, &Default::default())
+            .await
+            .unwrap();
+        page.generated_at = None;
+        page
+    }
+
+    fn shown(page: &MyPage) -> Vec<&str> {
+        page.journeys
+            .iter()
+            .map(|j| j.reservation_id.as_str())
+            .collect()
+    }
+
+    fn notice_ids(page: &MyPage) -> Vec<(&str, bool)> {
+        page.notices
+            .iter()
+            .map(|n| (n.notice_id.as_str(), n.read))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn notices_show_newest_first_and_are_read_up_to_a_moment_in_any_order() {
+        let (db, projection) = read_model().await;
+        apply_all(
+            &db,
+            &projection,
+            &[
+                notice(1, "m1", 10, "", ""),
+                notice(3, "m1", 30, "", ""),
+                notice(2, "m1", 20, "", ""),
+                notice(9, "m2", 15, "", ""),
+            ],
+        )
+        .await;
+        let page = whole_page(&db, "m1").await;
+        assert_eq!(
+            notice_ids(&page),
+            [("n0003", false), ("n0002", false), ("n0001", false)]
+        );
+        assert_eq!(page.unread_notices, 3);
+        let n = &page.notices[0];
+        assert_eq!(
+            (n.kind(), n.book_title.as_str(), n.created_at, n.deadline),
+            (NoticeKind::DueSoon, "Persuasion", at(30), at(130))
+        );
+
+        // Read up to the second: the third stays unread, m2's too.
+        apply_all(&db, &projection, &[read_up_to("m1", 31, 20)]).await;
+        let page = whole_page(&db, "m1").await;
+        assert_eq!(
+            notice_ids(&page),
+            [("n0003", false), ("n0002", true), ("n0001", true)]
+        );
+        assert_eq!(page.unread_notices, 1);
+        assert_eq!(whole_page(&db, "m2").await.unread_notices, 1);
+
+        // A notice whose NoticeSent comes after the NoticesRead covering it
+        // (replicas, redelivery) is read all the same; an earlier reading
+        // applied late reads nothing back.
+        apply_all(
+            &db,
+            &projection,
+            &[notice(4, "m1", 18, "", ""), read_up_to("m1", 32, 5)],
+        )
+        .await;
+        let page = whole_page(&db, "m1").await;
+        assert_eq!(
+            notice_ids(&page),
+            [
+                ("n0003", false),
+                ("n0002", true),
+                ("n0004", true),
+                ("n0001", true)
+            ]
+        );
+        assert_eq!(page.unread_notices, 1);
+
+        // The page lists the latest 50; the count is of them all.
+        let many: Vec<Envelope> = (100..160)
+            .map(|n| notice(n, "m3", i64::from(n), "", ""))
+            .collect();
+        apply_all(&db, &projection, &many).await;
+        let page = whole_page(&db, "m3").await;
+        assert_eq!(page.notices.len(), 50);
+        assert_eq!(page.notices[0].notice_id, "n0159");
+        assert_eq!(page.notices[49].notice_id, "n0110");
+        assert_eq!(page.unread_notices, 60);
+    }
+
+    /// Ids of a journey of `member`.
+    fn of(member: &str, n: usize) -> Ids {
+        Ids {
+            m: member.into(),
+            ..ids(n)
+        }
+    }
+
+    /// A loan that is out (placed, ready, fulfilled, rented).
+    fn a_current_loan(i: &Ids) -> Vec<Envelope> {
+        let mut events = a_whole_loan(i);
+        events.truncate(4);
+        events
+    }
+
+    fn returned(i: &Ids, secs: i64, returned_at: i64) -> Envelope {
+        event(
+            secs,
+            Body::BookReturned(BookReturned {
+                rental_id: i.l.clone(),
+                book_id: i.b.clone(),
+                member_id: i.m.clone(),
+                returned_at: at(returned_at),
+                return_confirmation: ReturnConfirmation::Confirmed as i32,
+                reservation_id: i.r.clone(),
+                barcode: String::new(),
+            }),
+        )
+    }
+
+    /// alice's and bob's journeys and notices, then alice erases her history
+    /// up to 10 s; then events that come late.
+    fn an_erasure() -> (Vec<Envelope>, Vec<Envelope>) {
+        let returned_early = of("alice", 1);
+        let cancelled = of("alice", 2);
+        let out = of("alice", 3);
+        let returned_late = of("alice", 4);
+        let bobs = of("bob", 5);
+        let returns_late = of("alice", 6);
+        let mut before = Vec::new();
+        before.extend(a_whole_loan(&returned_early)); // returned at 5
+        before.extend(a_cancelled_hold(&cancelled)); // cancelled at 7
+        before.extend(a_current_loan(&out));
+        let mut late = a_whole_loan(&returned_late);
+        late[4] = returned(&returned_late, 40, 40);
+        late.truncate(5);
+        before.extend(late); // returned at 40
+        before.extend(a_whole_loan(&bobs)); // returned at 5
+        before.extend(a_current_loan(&returns_late));
+        before.extend([
+            notice(1, "alice", 3, &returned_early.r, ""),
+            notice(2, "alice", 4, "", &out.l),
+            notice(3, "alice", 8, "", ""),
+            notice(4, "alice", 12, &returned_early.r, ""),
+            notice(5, "bob", 3, &bobs.r, ""),
+            history_erased("alice", 11, 10),
+        ]);
+        let after = vec![
+            // A late event of an erased journey.
+            event(
+                4,
+                Body::BookRented(BookRented {
+                    rental_id: returned_early.l.clone(),
+                    reservation_id: returned_early.r.clone(),
+                    book_id: returned_early.b.clone(),
+                    member_id: returned_early.m.clone(),
+                    rented_at: at(3),
+                    due_at: at(10_000),
+                    barcode: String::new(),
+                }),
+            ),
+            // The loan that was out when she erased came back before.
+            returned(&returns_late, 13, 9),
+            // Notices made before, told late: about that loan, and about
+            // the one still out.
+            notice(6, "alice", 9, &returns_late.r, ""),
+            notice(7, "alice", 9, "", &out.l),
+        ];
+        (before, after)
+    }
+
+    #[tokio::test]
+    async fn an_erasure_takes_only_the_members_finished_history_and_nothing_brings_it_back() {
+        let (db, projection) = read_model().await;
+        let (before, after) = an_erasure();
+        let bob = {
+            let (db, projection) = read_model().await;
+            apply_all(&db, &projection, &before[..before.len() - 1]).await;
+            whole_page(&db, "bob").await
+        };
+        apply_all(&db, &projection, &before).await;
+        let page = whole_page(&db, "alice").await;
+        assert_eq!(
+            shown(&page),
+            ["r0006", "r0004", "r0003"],
+            "the loans out and the journey finished after the erasure's moment stay"
+        );
+        assert_eq!(
+            notice_ids(&page),
+            [("n0004", false), ("n0002", false)],
+            "notices made after, or about a loan still out, stay"
+        );
+        assert_eq!(whole_page(&db, "bob").await, bob, "bob's page is his own");
+        for gone in ["r0001", "r0002"] {
+            let steps = steps::Entity::find()
+                .filter(steps::Column::ReservationId.eq(gone))
+                .all(db.conn())
+                .await
+                .unwrap();
+            assert!(steps.is_empty(), "{gone}'s steps go with it");
+        }
+
+        apply_all(&db, &projection, &after[..1]).await;
+        let page = whole_page(&db, "alice").await;
+        assert_eq!(
+            shown(&page),
+            ["r0006", "r0004", "r0003"],
+            "a late event brings back no erased journey"
+        );
+        apply_all(&db, &projection, &after[1..2]).await;
+        let page = whole_page(&db, "alice").await;
+        assert_eq!(
+            shown(&page),
+            ["r0004", "r0003"],
+            "a loan that came back before the erasure's moment goes once its return is told"
+        );
+        apply_all(&db, &projection, &after[2..]).await;
+        let page = whole_page(&db, "alice").await;
+        assert_eq!(
+            notice_ids(&page),
+            [("n0004", false), ("n0007", false), ("n0002", false)]
+        );
+        assert_eq!(page.active_rentals, 1);
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_erases_again_and_shows_the_same_pages() {
+        let (db, projection) = read_model().await;
+        let (mut stream, after) = an_erasure();
+        stream.extend(after);
+        apply_all(&db, &projection, &stream).await;
+        let live = [whole_page(&db, "alice").await, whole_page(&db, "bob").await];
+        let tx = db.begin().await.unwrap();
+        crate::store::clear(&*tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let emptied = whole_page(&db, "alice").await;
+        assert!(emptied.journeys.is_empty() && emptied.notices.is_empty());
+        assert_eq!(
+            crate::store::erased_journeys::Entity::find()
+                .all(db.conn())
+                .await
+                .unwrap(),
+            [],
+            "the replay erases again"
+        );
+        assert!(
+            privacy::erased_up_to(db.conn(), "alice")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        apply_all(&db, &projection, &stream).await;
+        let rebuilt = [whole_page(&db, "alice").await, whole_page(&db, "bob").await];
+        assert_eq!(rebuilt, live);
+        assert_eq!(shown(&rebuilt[0]), ["r0004", "r0003"]);
     }
 }

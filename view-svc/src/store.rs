@@ -45,6 +45,10 @@ pub mod journeys {
         /// given that copy at the next book_seq needs no pulling from the
         /// open shelves.
         pub release_seq: Option<i64>,
+        /// When the journey finished (returned, lost, cancelled, expired):
+        /// its history is kept until `HISTORY_RETENTION` after this, or
+        /// until the member erases it (see [`crate::domain::finished_at`]).
+        pub finished_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -88,6 +92,96 @@ pub mod titles {
         /// The revision of the book this title is from (0: as registered);
         /// an older one never replaces it.
         pub revision: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notices {
+    use sea_orm::entity::prelude::*;
+
+    /// A notice notice-svc sent a member (NoticeSent), read once the member
+    /// marked it so (NoticesRead).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notices")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub notice_id: String,
+        pub member_id: String,
+        /// The `NoticeKind` number.
+        pub kind: i32,
+        pub book_id: String,
+        pub book_title: String,
+        pub barcode: String,
+        pub deadline: Option<DateTimeUtc>,
+        pub reservation_id: String,
+        pub rental_id: String,
+        /// The occurred_at of its NoticeSent.
+        pub created_at: DateTimeUtc,
+        pub read: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notices_read {
+    use sea_orm::entity::prelude::*;
+
+    /// The latest moment up to which a member read their notices, so that a
+    /// notice whose NoticeSent is applied after the NoticesRead that covers
+    /// it is read all the same.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notices_read")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub member_id: String,
+        pub up_to: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod erased_journeys {
+    use sea_orm::entity::prelude::*;
+
+    /// A journey erased from the read model (its member's HistoryErased, or
+    /// the retention sweep): an event of it applied later is dropped rather
+    /// than bringing part of it back. It names no member.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "erased_journeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub reservation_id: String,
+        pub erased_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod history_erased {
+    use sea_orm::entity::prelude::*;
+
+    /// The latest HistoryErased of a member: a journey of theirs that
+    /// finishes at or before `up_to` through an event applied after it (the
+    /// producers' events cross) is erased then.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "history_erased")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub member_id: String,
+        pub up_to: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -188,6 +282,70 @@ impl MigrationTrait for DeskColumns {
     }
 }
 
+/// Notices and the privacy rules (SPEC §10): the notices table, when each
+/// journey finished (filled in from the steps for the journeys made before),
+/// the erased journeys and the members' erasures.
+struct Privacy;
+
+impl MigrationName for Privacy {
+    fn name(&self) -> &str {
+        "m0011_notices_and_privacy"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Privacy {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use crate::domain::stage;
+        use rentalbook_proto::view::v1::StepKind;
+
+        let db = manager.get_connection();
+        create_entity_table(manager, notices::Entity).await?;
+        create_entity_table(manager, notices_read::Entity).await?;
+        create_entity_table(manager, erased_journeys::Entity).await?;
+        create_entity_table(manager, history_erased::Entity).await?;
+        if !manager.has_column("journeys", "finished_at").await? {
+            let timestamp = match manager.get_database_backend() {
+                sea_orm::DbBackend::Postgres => "TIMESTAMP WITH TIME ZONE",
+                _ => "TIMESTAMP_WITH_TIMEZONE_TEXT",
+            };
+            db.execute_unprepared(&format!(
+                "ALTER TABLE journeys ADD COLUMN finished_at {timestamp} NULL"
+            ))
+            .await?;
+            db.execute_unprepared(&format!(
+                "UPDATE journeys SET finished_at = returned_at WHERE stage = '{}'",
+                stage::RETURNED
+            ))
+            .await?;
+            for (ended, step) in [
+                (stage::CANCELLED, StepKind::Cancelled),
+                (stage::EXPIRED, StepKind::Expired),
+                (stage::LOST, StepKind::Lost),
+            ] {
+                db.execute_unprepared(&format!(
+                    "UPDATE journeys SET finished_at = (SELECT s.at FROM journey_steps s \
+                     WHERE s.reservation_id = journeys.reservation_id AND s.kind = {}) \
+                     WHERE stage = '{ended}'",
+                    step as i32
+                ))
+                .await?;
+            }
+        }
+        for ddl in [
+            // The sweep: finished journeys by when they finished.
+            "CREATE INDEX IF NOT EXISTS idx_journeys_finished ON journeys (finished_at)",
+            // My Page: a member's notices, newest first.
+            "CREATE INDEX IF NOT EXISTS idx_notices_member ON notices (member_id, created_at)",
+            // The sweep: notices by age.
+            "CREATE INDEX IF NOT EXISTS idx_notices_created ON notices (created_at)",
+        ] {
+            db.execute_unprepared(ddl).await?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -199,6 +357,7 @@ impl MigratorTrait for Migrator {
             Box::new(TitleRevisions),
             Box::new(DeskColumns),
             Box::new(rentalbook_plumbing::merged::MergedBooks),
+            Box::new(Privacy),
         ]
     }
 }
@@ -208,12 +367,18 @@ pub async fn migrate(db: &sea_orm::DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
-/// Empties the read model and the inbox, for a rebuild by replay.
+/// Empties the read model and the inbox, for a rebuild by replay: the
+/// notices, the erased journeys and the erasures too, which the replay's
+/// NoticeSent, NoticesRead and HistoryErased make again.
 pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     use sea_orm::EntityTrait;
     journeys::Entity::delete_many().exec(db).await?;
     steps::Entity::delete_many().exec(db).await?;
     titles::Entity::delete_many().exec(db).await?;
+    notices::Entity::delete_many().exec(db).await?;
+    notices_read::Entity::delete_many().exec(db).await?;
+    erased_journeys::Entity::delete_many().exec(db).await?;
+    history_erased::Entity::delete_many().exec(db).await?;
     rentalbook_plumbing::merged::merged_books::Entity::delete_many()
         .exec(db)
         .await?;
@@ -221,4 +386,62 @@ pub async fn clear<C: sea_orm::ConnectionTrait>(db: &C) -> Result<(), DbErr> {
         .exec(db)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rentalbook_plumbing::db::Db;
+    use sea_orm::{ConnectionTrait, EntityTrait};
+
+    use super::*;
+
+    /// A read model made before the privacy rules: its finished journeys
+    /// get the moment they finished from their return or their last step.
+    #[tokio::test]
+    async fn migrating_gives_finished_journeys_their_moment() {
+        let db = Db::connect("sqlite::memory:", 1).await.unwrap();
+        let before = Migrator::migrations().len() as u32 - 1;
+        Migrator::up(db.conn(), Some(before)).await.unwrap();
+        let conn = db.conn();
+        let journey = |id: &str, stage: &str, returned: &str| {
+            format!(
+                "INSERT INTO journeys (reservation_id, member_id, book_id, stage, queue_seq, \
+                 returned_at, stage_seq, hold_barcode, loan_barcode, renewals) VALUES \
+                 ('{id}', 'alice', 'b1', '{stage}', 1, {returned}, 0, '', '', 0)"
+            )
+        };
+        for ddl in [
+            "ALTER TABLE journeys DROP COLUMN finished_at".to_owned(),
+            journey("r1", "RETURNED", "'2026-01-05 00:00:00+00:00'"),
+            journey("r2", "CANCELLED", "NULL"),
+            journey("r3", "RENTED", "NULL"),
+            "INSERT INTO journey_steps (reservation_id, kind, at) VALUES \
+             ('r2', 1, '2026-01-01 00:00:00+00:00'), ('r2', 6, '2026-01-03 00:00:00+00:00')"
+                .to_owned(),
+        ] {
+            conn.execute_unprepared(&ddl).await.unwrap();
+        }
+        Migrator::up(conn, None).await.unwrap();
+        let finished = |id: &str| {
+            let id = id.to_owned();
+            async move {
+                journeys::Entity::find_by_id(id)
+                    .one(conn)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .finished_at
+                    .map(|t| t.to_rfc3339())
+            }
+        };
+        assert_eq!(
+            finished("r1").await.as_deref(),
+            Some("2026-01-05T00:00:00+00:00")
+        );
+        assert_eq!(
+            finished("r2").await.as_deref(),
+            Some("2026-01-03T00:00:00+00:00")
+        );
+        assert_eq!(finished("r3").await, None);
+    }
 }
