@@ -11,11 +11,12 @@ use rentalbook_proto::book::v1::RegisterBookRequest;
 use rentalbook_proto::events::v1::Envelope;
 use rentalbook_proto::events::v1::envelope::Body;
 use rentalbook_proto::notice::v1::{
-    EmailState, GetNoticeSettingsRequest, ListFailedNoticesRequest, NoticeSettings,
-    UpdateNoticeSettingsRequest,
+    EmailState, GetNoticeSettingsRequest, ListFailedNoticesRequest, MarkNoticesReadRequest,
+    NoticeKind, NoticeSettings, UpdateNoticeSettingsRequest,
 };
 use rentalbook_proto::rental::v1::CheckOutRequest;
 use rentalbook_proto::reserve::v1::{Reservation, ReservationStatus};
+use rentalbook_proto::view::v1::{GetMyPageRequest, MyPage};
 use rentalbook_testkit::{Mail, SmtpSink};
 use support::{Mesh, Options, Store, eventually, eventually_within, librarian, member, req};
 use tonic::Code;
@@ -70,6 +71,15 @@ async fn reserve_ready(mesh: &Mesh, who: &str, book_id: &str) -> Reservation {
     .await;
     assert_eq!(r.status, ReservationStatus::Ready as i32, "{r:?}");
     r
+}
+
+async fn my_page(mesh: &Mesh, who: &str) -> MyPage {
+    mesh.views()
+        .await
+        .get_my_page(req(&member(who), GetMyPageRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn to<'a>(mails: &'a [Mail], address: &str) -> Vec<&'a Mail> {
@@ -171,6 +181,59 @@ async fn hold_ready_due_soon_and_overdue_arrive_once_each_in_the_members_languag
     assert!(hold[0].body.contains(&deadline), "{deadline} in {hold:?}");
     assert_eq!(hold[0].from, "notices@library.example");
 
+    // My Page lists it too, unread until Ada marks it read.
+    let page = eventually("the notice on ada's page", || async {
+        let page = my_page(&mesh, "ada").await;
+        (page.unread_notices == 1).then_some(page)
+    })
+    .await;
+    let notice = &page.notices[0];
+    assert_eq!(notice.kind, NoticeKind::HoldReady as i32);
+    assert_eq!(
+        (
+            notice.barcode.as_str(),
+            notice.book_title.as_str(),
+            notice.read
+        ),
+        ("N-0001", "Kindred", false)
+    );
+    assert_eq!(notice.deadline, ready.pickup_deadline);
+    mesh.notices()
+        .await
+        .mark_notices_read(req(
+            &member("ada"),
+            MarkNoticesReadRequest {
+                notice_id: notice.notice_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    eventually("ada's notice read", || async {
+        let page = my_page(&mesh, "ada").await;
+        (page.unread_notices == 0 && page.notices[0].read).then_some(())
+    })
+    .await;
+    let unknown = mesh
+        .notices()
+        .await
+        .mark_notices_read(req(
+            &member("bo"),
+            MarkNoticesReadRequest {
+                notice_id: notice.notice_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "ada's notice is not bo's");
+
+    // Cy gave no address: the notice is on My Page only.
+    let fledgling = book(&mesh, "Fledgling", &["N-0009"]).await;
+    reserve_ready(&mesh, "cy", &fledgling).await;
+    eventually("the notice on cy's page", || async {
+        (my_page(&mesh, "cy").await.unread_notices == 1).then_some(())
+    })
+    .await;
+
     let dawn = book(&mesh, "Parable of the Sower", &["N-0002"]).await;
     reserve_ready(&mesh, "bo", &dawn).await;
 
@@ -227,6 +290,7 @@ async fn hold_ready_due_soon_and_overdue_arrive_once_each_in_the_members_languag
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = sink.messages();
     assert_eq!(to(&all, "ada@example.org").len(), 4, "{all:#?}");
+    assert!(all.iter().all(|m| !m.to.contains("cy")), "{all:#?}");
     assert!(to(&all, "bo@example.org").is_empty(), "{all:#?}");
     let mut ids = BTreeMap::new();
     for m in &all {
