@@ -381,6 +381,13 @@ fn banner(args: &ServeArgs, data_dir: &Path, serving: bool) {
         Some(url) => format!("NATS JetStream at {url}"),
         None => format!("embedded, in {}", data_dir.join("events.db").display()),
     };
+    let notices = match std::env::var("SMTP_URL") {
+        Ok(url) if !url.trim().is_empty() => format!(
+            "on My Page, and e-mailed through {}",
+            rentalbook_plumbing::db::redact(url.trim())
+        ),
+        _ => "on My Page (set SMTP_URL to e-mail them too; see the README)".to_owned(),
+    };
     let pages = SocketAddr::new(host, edge);
     let sign_in = if host.is_loopback() {
         format!("sign in at http://{pages}/   (dev sign-in on: loopback only)")
@@ -393,6 +400,7 @@ fn banner(args: &ServeArgs, data_dir: &Path, serving: bool) {
          \x20 REST        http://{host}:{edge}/v1/...   (OpenAPI at /openapi.json, metrics at /metrics)\n\
          \x20 gRPC        rental-svc {host}:{rental}  reserve-svc {host}:{reserve}  book-svc {host}:{book}  view-svc {host}:{view}  notice-svc {host}:{notice}\n\
          \x20 events      {events}\n\
+         \x20 notices     {notices}\n\
          \x20 a token     rentalbook token --sub alice --role member   (or --role librarian)\n\
          \x20             (cargo run --release -- token ... from a checkout)\n\
          {starting}Stop with Ctrl-C.\n",
