@@ -524,3 +524,29 @@ async fn a_sigkill_and_a_redelivery_of_every_event_send_nothing_twice() {
     process.kill().ok();
     process.wait().ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_not_picked_up_is_told_expired_with_its_deadline() {
+    let sink = sink();
+    let mesh = Mesh::start_with(Options {
+        store: Store::Sqlite,
+        pickup_window: "1s",
+        notice_args: smtp_args(&sink, &["--default-language", "en"]),
+        ..Options::default()
+    })
+    .await;
+    settings(&mesh, "hal", email_to("hal@example.org", "en")).await;
+    let b = book(&mesh, "Patternmaster", &["E-1"]).await;
+    let ready = reserve_ready(&mesh, "hal", &b).await;
+    let mails = mails_to(&sink, "hal@example.org", 2).await;
+    assert!(mails[0].subject.contains("Ready for you"), "{mails:#?}");
+    assert!(
+        mails[1].subject.starts_with("[Mapo Library] Hold expired: Patternmaster"),
+        "{mails:#?}"
+    );
+    let deadline = chrono::DateTime::from_timestamp(ready.pickup_deadline.unwrap().seconds, 0)
+        .unwrap()
+        .format("%-d %B %Y, %H:%M")
+        .to_string();
+    assert!(mails[1].body.contains(&deadline), "{deadline}: {mails:#?}");
+}

@@ -341,4 +341,20 @@ mod tests {
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
         assert!(email(&format!("{}@example.org", "a".repeat(250))).is_err());
     }
+
+    #[test]
+    fn every_address_the_contract_allows_is_accepted() {
+        // The extremes of the e-mail field's pattern in notice.proto.
+        let label = |c: char| format!("{c}{}{c}", "-".repeat(30));
+        let longest_host = [label('a'), label('b'), label('c'), label('d'), label('e')].join(".");
+        for address in [
+            "a@b",
+            "%+_-@0",
+            "first.middle.last@host-name.example",
+            &format!("{}.{}.{}@{longest_host}", "x".repeat(32), "y".repeat(15), "z".repeat(15)),
+            "A-Z_09%+@X9",
+        ] {
+            assert_eq!(email(address).unwrap(), address, "{address}");
+        }
+    }
 }
