@@ -8,7 +8,7 @@
 #   docker run --rm rentalbook:dev book-svc --help
 #
 # The binaries (BINARIES below): book-svc, reserve-svc, rental-svc, view-svc,
-# the REST gateway edge, and the operator command `rentalbook`.
+# notice-svc, the REST gateway edge, and the operator command `rentalbook`.
 # scripts/check-manifests checks that every name in it is a binary target of
 # the workspace, and that every binary of the product is in it.
 #
@@ -50,7 +50,7 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 # ------------------------------------------------------------------ build stage
 FROM chef AS build
-ARG BINARIES="book-svc reserve-svc rental-svc view-svc edge rentalbook"
+ARG BINARIES="book-svc reserve-svc rental-svc view-svc notice-svc edge rentalbook"
 # The dependencies: the same profile, packages and binaries as the build
 # below, so that it finds every dependency already compiled. The protos
 # compile with protox (no system protoc); the rust image has the C compiler
@@ -77,10 +77,10 @@ COPY --from=build /out/ /usr/local/bin/
 # The `nonroot` variant's working directory is its user's home (uid 65532),
 # which uid 10001 need not be able to enter.
 WORKDIR /
-# gRPC ports of rental-svc, reserve-svc, book-svc and view-svc and their
-# Prometheus metrics (port + 1000); the edge's HTTP port (REST, /healthz and
-# /metrics).
-EXPOSE 8081 8082 8083 8084 9081 9082 9083 9084 8088
+# gRPC ports of rental-svc, reserve-svc, book-svc, view-svc and notice-svc
+# and their Prometheus metrics (port + 1000); the edge's HTTP port (REST,
+# /healthz and /metrics).
+EXPOSE 8081 8082 8083 8084 8085 9081 9082 9083 9084 9085 8088
 # The uid and gid the Deployments run as (runAsUser/runAsGroup 10001). The
 # binaries belong to root and cannot be changed by the process.
 USER 10001:10001

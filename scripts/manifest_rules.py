@@ -556,6 +556,83 @@ def istio_traffic_problems(o):
     return out
 
 
+# ------------------------------------------------------------ ServiceEntry
+
+# Protocols whose server speaks first: Istio's protocol sniffing waits for
+# the client to speak, so on these a port declared as HTTP, HTTP2, GRPC (or
+# left to sniffing) stalls every connection. Declared TCP (or TLS when the
+# client starts with TLS, as smtps:// does), the sidecar passes bytes through.
+SERVER_FIRST_PORTS = {25: "SMTP", 465: "SMTP over TLS", 587: "SMTP submission", 4222: "NATS", 5432: "PostgreSQL",
+                      3306: "MySQL"}
+SERVICE_ENTRY_PROTOCOLS = {"HTTP", "HTTPS", "GRPC", "HTTP2", "MONGO", "TCP", "TLS"}
+SERVICE_ENTRY_RESOLUTIONS = {"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"}
+
+
+def service_entry_problems(o):
+    """What Istio's webhook refuses in a ServiceEntry beyond the schema
+    (validateServiceEntry), and ports that would stall a server-first
+    protocol."""
+    spec = o.get("spec") or {}
+    out = []
+    hosts = spec.get("hosts") or []
+    resolution = spec.get("resolution", "NONE")
+    if not hosts:
+        out.append("ServiceEntry: no hosts")
+    for h in hosts:
+        bare = h[2:] if h.startswith("*.") else h
+        if h == "*" or not DNS1123_SUBDOMAIN.match(bare) or len(h) > 253:
+            out.append(f"ServiceEntry: host {h!r} is not a fully qualified domain name")
+        if h.startswith("*") and resolution in ("DNS", "DNS_ROUND_ROBIN") and not spec.get("endpoints"):
+            out.append(f"ServiceEntry: wildcard host {h!r} with resolution {resolution} and no endpoints")
+    if resolution not in SERVICE_ENTRY_RESOLUTIONS:
+        out.append(f"ServiceEntry: resolution {resolution!r} is none of {', '.join(sorted(SERVICE_ENTRY_RESOLUTIONS))}")
+    if spec.get("location", "MESH_EXTERNAL") not in ("MESH_EXTERNAL", "MESH_INTERNAL"):
+        out.append(f"ServiceEntry: location {spec.get('location')!r}")
+    ports = spec.get("ports") or []
+    if not ports:
+        out.append("ServiceEntry: no ports")
+    names, numbers = set(), set()
+    for p in ports:
+        num, name, proto = p.get("number"), p.get("name", ""), str(p.get("protocol", "")).upper()
+        if not isinstance(num, int) or not 0 < num < 65536:
+            out.append(f"ServiceEntry: port number {num!r} is not 1..65535")
+        if name in names:
+            out.append(f"ServiceEntry: port name {name!r} is used twice")
+        if num in numbers:
+            out.append(f"ServiceEntry: port {num} is listed twice")
+        names.add(name)
+        numbers.add(num)
+        out += [f"ServiceEntry: port name: {x}" for x in dns_label_problems(name)] if name else [
+            "ServiceEntry: a port without a name"]
+        if proto not in SERVICE_ENTRY_PROTOCOLS:
+            out.append(f"ServiceEntry: port {num} protocol {p.get('protocol')!r} is none of "
+                       f"{', '.join(sorted(SERVICE_ENTRY_PROTOCOLS))}")
+        elif num in SERVER_FIRST_PORTS and proto not in ("TCP", "TLS"):
+            out.append(f"ServiceEntry: port {num} ({SERVER_FIRST_PORTS[num]}, whose server speaks first) is "
+                       f"declared {proto}: the sidecar would wait for the client to speak; declare TCP (or TLS)")
+    for e in spec.get("exportTo") or []:
+        if e not in (".", "*") and dns_label_problems(e):
+            out.append(f"ServiceEntry: exportTo {e!r} is neither '.', '*' nor a namespace")
+    return out
+
+
+# ------------------------------------------------------------ settings
+
+def setting_form_problems(name, default, value):
+    """A setting given in a ConfigMap has the form of the flag's default as
+    `--help` shows it: a rentalbook duration (14d, 30s) where the default is
+    one, a whole number where the default is one. Anything else would stop
+    the service at its start (a crash loop after a ConfigMap change)."""
+    if default is None or value is None:
+        return []
+    v = str(value).strip()
+    if RENTALBOOK_DURATION.match(default) and not RENTALBOOK_DURATION.match(v):
+        return [f"{name}={value!r} is not a duration like its default {default} (14d, 72h, 30s, 250ms)"]
+    if re.fullmatch(r"\d+", default) and not re.fullmatch(r"\d+", v):
+        return [f"{name}={value!r} is not a whole number like its default {default}"]
+    return []
+
+
 # ------------------------------------------------------------ Kubernetes objects
 
 def _selector_problems(sel, what):
@@ -1180,6 +1257,27 @@ def _cases():
         ("NATS file store larger than 80% of its volume",
          nats_storage_problems("10GB", "10Gi", "2GB", "1Gi"),
          nats_storage_problems("8GB", "10Gi", "256MB", "1Gi")),
+        ("ServiceEntry: SMTP declared HTTP, wildcard host resolved by DNS, a port twice",
+         service_entry_problems({"kind": "ServiceEntry", "spec": {
+             "hosts": ["*.example.org"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+             "ports": [{"number": 587, "name": "http-smtp", "protocol": "HTTP"},
+                       {"number": 587, "name": "http-smtp", "protocol": "TCP"}]}}),
+         service_entry_problems({"kind": "ServiceEntry", "spec": {
+             "hosts": ["smtp.example.org"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+             "ports": [{"number": 587, "name": "tcp-smtp", "protocol": "TCP"}], "exportTo": ["."]}})),
+        ("ServiceEntry: host that is no domain name, protocol Istio does not know",
+         service_entry_problems({"kind": "ServiceEntry", "spec": {
+             "hosts": ["SMTP server"], "resolution": "DNS",
+             "ports": [{"number": 465, "name": "smtps", "protocol": "SMTPS"}]}}),
+         service_entry_problems({"kind": "ServiceEntry", "spec": {
+             "hosts": ["smtp.example.org"], "resolution": "DNS",
+             "ports": [{"number": 465, "name": "tls-smtps", "protocol": "TLS"}]}})),
+        ("a ConfigMap setting not in the form of its default",
+         setting_form_problems("HISTORY_RETENTION", "90d", "90 days")
+         + setting_form_problems("MAX_RENEWALS", "2", "two"),
+         setting_form_problems("HISTORY_RETENTION", "90d", "30d")
+         + setting_form_problems("MAX_RENEWALS", "2", "3")
+         + setting_form_problems("LIBRARY_NAME", "The library", "Mapo Library")),
         ("OTEL_SERVICE_NAME missing, endpoint without a scheme",
          otel_problems("app", otel(OTEL_EXPORTER_OTLP_ENDPOINT="otel-collector:4317"), True, svcs),
          otel_problems("app", otel(OTEL_SERVICE_NAME="app", OTEL_EXPORTER_OTLP_ENDPOINT="http://otel-collector:4317"),

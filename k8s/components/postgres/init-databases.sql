@@ -6,3 +6,4 @@ CREATE DATABASE rentalbook_book;
 CREATE DATABASE rentalbook_reserve;
 CREATE DATABASE rentalbook_rental;
 CREATE DATABASE rentalbook_view;
+CREATE DATABASE rentalbook_notice;
