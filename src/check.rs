@@ -37,8 +37,8 @@ use book_svc::store::books;
 use rental_svc::domain::confirmation;
 use rental_svc::domain::status as rental_status;
 use rental_svc::store::rentals;
-use reserve_svc::store::{book_stock, item_state, items as desk_items, reservations, status};
 use rentalbook_plumbing::ids::ERASED_MEMBER;
+use reserve_svc::store::{book_stock, item_state, items as desk_items, reservations, status};
 use view_svc::domain::stage;
 use view_svc::store::{journeys, steps, titles};
 

@@ -541,7 +541,9 @@ async fn a_hold_not_picked_up_is_told_expired_with_its_deadline() {
     let mails = mails_to(&sink, "hal@example.org", 2).await;
     assert!(mails[0].subject.contains("Ready for you"), "{mails:#?}");
     assert!(
-        mails[1].subject.starts_with("[Mapo Library] Hold expired: Patternmaster"),
+        mails[1]
+            .subject
+            .starts_with("[Mapo Library] Hold expired: Patternmaster"),
         "{mails:#?}"
     );
     let deadline = chrono::DateTime::from_timestamp(ready.pickup_deadline.unwrap().seconds, 0)

@@ -351,7 +351,12 @@ mod tests {
             "a@b",
             "%+_-@0",
             "first.middle.last@host-name.example",
-            &format!("{}.{}.{}@{longest_host}", "x".repeat(32), "y".repeat(15), "z".repeat(15)),
+            &format!(
+                "{}.{}.{}@{longest_host}",
+                "x".repeat(32),
+                "y".repeat(15),
+                "z".repeat(15)
+            ),
             "A-Z_09%+@X9",
         ] {
             assert_eq!(email(address).unwrap(), address, "{address}");
