@@ -1626,7 +1626,7 @@ try {
   await imagoNotice.locator('.badge', { hasText: 'New' }).waitFor();
   await nora.locator('#notices-count').getByText('You have 1 unread notice.').waitFor();
   await nora.getByRole('tab', { name: 'Notices (1 unread)' }).waitFor();
-  check((await nora.locator('#nav-badge').textContent()) === '1', 'the header counts the unread notice');
+  await nora.locator('#nav-badge', { hasText: /^1$/ }).waitFor();
   check((await nora.locator('#nav-unread').textContent()) === '1 unread notice', 'and says so to screen readers');
   await spoken(nora, new RegExp(`New notice: Pick up copy ${imagoCopy}`));
   check(
@@ -1731,7 +1731,7 @@ try {
   check((await ritesNotice.locator('.inbox-title').getAttribute('lang')) === 'en', 'an English title in a Korean notice says so');
   await mina.locator('#notices-count').getByText('읽지 않은 알림이 1건 있습니다.').waitFor();
   await mina.getByRole('tab', { name: '알림 (읽지 않음 1건)' }).waitFor();
-  check((await mina.locator('#nav-badge').textContent()) === '1', 'the Korean header counts it too');
+  await mina.locator('#nav-badge', { hasText: /^1$/ }).waitFor();
   await tapTargets(mina, 'My Page notices on a phone (Korean)');
   await headerApart(mina, 'My Page notices on a phone (Korean)');
   await scan(mina, 'My Page notices on a phone (Korean)');
