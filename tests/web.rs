@@ -187,6 +187,8 @@ async fn the_pages_carry_a_lending_journey_in_a_real_browser() {
         "desk-shelf.png",
         "book.png",
         "book-ko-phone.png",
+        "mypage-notices.png",
+        "mypage-notices-ko-phone.png",
     ] {
         assert!(
             screenshot_dir().join(shot).is_file(),

@@ -2,7 +2,7 @@
 // Routes live in the URL's fragment (#/catalogue, #/mypage, #/desk,
 // #/members/<id>); the token is an HttpOnly cookie the browser sends by itself.
 
-import { ApiError, errorFor, get, post, query } from './api.js';
+import { ApiError, call, errorFor, get, post, query } from './api.js';
 import {
   formatTime,
   has,
@@ -19,6 +19,7 @@ import {
   bookPage,
   bookTitle,
   checkInRow,
+  failedRow,
   h,
   holdRow,
   idPart,
@@ -27,7 +28,10 @@ import {
   loanRow,
   memberRow,
   noticeEl,
+  noticeRow,
+  noticeWords,
   replaceKeepingFocus,
+  settingsFacts,
   stageLabel,
 } from './views.js';
 
@@ -64,6 +68,21 @@ const state = {
   hist: { of: null, journeys: [], next: null },
   /** The signed-in member's open journeys by book id (`{stage, queuePosition}`), for the catalogue. */
   holdings: new Map(),
+  /** The signed-in member's own unread notices, for the badge in the header. */
+  ownUnread: 0,
+  /**
+   * Notices up to this moment were marked read (MarkNoticesRead's answer):
+   * shown read until the page itself says so (NoticesRead).
+   */
+  readUpTo: null,
+  /** The notices the page on screen has shown, so that new ones are read out. */
+  noticeIds: null,
+  /** The notice settings on screen (`{of, settings, dirty}`, settings null while not read). */
+  settings: { of: null, settings: null, dirty: false },
+  /** "Erase my history" asks first: whether it is asking. */
+  erasing: false,
+  /** Notices not delivered, at the desk (`{notices, next}`, null before the first read). */
+  failed: null,
   /** Notices inside cards, by card (`book:<id>`, `desk:<id>`, `journey:<id>`). */
   cardNotices: new Map(),
   /**
@@ -274,13 +293,22 @@ function forget() {
   state.historyShown = HISTORY_PAGE;
   state.hist = { of: null, journeys: [], next: null };
   state.holdings = new Map();
+  state.readUpTo = null;
+  state.noticeIds = null;
+  state.settings = { of: null, settings: null, dirty: false };
+  state.erasing = false;
+  state.failed = null;
+  setOwnUnread(0);
   clearAllNotices();
+  $('settings-form').reset();
+  clearSettingsRefusal();
   renderPage();
   renderCatalogue();
   renderDeskBooks();
   renderCheckout();
   renderCheckin();
   renderStaff();
+  renderFailed();
   renderBookPage();
   for (const id of ['search-q', 'desk-q', 'member-id', 'checkout-member', 'checkout-barcode', 'checkin-barcode', 'lookup-barcode', 'due-day', 'members-prefix']) {
     $(id).value = '';
@@ -382,8 +410,13 @@ async function show(route, { focus = false } = {}) {
     history.replaceState(null, '', defaultRoute());
     route = parseRoute();
   }
-  if (state.route.name && state.route.name !== route.name) clearNotice('page-notice');
+  const from = state.route.name;
+  if (from && from !== route.name) clearNotice('page-notice');
   state.route = route;
+  // The header's badge counts the reader's own unread notices: the desk reads
+  // them on the way in (My Page, the catalogue and a book's page read them anyway).
+  const atDesk = (name) => name === 'desk' || name === 'member';
+  if (atDesk(route.name) && !atDesk(from)) loadHoldings();
   $('loading').hidden = true;
   for (const [name, id] of Object.entries(VIEWS)) {
     if (name !== route.name) $(id).hidden = true;
@@ -412,8 +445,12 @@ async function show(route, { focus = false } = {}) {
       state.tab = 'current';
       state.historyShown = HISTORY_PAGE;
       state.loans = new Map();
-          clearNotice('mypage-notice');
+      state.readUpTo = null;
+      state.noticeIds = null;
+      state.erasing = false;
+      clearNotice('mypage-notice');
       clearNotice('live-notice');
+      for (const slot of ['notices-notice', 'erase-notice', 'settings-notice']) clearNotice(slot);
       for (const card of [...state.cardNotices.keys()]) {
         if (card.startsWith('journey:')) state.cardNotices.delete(card);
       }
@@ -424,6 +461,7 @@ async function show(route, { focus = false } = {}) {
     startWatch(of);
     // The history as it is now, beyond what the page carries.
     loadHistory().catch(() => {});
+    loadSettings().catch((e) => problem(e, 'settings-notice'));
   } else {
     stopWatch();
   }
@@ -530,12 +568,15 @@ function holdingsOf(page) {
 }
 
 async function loadHoldings() {
+  let page;
   try {
-    state.holdings = holdingsOf(await get('/v1/mypage'));
+    page = await get('/v1/mypage');
   } catch {
     // Without them every book offers Reserve; the desk refuses what it must.
     return;
   }
+  state.holdings = holdingsOf(page);
+  setOwnUnread(noticesOf(page, state.pageOf === '' ? state.readUpTo : null).unread);
   if (state.catalogue.searched) renderCatalogue();
   renderBookPage();
 }
@@ -739,7 +780,7 @@ async function recoverWatch(memberId) {
   }, wait);
 }
 
-const TABS = ['current', 'history'];
+const TABS = ['current', 'history', 'notices'];
 
 /** Shows one of My Page's tabs (the ARIA tabs pattern: one tab in the Tab order). */
 function selectTab(name, { focus = false } = {}) {
@@ -780,6 +821,8 @@ function renderPage(page = state.page) {
     $('history-more').hidden = true;
     $('tab-current').textContent = t('mypage.tab.current', { n: 0 });
     $('tab-history').textContent = t('mypage.tab.history', { n: 0 });
+    renderNotices(null);
+    renderErase(0);
     return;
   }
   const journeys = (page.journeys || []).map(withLoan);
@@ -822,6 +865,8 @@ function renderPage(page = state.page) {
   $('mypage-empty').textContent = current.length ? '' : t(journeys.length ? 'mypage.emptyCurrent' : 'mypage.empty');
   $('history-empty').hidden = past.length > 0;
   $('history-empty').textContent = past.length ? '' : t('mypage.emptyHistory');
+  renderNotices(page);
+  renderErase(past.length);
 }
 
 const ON_LOAN = new Set(['JOURNEY_STAGE_RENTED', 'JOURNEY_STAGE_OVERDUE']);
@@ -969,6 +1014,239 @@ async function reserveAgain(journey, button) {
     holdFromReservation(journey.bookId, r);
     return reservedText(bookTitle(journey), r);
   });
+}
+
+// ------------------------------------------------------------------ My Page: notices
+
+/**
+ * A page's notices (newest first) and how many are unread, those up to
+ * `readUpTo` shown read already (marked read a moment ago, before the page
+ * itself says so).
+ */
+function noticesOf(page, readUpTo = state.readUpTo) {
+  const upTo = readUpTo ? Date.parse(readUpTo) : NaN;
+  let pending = 0;
+  const notices = (page?.notices || []).map((n) => {
+    if (n.read || !(Date.parse(n.createdAt) <= upTo)) return n;
+    pending += 1;
+    return { ...n, read: true };
+  });
+  return { notices, unread: Math.max(0, (page?.unreadNotices ?? 0) - pending) };
+}
+
+/** The badge beside My Page in the header: the signed-in member's unread notices. */
+function setOwnUnread(n) {
+  state.ownUnread = n;
+  const badge = $('nav-badge');
+  badge.hidden = !n;
+  badge.textContent = n ? String(n) : '';
+  $('nav-unread').textContent = n ? t('nav.unread', { n }) : '';
+}
+
+/** The Notices tab: its label with the unread count, the notices, and "Mark all read" on one's own page. */
+function renderNotices(page) {
+  const { notices, unread } = noticesOf(page);
+  const tab = $('tab-notices');
+  tab.replaceChildren(
+    t('mypage.tab.notices'),
+    ...(unread
+      ? [
+          h('span', { class: 'count-badge', 'aria-hidden': 'true' }, String(unread)),
+          h('span', { class: 'visually-hidden' }, t('notices.tabUnread', { n: unread })),
+        ]
+      : []),
+  );
+  const own = state.route.name === 'mypage';
+  if (own && page) setOwnUnread(unread);
+  // Read out the notices that arrive while the page is open.
+  const ids = new Set(notices.map((n) => n.noticeId));
+  if (page && state.noticeIds) {
+    const arrived = notices.filter((n) => !n.read && !state.noticeIds.has(n.noticeId));
+    if (arrived.length) speak(arrived.map((n) => t('notices.arrived', { text: noticeWords(n, { plain: true }) })).join(' '));
+  }
+  if (page) state.noticeIds = ids;
+  let count = '';
+  if (page) count = !notices.length ? t('notices.none') : unread ? t('notices.unread', { n: unread }) : t('notices.allRead');
+  $('notices-count').textContent = count;
+  const button = $('notices-read');
+  button.hidden = !own || !unread || !notices.length;
+  if (button.hidden && document.activeElement === button) $('panel-notices').focus();
+  replaceKeepingFocus($('notices-list'), notices.map(noticeRow), $('panel-notices'));
+}
+
+/** "Mark all read": every notice up to the newest shown (a newer one that came meanwhile stays unread). */
+async function markNoticesRead(event) {
+  const newest = (state.page?.notices || [])[0];
+  if (!newest) return;
+  await act(
+    event.currentTarget,
+    async () => {
+      const answer = await post('/v1/mypage/notices:markRead', { noticeId: newest.noticeId });
+      state.readUpTo = answer.upTo || newest.createdAt;
+      clearNotice('notices-notice');
+      renderPage();
+      setNotice('notices-notice', t('notices.markedRead'), 'done');
+      // The button is gone.
+      $('panel-notices').focus();
+    },
+    'notices-notice',
+  );
+}
+
+// ------------------------------------------------------------------ My Page: notice settings
+
+/** Reads the notice settings of the page on screen (a librarian's are read only). */
+async function loadSettings() {
+  const of = state.pageOf ?? '';
+  if (state.settings.of !== of) {
+    state.settings = { of, settings: null, dirty: false };
+    $('settings-form').reset();
+    clearSettingsRefusal();
+    renderSettings();
+  }
+  const mine = state.settings;
+  const path = of ? `/v1/members/${encodeURIComponent(of)}/noticeSettings` : '/v1/mypage/noticeSettings';
+  const answer = await get(path);
+  if (state.settings !== mine) return;
+  mine.settings = answer;
+  // What the member is typing stays.
+  if (!mine.dirty) fillSettings(answer);
+  renderSettings();
+}
+
+function fillSettings(s) {
+  const form = $('settings-form');
+  form.elements.email.value = s.email || '';
+  for (const radio of form.querySelectorAll('input[name="language"]')) radio.checked = radio.value === s.language;
+  for (const field of ['holdReady', 'dueSoon', 'overdue', 'holdExpired']) form.elements[field].checked = Boolean(s[field]);
+}
+
+/** The member's own form, or, on a member's page, their settings as facts. */
+function renderSettings() {
+  const { of, settings } = state.settings;
+  const own = state.route.name === 'mypage' && of === '';
+  $('settings-form').hidden = !own;
+  $('settings-hint').hidden = !own;
+  const facts = $('settings-view');
+  facts.hidden = own || !settings;
+  facts.replaceChildren(...(!own && settings ? settingsFacts(settings) : []));
+  $('settings-changed').textContent = !settings
+    ? t('settings.loading')
+    : settings.updatedAt
+      ? t('settings.changed', { time: formatTime(settings.updatedAt) })
+      : t('settings.defaults');
+}
+
+/** Where a refusal of a settings field goes: beside that field. */
+const SETTINGS_FIELDS = { email: 'settings-email' };
+
+function clearSettingsRefusal() {
+  for (const id of Object.values(SETTINGS_FIELDS)) {
+    $(id).removeAttribute('aria-invalid');
+    $(id).setAttribute('aria-describedby', `${id}-hint`);
+    clearNotice(`${id}-notice`);
+  }
+}
+
+/** A field refused (INVALID_FIELD): the sentence beside it, the field marked and focused. */
+function refuseSettingsField(error, field, value) {
+  const id = SETTINGS_FIELDS[field];
+  const key = `settings.invalid.${field}`;
+  setNotice(`${id}-notice`, has(key) ? t(key, { value }) : error.message);
+  const sentence = $(`${id}-notice`).querySelector('.notice-sentence');
+  sentence.id = `${id}-error`;
+  const input = $(id);
+  input.setAttribute('aria-invalid', 'true');
+  input.setAttribute('aria-describedby', `${id}-error ${id}-hint`);
+  input.focus();
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const mine = state.settings;
+  // Nothing to save over before the settings are read.
+  if (!mine.settings) return;
+  const data = new FormData(form);
+  const body = {
+    email: String(data.get('email') || '').trim(),
+    language: String(data.get('language') || mine.settings.language || ''),
+    holdReady: data.has('holdReady'),
+    dueSoon: data.has('dueSoon'),
+    overdue: data.has('overdue'),
+    holdExpired: data.has('holdExpired'),
+  };
+  await act(
+    event.submitter || form.querySelector('button[type=submit]'),
+    async () => {
+      let saved;
+      try {
+        saved = await call('PATCH', '/v1/mypage/noticeSettings', body);
+      } catch (e) {
+        const field = e instanceof ApiError && e.reason === 'INVALID_FIELD' ? String(e.metadata.field ?? '') : '';
+        if (SETTINGS_FIELDS[field]) {
+          clearNotice('settings-notice');
+          refuseSettingsField(e, field, body[field]);
+          return;
+        }
+        throw e;
+      }
+      if (state.settings !== mine) return;
+      mine.settings = saved;
+      mine.dirty = false;
+      fillSettings(saved);
+      clearSettingsRefusal();
+      renderSettings();
+      setNotice('settings-notice', t('settings.saved'), 'done');
+    },
+    'settings-notice',
+  );
+}
+
+// ------------------------------------------------------------------ My Page: erasing the history
+
+/** "Erase my history", under the history on one's own page while there is any. */
+function renderErase(finished) {
+  const own = state.route.name === 'mypage';
+  const section = $('erase');
+  if (!own) state.erasing = false;
+  section.hidden = !own || (!finished && !state.erasing);
+  $('erase-ask').hidden = state.erasing;
+  $('erase-confirm').hidden = !state.erasing;
+  if (section.hidden && section.contains(document.activeElement)) $('panel-history').focus();
+}
+
+function askErase() {
+  state.erasing = true;
+  clearNotice('erase-notice');
+  renderPage();
+  $('erase-yes').focus();
+}
+
+function keepHistory() {
+  state.erasing = false;
+  renderPage();
+  $('erase-ask').focus();
+}
+
+/**
+ * Erases the member's finished history everywhere (HistoryErased): the
+ * page's finished journeys go as view-svc applies it, live; what the history
+ * read held was finished before, so it goes at once.
+ */
+async function eraseHistory(event) {
+  await act(
+    event.currentTarget,
+    async () => {
+      await post('/v1/mypage/history:erase', {});
+      state.erasing = false;
+      state.hist = { of: state.pageOf ?? '', journeys: [], next: '' };
+      state.historyShown = HISTORY_PAGE;
+      renderPage();
+      setNotice('erase-notice', t('erase.done'), 'done', { focus: true });
+    },
+    'erase-notice',
+  );
 }
 
 // ------------------------------------------------------------------ desk
@@ -1163,6 +1441,8 @@ function showDeskTab(sub) {
   }
   if (sub === 'checkout') renderCheckout();
   if (sub === 'checkin') renderCheckin();
+  // Notices not delivered, as they are now.
+  if (sub === 'members') loadFailed().catch((e) => problem(e, 'failed-notice'));
   // The hold shelf, the overdue loans and the loans due follow the events live while open.
   if (STAFF_LIVE[sub]) startStaffWatch(sub);
   else stopStaffWatch();
@@ -1912,6 +2192,53 @@ function searchMembers(event) {
   act(event.submitter, () => findMembers($('members-prefix').value.trim()), 'members-notice');
 }
 
+// ------------------------------------------------------------------ desk: notices not delivered
+
+const FAILED_PAGE = 20;
+
+/** Reads the notices whose e-mail failed, newest first: the first page again, or (`more`) the next. */
+async function loadFailed({ more = false } = {}) {
+  const before = state.failed;
+  const answer = await get(
+    `/v1/staff/notices/failed${query({ pageSize: FAILED_PAGE, pageToken: more ? before?.next : '' })}`,
+  );
+  const got = answer.notices || [];
+  state.failed = { notices: more && before ? before.notices.concat(got) : got, next: answer.nextPageToken || '' };
+  clearNotice('failed-notice', { problems: true });
+  renderFailed();
+}
+
+function renderFailed() {
+  const failed = state.failed;
+  const notices = failed?.notices || [];
+  $('failed-count').textContent = !failed
+    ? ''
+    : !notices.length
+      ? t('failed.none')
+      : t(failed.next ? 'failed.countMore' : 'failed.count', { n: notices.length });
+  replaceKeepingFocus($('failed-list'), notices.map(failedRow), $('failed-title'));
+  const more = $('failed-more');
+  more.hidden = !failed?.next;
+  if (more.hidden && document.activeElement === more) focusOn($('failed-title'));
+}
+
+/** "Show more": the next page, and the focus on its first notice's member. */
+async function moreFailed(button) {
+  await act(
+    button,
+    async () => {
+      const list = $('failed-list');
+      const before = list.children.length;
+      await loadFailed({ more: true });
+      const first = list.children[before]?.querySelector('a');
+      if (first) first.focus();
+      const added = list.children.length - before;
+      if (added > 0) speak(t('mypage.moreShown', { n: added }));
+    },
+    'failed-notice',
+  );
+}
+
 // ------------------------------------------------------------------ a book's queue, live
 
 function stopQueueWatch() {
@@ -2082,8 +2409,12 @@ async function changeLanguage(code) {
   for (const sub of Object.keys(STAFF_LIVE)) setStaffLive(sub, $(`${sub}-live`).dataset.state || 'connecting');
   setLiveState($('book-live'), $('book-live').dataset.state || 'connecting');
   renderStaff();
+  renderFailed();
   renderBookPage();
   renderPage();
+  renderSettings();
+  setOwnUnread(state.ownUnread);
+  clearSettingsRefusal();
 }
 
 // ------------------------------------------------------------------ start
@@ -2123,6 +2454,19 @@ async function start() {
   });
   $('tab-current').addEventListener('click', () => selectTab('current'));
   $('tab-history').addEventListener('click', () => selectTab('history'));
+  $('tab-notices').addEventListener('click', () => selectTab('notices'));
+  $('notices-read').addEventListener('click', markNoticesRead);
+  $('settings-form').addEventListener('submit', saveSettings);
+  $('settings-form').addEventListener('input', (e) => {
+    state.settings.dirty = true;
+    // The notice is about the settings as they were.
+    clearNotice('settings-notice');
+    if (e.target === $('settings-email') && $('settings-email').hasAttribute('aria-invalid')) clearSettingsRefusal();
+  });
+  $('erase-ask').addEventListener('click', askErase);
+  $('erase-keep').addEventListener('click', keepHistory);
+  $('erase-yes').addEventListener('click', eraseHistory);
+  $('failed-more').addEventListener('click', (e) => moreFailed(e.currentTarget));
   $('tab-current').parentElement.addEventListener('keydown', tabKeys);
   $('history-more').addEventListener('click', moreHistory);
   $('sign-out').addEventListener('click', signOut);

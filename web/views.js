@@ -1,7 +1,7 @@
 // Rendering: books and journeys as DOM elements built from data (never from
 // HTML strings, so no title can inject markup).
 
-import { formatTime, t, textLang } from './i18n.js';
+import { formatTime, has, t, textLang } from './i18n.js';
 
 /** An element with attributes (`on*` functions become listeners) and children. */
 export function h(tag, attrs = {}, ...children) {
@@ -38,6 +38,27 @@ function sentenceWith(key, name, node) {
   const mark = '\u0000';
   const [before, after = ''] = t(key, { [name]: mark }).split(mark);
   return [before, node, after].filter((part) => part !== '');
+}
+
+/**
+ * `t(key)` with some of its `{name}`s replaced by nodes (a title in a span
+ * of its own language, a date in a time element), as a list of children.
+ */
+function sentenceOf(key, vars) {
+  const nodes = [];
+  const text = {};
+  for (const [name, value] of Object.entries(vars)) {
+    if (value instanceof Node) {
+      text[name] = `\u0000${nodes.length}\u0000`;
+      nodes.push(value);
+    } else {
+      text[name] = value;
+    }
+  }
+  return t(key, text)
+    .split(/\u0000(\d+)\u0000/)
+    .map((part, i) => (i % 2 ? nodes[Number(part)] : part))
+    .filter((part) => part !== '');
 }
 
 /**
@@ -823,4 +844,97 @@ export function replaceKeepingFocus(container, children, fallback = null) {
     if (!fallback.hasAttribute('tabindex')) fallback.setAttribute('tabindex', '-1');
     fallback.focus({ preventScroll: true });
   }
+}
+
+const NOTICE_KINDS = ['HOLD_READY', 'DUE_SOON', 'OVERDUE', 'HOLD_EXPIRED'];
+
+const NOTICE_CLASS = { HOLD_READY: 'ready', DUE_SOON: 'wait', OVERDUE: 'late', HOLD_EXPIRED: 'done' };
+
+/** A notice's kind without its prefix (`HOLD_READY`, ...), or `UNSPECIFIED`. */
+export function noticeKind(notice) {
+  const kind = String(notice.kind || '').replace('NOTICE_KIND_', '');
+  return NOTICE_KINDS.includes(kind) ? kind : 'UNSPECIFIED';
+}
+
+/**
+ * What a notice says, by its kind: "Pick up copy 00001234 of “Kindred” by
+ * <deadline>.", "“Kindred” is due on <date>.", ... As text with `plain`,
+ * else as children (the title in its own language, the dates as time).
+ */
+export function noticeWords(notice, { plain = false } = {}) {
+  const kind = noticeKind(notice);
+  const key = kind === 'HOLD_READY' && !notice.barcode ? 'notices.text.HOLD_READY_NO_COPY' : `notices.text.${kind}`;
+  const title = notice.bookTitle || t('journey.untitled', { id: String(notice.bookId || '').slice(0, 8) });
+  if (plain) return t(key, { title, barcode: notice.barcode || '', time: formatTime(notice.deadline) });
+  return sentenceOf(key, {
+    title: h('span', { class: 'inbox-title', lang: textLang(title) }, title),
+    barcode: h('span', { class: 'barcode' }, notice.barcode || ''),
+    time: timeEl(notice.deadline),
+  });
+}
+
+/** A notice on My Page: its kind, whether it is new, when it came, and what it says. */
+export function noticeRow(notice) {
+  const kind = noticeKind(notice);
+  const unread = !notice.read;
+  return h(
+    'li',
+    {
+      class: unread ? 'inbox-row unread' : 'inbox-row',
+      dataset: { noticeId: notice.noticeId, kind, read: String(!unread) },
+    },
+    h(
+      'p',
+      { class: 'inbox-meta' },
+      h('span', { class: `badge ${NOTICE_CLASS[kind] || 'done'}` }, t(`notices.kind.${kind}`)),
+      unread ? h('span', { class: 'badge new' }, t('notices.new')) : null,
+      h('span', {}, sentenceOf('notices.sent', { time: timeEl(notice.createdAt) })),
+    ),
+    h('p', { class: 'inbox-words' }, noticeWords(notice)),
+  );
+}
+
+/** A notice whose e-mail could not be delivered, at the desk. */
+export function failedRow(notice) {
+  const kind = noticeKind(notice);
+  const title = notice.bookTitle || t('journey.untitled', { id: String(notice.bookId || '').slice(0, 8) });
+  return h(
+    'li',
+    { class: 'staff-row failed-row', dataset: { noticeId: notice.noticeId, memberId: notice.memberId } },
+    h('span', { class: 'staff-when' }, timeEl(notice.createdAt)),
+    memberLink(notice.memberId, `failed-${idPart(notice.noticeId)}`),
+    h('span', { class: `badge ${NOTICE_CLASS[kind] || 'done'}` }, t(`notices.kind.${kind}`)),
+    h('span', { class: 'staff-title', lang: textLang(title) }, title),
+    notice.barcode ? h('span', { class: 'barcode' }, notice.barcode) : null,
+    h(
+      'span',
+      { class: 'hint failed-why' },
+      t('failed.attempts', { n: notice.attempts ?? 0 }),
+      notice.lastError ? ' · ' : '',
+      notice.lastError ? sentenceOf('failed.lastError', { error: h('span', { lang: 'en' }, notice.lastError) }) : null,
+    ),
+  );
+}
+
+/**
+ * A member's notice settings as a librarian reads them (`settings`:
+ * GetNoticeSettings' answer): where e-mail goes, in which language, which
+ * notices, and when they were last changed.
+ */
+export function settingsFacts(settings) {
+  const wanted = [
+    ['holdReady', 'HOLD_READY'],
+    ['dueSoon', 'DUE_SOON'],
+    ['overdue', 'OVERDUE'],
+    ['holdExpired', 'HOLD_EXPIRED'],
+  ]
+    .filter(([field]) => settings[field])
+    .map(([, kind]) => t(`notices.kind.${kind}`));
+  const language = has(`settings.lang.${settings.language}`) ? t(`settings.lang.${settings.language}`) : settings.language;
+  return [
+    fact(t('settings.email'), settings.email || t('settings.noEmail'), 'email'),
+    fact(t('settings.language'), language || '', 'language'),
+    fact(t('settings.kinds'), wanted.length ? wanted.join(', ') : t('settings.noKinds'), 'kinds'),
+    fact(t('settings.changedAt'), settings.updatedAt ? timeEl(settings.updatedAt) : t('settings.defaults'), 'changed'),
+  ];
 }

@@ -44,6 +44,16 @@
 // librarian lends in Korean on a phone. axe-core scans each of those
 // screens.
 //
+// Notices, from real events (a reservation with a free copy is ready at
+// once): a hold-ready notice appears on My Page live, in words, with the
+// unread count on its tab and in the header, and Mark all read reads it (in
+// another tab too, live), in English and in Korean on a phone; the notice
+// settings refuse an address that is not one beside the field, and a fresh
+// page shows what was saved; Erase my history asks first, then the finished
+// journey leaves My Page and reserve-svc while the hold going on stays. A
+// librarian reads a member's notices and settings, and the notices not
+// delivered.
+//
 // Screenshots go to target/screenshots/ (SCREENSHOT_DIR overrides); the My
 // Page, check-in and hold shelf ones are copied to docs/images/ when they are missing
 // there or UPDATE_DOCS_SCREENSHOTS=1.
@@ -1570,6 +1580,261 @@ try {
   await erin.getByRole('tab', { name: 'Current (1)' }).click();
   await erin.unroute(`${base}/v1/mypage:watch`);
   step('en-GB dates, lang="ko" on a Korean title, the history tab paged, from the keyboard');
+
+  // ---------------------------------------------------------------- notices, their settings, erasing one's history
+  // Notices come from real events: a reservation with a free copy is ready
+  // at once, and notice-svc tells the member (no SMTP here: My Page only).
+  const IMAGO = 'Imago';
+  const SURVIVOR = 'Survivor';
+  const RITES = 'Adulthood Rites';
+  const registered = {};
+  for (const title of [IMAGO, SURVIVOR, RITES]) {
+    registered[title] = (await apiCall(lib, 'POST', '/v1/books', { title, author: 'Octavia E. Butler', totalCopies: 1 })).body;
+    check(registered[title]?.items?.[0]?.barcode, `${title} was registered with a copy: ${JSON.stringify(registered[title])}`);
+  }
+  const nora = await newPage('nora', { locale: 'en-GB' });
+  await signIn(nora, 'nora', 'member');
+  await nora.locator('#live[data-state="live"]').waitFor();
+  await tab(nora, 'Notices');
+  await nora.locator('#notices-count').getByText(/^No notices yet\./).waitFor();
+  check(await nora.locator('#nav-badge').isHidden(), 'no badge while nothing is unread');
+  // A second tab of hers, open before she marks them read.
+  const nora2 = track(await nora.context().newPage(), 'nora-tab-2');
+  await nora2.goto('/#/mypage');
+  await nora2.locator('#live[data-state="live"]').waitFor();
+  await nora.bringToFront();
+  await nora.evaluate(() => {
+    window.__sameDocument = true;
+  });
+  const noraNavigations = nora.navigations;
+  await hush(nora);
+  const imagoCopy = registered[IMAGO].items[0].barcode;
+  const reservedAt = Date.now();
+  const imagoHold = await reserveByApi(nora, registered[IMAGO].bookId);
+  const imagoNotice = nora.locator('#notices-list li[data-kind="HOLD_READY"]');
+  await imagoNotice.waitFor();
+  const noticeMs = Date.now() - reservedAt;
+  const noticeTime = imagoNotice.locator('.inbox-words time');
+  const deadlineText = await nora.evaluate(
+    (at) => new Intl.DateTimeFormat('en-GB', { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(at)),
+    await noticeTime.getAttribute('datetime'),
+  );
+  check(/^\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}$/.test(deadlineText), `an en-GB deadline: ${deadlineText}`);
+  const imagoWords = (await imagoNotice.locator('.inbox-words').textContent()).trim();
+  check(imagoWords === `Pick up copy ${imagoCopy} of “${IMAGO}” by ${deadlineText}.`, `the hold-ready notice: ${imagoWords}`);
+  check((await imagoNotice.getAttribute('data-read')) === 'false', 'a new notice is unread');
+  await imagoNotice.locator('.badge', { hasText: 'New' }).waitFor();
+  await nora.locator('#notices-count').getByText('You have 1 unread notice.').waitFor();
+  await nora.getByRole('tab', { name: 'Notices (1 unread)' }).waitFor();
+  await nora.locator('#nav-badge', { hasText: /^1$/ }).waitFor();
+  check((await nora.locator('#nav-unread').textContent()) === '1 unread notice', 'and says so to screen readers');
+  await spoken(nora, new RegExp(`New notice: Pick up copy ${imagoCopy}`));
+  check(
+    (await nora.evaluate(() => window.__sameDocument === true)) && nora.navigations === noraNavigations,
+    "nora's page was not reloaded",
+  );
+  await scan(nora, 'My Page notices');
+  await shot(nora, 'mypage-notices.png');
+  await nora.setViewportSize(PHONE);
+  await tapTargets(nora, 'My Page notices on a phone');
+  await headerApart(nora, 'My Page notices on a phone');
+  await nora.setViewportSize(DESKTOP);
+  // Mark all read: read at once here, and live in her other tab (the page's own NoticesRead).
+  await tab(nora2, 'Notices');
+  await nora2.locator('#notices-count').getByText('You have 1 unread notice.').waitFor();
+  await nora.getByRole('button', { name: 'Mark all read' }).click();
+  await notice(nora, /^Your notices are marked read\.$/, '#notices-notice');
+  await nora.locator('#notices-count').getByText('Every notice is read.').waitFor();
+  check((await imagoNotice.getAttribute('data-read')) === 'true', 'the notice shows read');
+  check(await nora.locator('#nav-badge').isHidden(), 'the badge goes with the last unread notice');
+  await nora.getByRole('tab', { name: 'Notices', exact: true }).waitFor();
+  await focusKept(nora, 'Mark all read');
+  await nora2.locator('#notices-count').getByText('Every notice is read.').waitFor();
+  await nora2.locator(`#notices-list li[data-notice-id="${await imagoNotice.getAttribute('data-notice-id')}"][data-read="true"]`).waitFor();
+  check(await nora2.locator('#nav-badge').isHidden(), "the other tab's badge goes too");
+  await nora2.close();
+  step(`a hold-ready notice on My Page ${noticeMs} ms after the reservation, live, with the unread count in the tab and the header; Mark all read, live in another tab`);
+
+  // The notice settings: an address that is not one is refused beside the
+  // field; the saved settings are what a fresh page shows.
+  const settings = nora.locator('#settings-form');
+  const email = settings.getByLabel('E-mail address');
+  await nora.locator('#settings-changed').getByText("The library's defaults, never changed.").waitFor();
+  check(
+    (await email.inputValue()) === '' && (await settings.getByLabel('한국어').isChecked()),
+    'the defaults: no e-mail, in Korean (DEFAULT_LANGUAGE)',
+  );
+  for (const kind of ['a copy is held for me to pick up', 'a loan is due soon', 'a loan is overdue', 'a hold expired before I picked it up']) {
+    check(await settings.getByLabel(kind).isChecked(), `by default: ${kind}`);
+  }
+  expectedFailures.add(`${base}/v1/mypage/noticeSettings`);
+  await email.fill('nora.example.org');
+  await hush(nora);
+  await settings.getByRole('button', { name: 'Save settings' }).click();
+  const badAddress = await notice(nora, /./, '#settings-email-notice');
+  check(badAddress === '“nora.example.org” is not an e-mail address. Correct it, or leave it empty.', `a bad address: ${badAddress}`);
+  await spoken(nora, /is not an e-mail address/, 'problem');
+  check((await email.getAttribute('aria-invalid')) === 'true', 'the field is marked invalid');
+  check((await nora.evaluate(() => document.activeElement?.id)) === 'settings-email', 'the focus is on the field refused');
+  const besideField = await nora.evaluate(
+    () =>
+      document.getElementById('settings-email-notice').getBoundingClientRect().top -
+      document.getElementById('settings-email').getBoundingClientRect().bottom,
+  );
+  check(besideField >= 0 && besideField < 60, `the refusal is right under the field (${besideField}px)`);
+  check((await nora.locator('#settings-notice .notice').count()) === 0, 'nothing else is said under the form');
+  await noticesCoverNothing(nora, 'the notice settings with a refused address');
+  await scan(nora, 'the notice settings with a refused address');
+  await email.fill('nora@example.org');
+  await nora.locator('#settings-email-notice .notice').waitFor({ state: 'detached' });
+  await settings.getByLabel('English').check();
+  await settings.getByLabel('a loan is due soon').uncheck();
+  await settings.getByRole('button', { name: 'Save settings' }).click();
+  await notice(nora, /^Your notice settings are saved\.$/, '#settings-notice');
+  await nora.reload();
+  await nora.locator('#live[data-state="live"]').waitFor();
+  await tab(nora, 'Notices');
+  await nora.locator('#settings-changed').getByText(/^Last changed /).waitFor();
+  const saved = {
+    email: await email.inputValue(),
+    english: await settings.getByLabel('English').isChecked(),
+    dueSoon: await settings.getByLabel('a loan is due soon').isChecked(),
+    others: await Promise.all(
+      ['a copy is held for me to pick up', 'a loan is overdue', 'a hold expired before I picked it up'].map((k) => settings.getByLabel(k).isChecked()),
+    ),
+  };
+  check(
+    saved.email === 'nora@example.org' && saved.english && !saved.dueSoon && saved.others.every(Boolean),
+    `after a reload the saved settings show: ${JSON.stringify(saved)}`,
+  );
+  step('the notice settings: a bad address refused beside the field; saved, and shown again after a reload');
+
+  // In Korean, on a phone: a notice arrives live, with its count, and is marked read.
+  const mina = await newPage('mina', { locale: 'ko-KR', viewport: PHONE });
+  await mina.goto('/');
+  await mina.locator('#signin-member').fill('mina');
+  await mina.locator('#signin-form button[type="submit"]').click();
+  await mina.getByRole('heading', { name: '내 페이지', level: 1 }).waitFor();
+  await mina.locator('#live[data-state="live"]').waitFor();
+  await tab(mina, '알림');
+  await mina.locator('#notices-count').getByText(/^아직 알림이 없습니다\./).waitFor();
+  await reserveByApi(mina, registered[RITES].bookId);
+  const ritesNotice = mina.locator('#notices-list li[data-kind="HOLD_READY"]');
+  await ritesNotice.waitFor();
+  const koDeadline = await mina.evaluate(
+    (at) => new Intl.DateTimeFormat('ko-KR', { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(at)),
+    await ritesNotice.locator('.inbox-words time').getAttribute('datetime'),
+  );
+  const ritesWords = (await ritesNotice.locator('.inbox-words').textContent()).trim();
+  const ritesCopy = registered[RITES].items[0].barcode;
+  check(ritesWords === `“${RITES}” 소장본 ${ritesCopy}을(를) ${koDeadline}까지 수령하세요.`, `the notice in Korean: ${ritesWords}`);
+  check((await ritesNotice.locator('.inbox-title').getAttribute('lang')) === 'en', 'an English title in a Korean notice says so');
+  await mina.locator('#notices-count').getByText('읽지 않은 알림이 1건 있습니다.').waitFor();
+  await mina.getByRole('tab', { name: '알림 (읽지 않음 1건)' }).waitFor();
+  await mina.locator('#nav-badge', { hasText: /^1$/ }).waitFor();
+  await tapTargets(mina, 'My Page notices on a phone (Korean)');
+  await headerApart(mina, 'My Page notices on a phone (Korean)');
+  await scan(mina, 'My Page notices on a phone (Korean)');
+  await shot(mina, 'mypage-notices-ko-phone.png');
+  await mina.getByRole('button', { name: '모두 읽음으로 표시' }).click();
+  await notice(mina, /^알림을 모두 읽음으로 표시했습니다\.$/, '#notices-notice');
+  await mina.locator('#notices-count').getByText('알림을 모두 읽었습니다.').waitFor();
+  check(await mina.locator('#nav-badge').isHidden(), 'the Korean badge goes too');
+  step('in Korean on a phone: a notice arrives live with its count, and is marked read');
+
+  // Erasing one's history: asked first, then finished journeys leave My Page
+  // and every service; what is going on stays.
+  check(
+    (await apiCall(nora, 'POST', `/v1/reservations/${imagoHold.reservationId}:cancel`)).status === 200,
+    `nora cancels ${IMAGO}`,
+  );
+  await reserveByApi(nora, registered[SURVIVOR].bookId);
+  await tab(nora, 'Current');
+  await current(nora, SURVIVOR).waitFor();
+  await tab(nora, 'History');
+  await stageOf(nora, IMAGO, 'CANCELLED').waitFor();
+  await nora.getByRole('button', { name: 'Erase my history' }).click();
+  const question = (await nora.locator('#erase-question').textContent()).trim();
+  check(
+    /finished loan and reservation/.test(question) && /on loan or reserved now stays/.test(question) && /cannot be undone/.test(question),
+    `the question says what erasing does: ${question}`,
+  );
+  check((await nora.evaluate(() => document.activeElement?.textContent)) === 'Yes, erase my history', 'the question has the focus');
+  await scan(nora, 'erasing the history, asked first');
+  await nora.getByRole('button', { name: 'Keep it' }).click();
+  check((await nora.evaluate(() => document.activeElement?.textContent)) === 'Erase my history', '"Keep it" goes back to the button');
+  await stageOf(nora, IMAGO, 'CANCELLED').waitFor();
+  await nora.getByRole('button', { name: 'Erase my history' }).click();
+  await nora.getByRole('button', { name: 'Yes, erase my history' }).click();
+  await notice(nora, /^Your history is erased/, '#erase-notice');
+  await stageOf(nora, IMAGO, 'CANCELLED').waitFor({ state: 'detached' });
+  await nora.getByRole('tab', { name: 'History (0)' }).waitFor();
+  await nora.getByRole('tab', { name: 'Current (1)' }).waitFor();
+  await focusKept(nora, 'erasing the history');
+  await tab(nora, 'Current');
+  await stageOf(nora, SURVIVOR, 'READY').waitFor();
+  // The notice about the finished hold went with it; the one about the hold going on stays.
+  await nora.locator('#notices-list li', { hasText: IMAGO }).waitFor({ state: 'detached' });
+  await nora.locator('#notices-list li', { hasText: SURVIVOR }).waitFor({ state: 'attached' });
+  // Everywhere: her history and her reservations at the desk name nothing finished.
+  check(((await apiCall(nora, 'GET', '/v1/mypage/history')).body.journeys || []).length === 0, 'the history read is empty');
+  let held = [];
+  for (let i = 0; i < 40; i++) {
+    held = ((await apiCall(nora, 'GET', '/v1/reservations')).body.reservations || []).map((r) => r.bookId);
+    if (!held.includes(registered[IMAGO].bookId)) break;
+    await nora.waitForTimeout(100);
+  }
+  check(held.join() === registered[SURVIVOR].bookId, `reserve-svc keeps only her hold going on: ${held}`);
+  step('erasing the history: asked first, the cancelled hold gone from My Page and from reserve-svc, the hold going on kept');
+
+  // A librarian sees a member's notices and settings, and the notices not delivered.
+  await lib.goto('/#/members/nora');
+  await lib.getByRole('heading', { name: "nora's page", level: 1 }).waitFor();
+  await tab(lib, 'Notices');
+  await lib.locator('#notices-list li', { hasText: SURVIVOR }).waitFor();
+  const noraSettings = lib.locator('#settings-view');
+  await noraSettings.getByText('nora@example.org').waitFor();
+  check((await noraSettings.locator('.kinds dd').textContent()) === 'Ready for pickup, Overdue, Hold expired', 'the notices she wants');
+  check(await lib.locator('#settings-form').isHidden(), "a librarian reads a member's settings, and does not change them");
+  check((await lib.getByRole('button', { name: 'Mark all read' }).count()) === 0, "a librarian does not mark a member's notices read");
+  await scan(lib, "a member's notices and settings");
+  await tab(lib, 'Current');
+  await deskTab(lib, 'Members');
+  await lib.locator('#failed-count').getByText("No notice's e-mail has failed.").waitFor();
+  // An e-mail that failed (played: the all-in-one sends none).
+  await lib.route('**/v1/staff/notices/failed?*', (route) =>
+    route.fulfill({
+      status: 200,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        notices: [
+          {
+            noticeId: '0190f1e2-0000-7000-8000-0000000000f1',
+            memberId: 'olga',
+            kind: 'NOTICE_KIND_OVERDUE',
+            bookId: '0190f1e2-0000-7000-8000-0000000000b7',
+            bookTitle: 'Dawn',
+            barcode: '00000042',
+            deadline: '2026-01-10T10:00:00Z',
+            createdAt: '2026-01-11T10:00:00Z',
+            emailState: 'EMAIL_STATE_FAILED',
+            attempts: 7,
+            lastError: '550 5.1.1 mailbox unavailable',
+          },
+        ],
+      }),
+    }),
+  );
+  await deskTab(lib, 'Overdue');
+  await deskTab(lib, 'Members');
+  const failedRow = lib.locator('#failed-list li[data-member-id="olga"]');
+  await failedRow.getByRole('link', { name: 'olga' }).waitFor();
+  await failedRow.getByText('7 attempts · last error: 550 5.1.1 mailbox unavailable').waitFor();
+  await failedRow.locator('.badge', { hasText: 'Overdue' }).waitFor();
+  await lib.locator('#failed-count').getByText('1 notice was not delivered, the newest first.').waitFor();
+  await scan(lib, 'the notices not delivered');
+  await lib.unroute('**/v1/staff/notices/failed?*');
+  step("a librarian reads nora's notices and settings, and the notices not delivered");
 
   // Overload: a 503 with Retry-After reads as a sentence, under the search.
   await bob.route('**/v1/books?*', (route) =>
