@@ -477,6 +477,17 @@ impl Schemas {
                 required.push(field.json_name().to_owned());
             }
             let mut schema = self.field(&field);
+            // proto3 JSON takes null for a field as its default: a body may
+            // send it for any field it may leave out.
+            if in_path.is_some()
+                && !required.contains(&field.json_name().to_owned())
+                && matches!(
+                    schema["type"].as_str(),
+                    Some("string" | "boolean" | "integer")
+                )
+            {
+                schema["nullable"] = true.into();
+            }
             if let (Some(doc), Value::Object(obj)) = (field_comment(&field), &mut schema) {
                 if obj.contains_key("$ref") {
                     // A $ref takes no siblings in OpenAPI 3.0.
