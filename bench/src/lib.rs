@@ -40,6 +40,7 @@ pub mod stats;
 pub mod target;
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -55,8 +56,8 @@ pub use workload::ReadyWait;
 
 use client::{GrpcTransport, Transport};
 use report::{
-    Comparison, ErrorCount, Harness, LagFigures, PhaseReport, ProcessPhase, ProcessTotals, Ratios,
-    RestFigures, RpcFigures, TargetCheck, TargetInfo,
+    Comparison, DbStatements, ErrorCount, Harness, LagFigures, PhaseReport, ProcessPhase,
+    ProcessTotals, Ratios, RestFigures, RpcFigures, TargetCheck, TargetInfo,
 };
 use rest::RestTransport;
 use stats::{Latency, Recorder};
@@ -246,6 +247,8 @@ struct Watched {
     procs: Vec<(String, u32)>,
     /// Servers counted with their children (PostgreSQL's backends).
     trees: Vec<(String, u32)>,
+    /// Where the processes export their metrics.
+    metrics: Vec<std::net::SocketAddr>,
 }
 
 impl Watched {
@@ -257,6 +260,7 @@ impl Watched {
                 .map(|p| (p.name.clone(), p.pid))
                 .collect(),
             trees: target.servers.clone(),
+            metrics: target.metrics.clone(),
         }
     }
 
@@ -264,7 +268,32 @@ impl Watched {
         Self {
             procs,
             trees: Vec::new(),
+            metrics: Vec::new(),
         }
+    }
+
+    /// The statements each database has been asked so far (the services'
+    /// `db_statements_total`), by database.
+    async fn statements(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        let client = reqwest::Client::new();
+        for addr in &self.metrics {
+            let text = match client
+                .get(format!("http://{addr}/metrics"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+            {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => continue,
+            };
+            for (db, n) in
+                report::parse_counter(&text, rentalbook_plumbing::db::STATEMENTS_METRIC, "db")
+            {
+                *all.entry(db).or_default() += n;
+            }
+        }
+        all
     }
 
     fn names(&self) -> impl Iterator<Item = &(String, u32)> {
@@ -315,6 +344,7 @@ async fn measure(
     start: impl FnOnce(Instant) -> Workers,
 ) -> PhaseReport {
     let settle = watched.settle().await;
+    let statements0 = watched.statements().await;
     let cpu0 = watched.cpu();
     let me0 = procstat::sample_self().cpu_seconds;
     let machine0 = procstat::machine_ticks();
@@ -333,6 +363,21 @@ async fn measure(
     let cpu1 = watched.cpu();
     let me1 = procstat::sample_self().cpu_seconds;
     let machine1 = procstat::machine_ticks();
+    // What the phase's events cost the consumers counts too: wait for the
+    // backlog to drain before reading the counters again.
+    let statements = if watched.metrics.is_empty() {
+        Vec::new()
+    } else {
+        watched.settle().await;
+        let statements1 = watched.statements().await;
+        statements1
+            .into_iter()
+            .map(|(db, n)| DbStatements {
+                statements: n.saturating_sub(statements0.get(&db).copied().unwrap_or(0)),
+                db,
+            })
+            .collect()
+    };
 
     let rpcs = rec
         .calls
@@ -397,6 +442,7 @@ async fn measure(
         machine_busy_percent: procstat::busy_percent(machine0, machine1),
         settle_ms: settle.as_secs_f64() * 1000.0,
         paced_journeys_per_second: spec.paced,
+        statements,
     }
 }
 
@@ -752,6 +798,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let servers = Watched {
             procs: Vec::new(),
             trees: target.servers.clone(),
+            metrics: Vec::new(),
         };
         let p = measure(spec, &servers, |until| {
             (0..concurrency)

@@ -74,6 +74,11 @@ struct Cli {
     #[arg(long)]
     nats_url: Option<String>,
 
+    /// Mesh: run the private PostgreSQL durable, flushing every commit to disk (fsync and
+    /// synchronous_commit on, PostgreSQL's defaults) instead of with both off as the tests do.
+    #[arg(long, conflicts_with = "database_url_base")]
+    durable_postgres: bool,
+
     /// Length of the mixed phase (default 10s; 2s with --smoke).
     #[arg(long)]
     duration: Option<PolicyDuration>,
@@ -304,6 +309,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
             edge: cli.transport != Transports::Grpc,
             database_url_base: cli.database_url_base.clone(),
             nats_url: cli.nats_url.clone(),
+            durable_postgres: cli.durable_postgres,
         },
     };
     let mut o = if cli.smoke {

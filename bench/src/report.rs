@@ -154,12 +154,57 @@ pub struct PhaseReport {
     pub settle_ms: f64,
     /// Pacing target of a paced phase (journeys per second), if any.
     pub paced_journeys_per_second: Option<f64>,
+    /// The statements the phase asked of each database (counted by the
+    /// services; read once the phase's events had all been applied).
+    pub statements: Vec<DbStatements>,
+}
+
+/// Statements (and on PostgreSQL round trips) asked of one database.
+#[derive(Clone, Debug, Serialize)]
+pub struct DbStatements {
+    pub db: String,
+    pub statements: u64,
 }
 
 impl PhaseReport {
     pub fn rpc(&self, name: &str) -> Option<&RpcFigures> {
         self.rpcs.iter().find(|r| r.rpc == name)
     }
+
+    /// The write RPCs of the phase: Reserve, CancelReservation, Rent and
+    /// ReturnRental.
+    pub fn write_calls(&self) -> u64 {
+        ["Reserve", "CancelReservation", "Rent", "ReturnRental"]
+            .iter()
+            .filter_map(|n| self.rpc(n))
+            .map(|r| r.calls)
+            .sum()
+    }
+
+    /// Server CPU seconds (every process of the target, its servers
+    /// included) per completed journey.
+    pub fn cpu_ms_per_journey(&self) -> Option<f64> {
+        (self.journeys > 0).then(|| {
+            let cpu: f64 = self.processes.iter().map(|p| p.cpu_seconds).sum();
+            cpu * 1000.0 / self.journeys as f64
+        })
+    }
+}
+
+/// The values of a counter in Prometheus' text format, by one label:
+/// `name{label="x",...} 12` gives ("x", 12).
+pub fn parse_counter(text: &str, name: &str, label: &str) -> Vec<(String, u64)> {
+    let wanted = format!("{label}=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once('}')?;
+            let start = labels.find(&wanted)? + wanted.len();
+            let end = start + labels[start..].find('"')?;
+            let value = value.trim().parse::<f64>().ok()?;
+            Some((labels[start..end].to_owned(), value as u64))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -373,6 +418,49 @@ impl Report {
             }
         }
 
+        let counted: Vec<&PhaseReport> = self
+            .phases
+            .iter()
+            .filter(|p| !p.statements.is_empty() && p.write_calls() > 0)
+            .collect();
+        if !counted.is_empty() {
+            let _ = writeln!(o, "\n### Statements and CPU per write\n");
+            let _ = writeln!(
+                o,
+                "Statements: what the services asked of their databases during the phase and until its events were all applied (`db_statements_total`: each statement, BEGIN and COMMIT; on PostgreSQL each is a round trip). Write RPCs: Reserve, CancelReservation, Rent, ReturnRental.\n"
+            );
+            let _ = writeln!(
+                o,
+                "| phase | write RPCs | statements | per write RPC | per journey | server CPU ms per journey | by database (per write RPC) |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+            for p in counted {
+                let writes = p.write_calls() as f64;
+                let total: u64 = p.statements.iter().map(|d| d.statements).sum();
+                let by_db: Vec<String> = p
+                    .statements
+                    .iter()
+                    .filter(|d| d.statements > 0)
+                    .map(|d| format!("{} {:.1}", d.db, d.statements as f64 / writes))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {:.1} | {} | {} | {} |",
+                    p.name,
+                    p.write_calls(),
+                    total,
+                    total as f64 / writes,
+                    if p.journeys > 0 {
+                        format!("{:.1}", total as f64 / p.journeys as f64)
+                    } else {
+                        "–".into()
+                    },
+                    p.cpu_ms_per_journey().map_or("–".into(), ms),
+                    by_db.join(", ")
+                );
+            }
+        }
+
         let errors: Vec<(&str, &ErrorCount)> = self
             .phases
             .iter()
@@ -463,5 +551,23 @@ impl Report {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_is_read_by_its_label() {
+        let text = "# TYPE db_statements_total counter\n\
+            db_statements_total{db=\"reserve\"} 120\n\
+            db_statements_total{db=\"view\",x=\"y\"} 7\n\
+            db_statements_totally{db=\"no\"} 1\n\
+            other{db=\"no\"} 3\n";
+        assert_eq!(
+            parse_counter(text, "db_statements_total", "db"),
+            vec![("reserve".to_owned(), 120), ("view".to_owned(), 7)]
+        );
     }
 }

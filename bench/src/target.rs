@@ -35,6 +35,10 @@ pub enum TargetSpec {
         edge: bool,
         database_url_base: Option<String>,
         nats_url: Option<String>,
+        /// The private PostgreSQL flushes every commit to disk (fsync and
+        /// synchronous commit on), as a library would run it; by default it
+        /// runs with both off, as the tests do.
+        durable_postgres: bool,
     },
 }
 
@@ -76,6 +80,9 @@ pub struct Target {
     /// or in the same directory (all-in-one) as the services'.
     pub baseline_db_url: String,
     pub startups: Vec<Startup>,
+    /// Where the target's processes export their metrics (`/metrics`), for
+    /// the statements each phase asks of the databases.
+    pub metrics: Vec<SocketAddr>,
     /// Whether the REST edge runs (always in the all-in-one).
     pub has_edge: bool,
     /// Private servers the harness started (mesh): name and pid, whose CPU
@@ -277,6 +284,7 @@ impl Target {
                     ),
                     events: "embedded event bus (SQLite)".into(),
                     spec: spec.clone(),
+                    metrics: vec![endpoints.edge],
                     endpoints,
                     procs: vec![proc],
                     secret,
@@ -293,13 +301,17 @@ impl Target {
                 edge,
                 database_url_base,
                 nats_url,
+                durable_postgres,
             } => {
                 let (pg, base) = match database_url_base {
                     Some(b) => (None, b.clone()),
                     None => {
-                        let pg = PrivatePostgres::start_new()
-                            .await
-                            .context("starting a private PostgreSQL")?;
+                        let pg = if *durable_postgres {
+                            PrivatePostgres::start_durable().await
+                        } else {
+                            PrivatePostgres::start_new().await
+                        }
+                        .context("starting a private PostgreSQL")?;
                         let url = pg.url();
                         (Some(pg), url)
                     }
@@ -323,6 +335,7 @@ impl Target {
                     )
                 };
                 let mut launches = Vec::new();
+                let mut metrics = Vec::new();
                 for name in SERVICES {
                     let a = match name {
                         "book-svc" => endpoints.book,
@@ -332,9 +345,12 @@ impl Target {
                     };
                     let log = dir.path().join(format!("{name}.log"));
                     let mut cmd = command(bin, &secret, &log)?;
+                    let metrics_addr =
+                        SocketAddr::from(([127, 0, 0, 1], rentalbook_testkit::free_port()));
+                    metrics.push(metrics_addr);
                     cmd.args(["service", name, "--"])
                         .args(["--listen-addr", &a.to_string()])
-                        .args(["--metrics-addr", "off"])
+                        .args(["--metrics-addr", &metrics_addr.to_string()])
                         .args(["--database-url", &db_of(name)])
                         .args(["--nats-url", &nats_url])
                         .args(["--nats-stream", &stream])
@@ -360,10 +376,12 @@ impl Target {
                     launches.push(launch("edge", cmd, vec![Probe::Http(endpoints.edge)], log));
                 }
                 let procs = futures::future::try_join_all(launches).await?;
-                let pg_note = if pg.is_some() {
-                    "a private PostgreSQL started for the run (fsync=off, synchronous_commit=off, as the tests run it)"
-                } else {
+                let pg_note = if pg.is_none() {
                     "the PostgreSQL server given by --database-url-base"
+                } else if *durable_postgres {
+                    "a private PostgreSQL started for the run, durable (fsync=on, synchronous_commit=on, PostgreSQL's defaults)"
+                } else {
+                    "a private PostgreSQL started for the run (fsync=off, synchronous_commit=off, as the tests run it)"
                 };
                 let mut servers = Vec::new();
                 if let Some(pid) = pg
@@ -388,6 +406,7 @@ impl Target {
                         format!("NATS JetStream at {nats_url}")
                     },
                     spec: spec.clone(),
+                    metrics,
                     endpoints,
                     procs,
                     secret,

@@ -61,10 +61,18 @@ fn give_up_at() -> Option<Instant> {
 /// so a smaller page cache cost no throughput in the benchmarks.
 const SQLITE_CACHE_KIB: &str = "-256";
 
+/// The counter of what is asked of a database: every statement sent through
+/// sea-orm, and each write transaction's BEGIN and COMMIT (or ROLLBACK). On
+/// PostgreSQL each is a round trip to the server; on SQLite a hand-off to the
+/// connection's thread. Labelled `db` with the database's name.
+pub const STATEMENTS_METRIC: &str = "db_statements_total";
+
 /// A pool on the service's database plus what its writers share.
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// The database's name (PostgreSQL) or file stem (SQLite), for metrics.
+    name: Arc<str>,
     /// SQLite only: one writer at a time.
     writer: Option<Arc<Semaphore>>,
     /// Woken after a commit that staged events, so the relay publishes at once.
@@ -103,10 +111,16 @@ impl Db {
                     .foreign_keys(true)
                     .pragma("cache_size", SQLITE_CACHE_KIB)
             });
-        let conn = Database::connect(opts)
+        let mut conn = Database::connect(opts)
             .await
             .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+        let name: Arc<str> = database_name(&url).into();
+        let label = name.clone();
+        conn.set_metric_callback(move |_| {
+            metrics::counter!(STATEMENTS_METRIC, "db" => label.to_string()).increment(1);
+        });
         Ok(Self {
+            name,
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
             conn,
             outbox_signal: Arc::new(Notify::new()),
@@ -160,6 +174,8 @@ impl Db {
                 .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??,
             None => start.await?,
         };
+        // BEGIN, and the COMMIT or ROLLBACK that ends it.
+        metrics::counter!(STATEMENTS_METRIC, "db" => self.name.to_string()).increment(2);
         Ok(WriteTx {
             tx,
             _permit: permit,
@@ -347,6 +363,19 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
+/// The database a URL names: the last part of its path (PostgreSQL), or the
+/// file's stem (SQLite).
+fn database_name(url: &str) -> String {
+    let path = url.split('?').next().unwrap_or_default();
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let stem = last.rsplit_once('.').map_or(last, |(stem, _)| stem);
+    if stem.is_empty() {
+        "default".to_owned()
+    } else {
+        stem.to_owned()
+    }
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -388,6 +417,20 @@ mod tests {
             took < Duration::from_millis(1300),
             "near the deadline, not the pool's timeout: {took:?}"
         );
+    }
+
+    #[test]
+    fn a_database_is_named_by_its_url() {
+        assert_eq!(
+            database_name("postgres://u@h:5432/rb_reserve?x=1"),
+            "rb_reserve"
+        );
+        assert_eq!(
+            database_name("sqlite:///data/reserve.db?mode=rwc"),
+            "reserve"
+        );
+        assert_eq!(database_name("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(database_name("postgres://u@h:5432/"), "default");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct PrivatePostgres {
     port: u16,
     dir: TempDir,
     run_as: Option<(u32, u32)>,
+    /// Started with [`PrivatePostgres::start_durable`].
+    durable: bool,
     server: Option<Supervised>,
     /// Frozen by [`PrivatePostgres::pause`].
     paused: bool,
@@ -44,17 +46,31 @@ impl PrivatePostgres {
     /// Creates a new cluster (initdb), starts it and waits until it accepts
     /// connections.
     pub async fn start_new() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`PrivatePostgres::start_new`], but durable as a library would
+    /// run its server: `fsync`, `synchronous_commit` and `full_page_writes`
+    /// on (PostgreSQL's defaults), so each commit waits for its WAL flush.
+    /// For measuring what a commit costs, not for fault tests.
+    pub async fn start_durable() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Result<Self> {
         let run_as = postgres_run_as()?;
         let dir = tempfile::Builder::new()
             .prefix("rentalbook-pg-")
             .tempdir()
             .context("creating a temp dir for PostgreSQL")?;
-        let cluster = Cluster::init(dir.path(), run_as).await?;
+        let mut cluster = Cluster::init(dir.path(), run_as).await?;
+        cluster.durable = durable;
         let (port, server) = cluster.launch_on_free_port(Some(dir.path())).await?;
         Ok(Self {
             port,
             dir,
             run_as,
+            durable,
             server: Some(server),
             paused: false,
         })
@@ -124,6 +140,7 @@ impl PrivatePostgres {
         let cluster = Cluster {
             dir: self.dir.path().to_path_buf(),
             run_as: self.run_as,
+            durable: self.durable,
         };
         let server = cluster
             .launch(self.port, Some(self.dir.path()))
@@ -327,6 +344,9 @@ fn pg_binaries() -> Result<PgBinaries> {
 struct Cluster {
     dir: PathBuf,
     run_as: Option<(u32, u32)>,
+    /// Every commit flushed to disk (PostgreSQL's defaults); otherwise
+    /// fsync and synchronous commit are off, as tests want.
+    durable: bool,
 }
 
 impl Cluster {
@@ -367,6 +387,7 @@ impl Cluster {
         Ok(Self {
             dir: dir.to_path_buf(),
             run_as,
+            durable: false,
         })
     }
 
@@ -398,13 +419,19 @@ impl Cluster {
             "-k".to_string(),
             self.dir.display().to_string(),
         ];
-        for setting in [
-            "listen_addresses=127.0.0.1",
-            "fsync=off",
-            "synchronous_commit=off",
-            "full_page_writes=off",
-            "max_connections=300",
-        ] {
+        let durability = if self.durable {
+            ["fsync=on", "synchronous_commit=on", "full_page_writes=on"]
+        } else {
+            [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ]
+        };
+        for setting in ["listen_addresses=127.0.0.1", "max_connections=300"]
+            .into_iter()
+            .chain(durability)
+        {
             args.push("-c".to_string());
             args.push(setting.to_string());
         }
