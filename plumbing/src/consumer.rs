@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prost::Message;
 use rentalbook_proto::events::v1::Envelope;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{EntityTrait, Set, TryInsertResult};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{ConsumerSpec, Delivery, EventBus, Subscription};
@@ -258,17 +258,34 @@ impl Consumer {
     /// Returns how many were applied and how many were duplicates.
     async fn apply_all(&self, events: &[(Envelope, &dyn Delivery)]) -> anyhow::Result<(u64, u64)> {
         let mut tx = self.db.begin().await?;
-        let mut seen: HashSet<String> = inbox::Entity::find()
-            .filter(inbox::Column::EventId.is_in(events.iter().map(|(e, _)| e.event_id.clone())))
-            .all(&*tx)
-            .await?
-            .into_iter()
-            .map(|row| row.event_id)
-            .collect();
         // A batch may hold an event twice (a redelivery behind the first).
+        let mut seen = HashSet::new();
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|(e, _)| e.event_id.clone())
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        // The inbox rows first, in one statement that skips those there
+        // already and returns the rest: the events to apply. Sorted, so two
+        // replicas given overlapping batches take the rows in one order.
+        ids.sort();
+        let now = crate::time::now();
+        let inserted =
+            inbox::Entity::insert_many(ids.into_iter().map(|event_id| inbox::ActiveModel {
+                event_id: Set(event_id),
+                consumer: Set(self.spec.durable.clone()),
+                processed_at: Set(now),
+            }))
+            .on_conflict_do_nothing_on([inbox::Column::EventId])
+            .exec_with_returning_keys(&*tx)
+            .await?;
+        let mut inserted: HashSet<String> = match inserted {
+            TryInsertResult::Inserted(keys) => keys.into_iter().collect(),
+            TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
+        };
         let fresh: Vec<&(Envelope, &dyn Delivery)> = events
             .iter()
-            .filter(|(e, _)| seen.insert(e.event_id.clone()))
+            .filter(|(e, _)| inserted.remove(&e.event_id))
             .collect();
         let duplicates = (events.len() - fresh.len()) as u64;
         if fresh.is_empty() {
@@ -281,17 +298,8 @@ impl Consumer {
             .collect();
         locks.sort();
         locks.dedup();
-        for (scope, key) in &locks {
-            tx.lock(scope, key).await?;
-        }
-        let now = crate::time::now();
-        inbox::Entity::insert_many(fresh.iter().map(|(e, _)| inbox::ActiveModel {
-            event_id: Set(e.event_id.clone()),
-            consumer: Set(self.spec.durable.clone()),
-            processed_at: Set(now),
-        }))
-        .exec(&*tx)
-        .await?;
+        let locks: Vec<(&str, &str)> = locks.iter().map(|(s, k)| (*s, k.as_str())).collect();
+        tx.lock_all(&locks).await?;
         for (envelope, delivery) in &fresh {
             let span = self.span(*delivery, envelope);
             tracing::Instrument::instrument(self.handler.apply(&mut tx, envelope), span).await?;

@@ -61,6 +61,9 @@ fn give_up_at() -> Option<Instant> {
 /// so a smaller page cache cost no throughput in the benchmarks.
 const SQLITE_CACHE_KIB: &str = "-256";
 
+/// A pooled connection idle at least this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The counter of what is asked of a database: every statement sent through
 /// sea-orm, and each write transaction's BEGIN and COMMIT (or ROLLBACK). On
 /// PostgreSQL each is a round trip to the server; on SQLite a hand-off to the
@@ -103,6 +106,11 @@ impl Db {
             .min_connections(1)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
+            // A connection in use a moment ago is handed out as it is; one
+            // idle for a while is pinged first, as it may have been dropped
+            // (a restarted server, a proxy's timeout). A ping on every
+            // acquire cost a round trip per transaction and per query.
+            .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
                 o.journal_mode(SqliteJournalMode::Wal)
@@ -181,7 +189,32 @@ impl Db {
             _permit: permit,
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
+            held: Default::default(),
         })
+    }
+
+    /// Runs one statement that needs no transaction of its own (a single
+    /// INSERT, UPDATE or DELETE is atomic by itself) as a writer: on SQLite
+    /// it waits for the write permit as [`Db::begin`] does, and saves the
+    /// BEGIN and COMMIT a transaction would cost.
+    pub async fn write_one<T, F>(&self, f: F) -> Result<T, DbErr>
+    where
+        F: AsyncFnOnce(&DatabaseConnection) -> Result<T, DbErr>,
+    {
+        if !self.reachable() {
+            return Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed));
+        }
+        let _permit = match &self.writer {
+            Some(writer) => Some(
+                writer
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| DbErr::Custom("database closed".into()))?,
+            ),
+            None => None,
+        };
+        f(&self.conn).await
     }
 
     /// Whether the database answered the health check's last ping.
@@ -238,6 +271,9 @@ pub struct WriteTx {
     _permit: Option<OwnedSemaphorePermit>,
     staged_events: bool,
     outbox_signal: Arc<Notify>,
+    /// The locks this transaction holds already: asking again is free
+    /// instead of a round trip.
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Deref for WriteTx {
@@ -252,16 +288,72 @@ impl WriteTx {
     /// Serialises this transaction with every other one locking the same key
     /// until commit or rollback. SQLite has one writer, so it needs nothing more.
     pub async fn lock(&self, scope: &str, key: &str) -> Result<(), DbErr> {
-        if self.tx.get_database_backend() == DbBackend::Postgres {
-            self.tx
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    [format!("{scope}:{key}").into()],
-                ))
-                .await?;
+        if self.tx.get_database_backend() != DbBackend::Postgres {
+            return Ok(());
         }
+        let name = format!("{scope}:{key}");
+        if self.holds(&name) {
+            return Ok(());
+        }
+        self.tx
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                [name.clone().into()],
+            ))
+            .await?;
+        self.held_locks().insert(name);
         Ok(())
+    }
+
+    fn held_locks(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.held_locks().contains(name)
+    }
+
+    /// Takes several locks in one round trip, in the order given (callers
+    /// sort them, so that two transactions never wait for each other in a
+    /// circle). Those already held are skipped.
+    pub async fn lock_all(&self, locks: &[(&str, &str)]) -> Result<(), DbErr> {
+        if self.tx.get_database_backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        let names: Vec<String> = locks
+            .iter()
+            .map(|(scope, key)| format!("{scope}:{key}"))
+            .filter(|name| !self.holds(name))
+            .collect();
+        match names.len() {
+            0 => return Ok(()),
+            1 => {
+                let (scope, key) = names[0].split_once(':').unwrap_or_default();
+                let (scope, key) = (scope.to_owned(), key.to_owned());
+                return self.lock(&scope, &key).await;
+            }
+            _ => {}
+        }
+        // One SELECT evaluates its target list left to right.
+        let calls: Vec<String> = (1..=names.len())
+            .map(|i| format!("pg_advisory_xact_lock(hashtextextended(${i}, 0))"))
+            .collect();
+        self.tx
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!("SELECT {}", calls.join(", ")),
+                names.iter().map(|n| n.clone().into()),
+            ))
+            .await?;
+        self.held_locks().extend(names);
+        Ok(())
+    }
+
+    /// True the first time `what` is asked in this transaction: for work a
+    /// transaction needs once however many events it applies.
+    pub fn first_time(&self, what: &str) -> bool {
+        self.held_locks().insert(format!("once:{what}"))
     }
 
     /// Takes a lock only one transaction at a time can hold, without waiting:

@@ -10,6 +10,7 @@
 //!   the effect happen once.
 //! - Dead letters go to `bus_dead_letters`, with the reason, never dropped.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,44 @@ pub struct EmbeddedBus {
     db: Db,
     /// The last stored sequence, so waiting consumers wake at once.
     latest: watch::Sender<i64>,
+    /// The subjects of the latest events, so that a consumer woken by
+    /// events of no subject of its own goes back to sleep without a query.
+    recent: Arc<Recent>,
+}
+
+/// The sequences and subjects of the last [`RECENT`] events stored, written
+/// (under the bus's write permit) after they committed and before
+/// consumers are woken.
+#[derive(Default)]
+struct Recent(std::sync::Mutex<VecDeque<(i64, String)>>);
+
+/// How many events' subjects [`Recent`] keeps.
+const RECENT: usize = 1024;
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(i64, String)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stored(&self, events: impl IntoIterator<Item = (i64, String)>) {
+        let mut recent = self.lock();
+        recent.extend(events);
+        let excess = recent.len().saturating_sub(RECENT);
+        recent.drain(..excess);
+    }
+
+    /// Whether every event after `from` up to `last` is known, and none is
+    /// on `filter`'s subjects.
+    fn none_for(&self, filter: &str, from: i64, last: i64) -> bool {
+        let recent = self.lock();
+        match recent.front() {
+            Some((oldest, _)) if *oldest <= from + 1 => !recent
+                .iter()
+                .filter(|(seq, _)| *seq > from && *seq <= last)
+                .any(|(_, subject)| subject_matches(filter, subject)),
+            _ => false,
+        }
+    }
 }
 
 impl EmbeddedBus {
@@ -190,7 +229,19 @@ impl EmbeddedBus {
         Ok(Arc::new(Self {
             db,
             latest: watch::channel(last).0,
+            recent: Arc::default(),
         }))
+    }
+
+    /// Records events just stored and wakes the consumers. Called under the
+    /// write permit, after the events committed, so the newest sequence
+    /// only grows.
+    fn told(&self, stored: Vec<(i64, String)>) {
+        let Some(last) = stored.last().map(|(seq, _)| *seq) else {
+            return;
+        };
+        self.recent.stored(stored);
+        self.latest.send_replace(last);
     }
 
     /// Dead letters so far, as stored, for tests.
@@ -208,28 +259,39 @@ impl EventBus for EmbeddedBus {
         if batch.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin().await?;
         let now = crate::time::now();
-        for e in batch {
-            events::Entity::insert(events::ActiveModel {
-                event_id: Set(e.event_id.clone()),
-                subject: Set(e.subject.clone()),
-                payload: Set(e.payload.to_vec()),
-                traceparent: Set(e.traceparent.clone()),
-                stored_at: Set(now),
-                ..Default::default()
+        let rows = batch.iter().map(|e| events::ActiveModel {
+            event_id: Set(e.event_id.clone()),
+            subject: Set(e.subject.clone()),
+            payload: Set(e.payload.to_vec()),
+            traceparent: Set(e.traceparent.clone()),
+            stored_at: Set(now),
+            ..Default::default()
+        });
+        let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+        // The batch in one statement, atomic by itself; an event stored
+        // before (the relay published it and crashed before its delete) is
+        // skipped. Then what was stored, for the consumers.
+        self.db
+            .write_one(async |db| {
+                events::Entity::insert_many(rows)
+                    .on_conflict_do_nothing_on([events::Column::EventId])
+                    .exec_without_returning(db)
+                    .await?;
+                let after = *self.latest.borrow();
+                let stored: Vec<(i64, String)> = events::Entity::find()
+                    .select_only()
+                    .columns([events::Column::Seq, events::Column::Subject])
+                    .filter(events::Column::Seq.gt(after))
+                    .filter(events::Column::EventId.is_in(ids))
+                    .order_by_asc(events::Column::Seq)
+                    .into_tuple()
+                    .all(db)
+                    .await?;
+                self.told(stored);
+                Ok(())
             })
-            .on_conflict_do_nothing_on([events::Column::EventId])
-            .exec(&*tx)
             .await?;
-        }
-        let last = events::Entity::find()
-            .order_by_desc(events::Column::Seq)
-            .one(&*tx)
-            .await?
-            .map_or(0, |e| e.seq);
-        tx.commit().await?;
-        self.latest.send_replace(last);
         Ok(())
     }
 
@@ -257,6 +319,9 @@ impl EventBus for EmbeddedBus {
             filter: spec.filter.clone(),
             ack_wait: spec.ack_wait,
             wake: self.latest.subscribe(),
+            recent: self.recent.clone(),
+            position: 0,
+            scanned: 0,
         }))
     }
 
@@ -319,31 +384,44 @@ impl EventBus for EmbeddedBus {
         let Ok(id) = <i64 as TryFrom<u64>>::try_from(id) else {
             return Ok(false);
         };
-        let tx = self.db.begin().await?;
-        let Some(letter) = dead_letters::Entity::find_by_id(id).one(&*tx).await? else {
+        let Some(letter) = dead_letters::Entity::find_by_id(id)
+            .one(self.db.conn())
+            .await?
+        else {
             return Ok(false);
         };
+        let event_id = format!("replay-{id}");
         // A new entry of the log, after everything there; its own publish
-        // id, since the original's is taken by the original entry.
-        events::Entity::insert(events::ActiveModel {
-            event_id: Set(format!("replay-{id}")),
-            subject: Set(letter.subject.clone()),
-            payload: Set(letter.payload.clone()),
-            traceparent: Set(None),
-            stored_at: Set(crate::time::now()),
-            ..Default::default()
-        })
-        .on_conflict_do_nothing_on([events::Column::EventId])
-        .exec_without_returning(&*tx)
-        .await?;
-        dead_letters::Entity::delete_by_id(id).exec(&*tx).await?;
-        let last = events::Entity::find()
-            .order_by_desc(events::Column::Seq)
-            .one(&*tx)
-            .await?
-            .map_or(0, |e| e.seq);
-        tx.commit().await?;
-        self.latest.send_replace(last);
+        // id, since the original's is taken by the original entry. Then the
+        // letter goes. A crash between the two leaves the letter, and
+        // replaying it again stores nothing twice (the same publish id).
+        self.db
+            .write_one(async |db| {
+                events::Entity::insert(events::ActiveModel {
+                    event_id: Set(event_id.clone()),
+                    subject: Set(letter.subject.clone()),
+                    payload: Set(letter.payload.clone()),
+                    traceparent: Set(None),
+                    stored_at: Set(crate::time::now()),
+                    ..Default::default()
+                })
+                .on_conflict_do_nothing_on([events::Column::EventId])
+                .exec_without_returning(db)
+                .await?;
+                let after = *self.latest.borrow();
+                let stored: Vec<(i64, String)> = events::Entity::find()
+                    .select_only()
+                    .columns([events::Column::Seq, events::Column::Subject])
+                    .filter(events::Column::Seq.gt(after))
+                    .filter(events::Column::EventId.eq(&event_id))
+                    .into_tuple()
+                    .all(db)
+                    .await?;
+                self.told(stored);
+                dead_letters::Entity::delete_by_id(id).exec(db).await?;
+                Ok(())
+            })
+            .await?;
         Ok(true)
     }
 
@@ -381,14 +459,17 @@ impl Shared {
 
     /// Moves the position to `seq`: every event up to it is done.
     async fn acknowledge(&self, seq: i64) -> anyhow::Result<()> {
-        let tx = self.db.begin().await?;
-        consumers::Entity::update_many()
-            .col_expr(consumers::Column::Position, Expr::value(seq))
-            .filter(consumers::Column::Durable.eq(&self.durable))
-            .filter(consumers::Column::Position.lt(seq))
-            .exec(&*tx)
+        // One UPDATE, atomic by itself.
+        self.db
+            .write_one(async |db| {
+                consumers::Entity::update_many()
+                    .col_expr(consumers::Column::Position, Expr::value(seq))
+                    .filter(consumers::Column::Durable.eq(&self.durable))
+                    .filter(consumers::Column::Position.lt(seq))
+                    .exec(db)
+                    .await
+            })
             .await?;
-        tx.commit().await?;
         let mut state = self.lock();
         if seq >= state.last {
             *state = InFlight::default();
@@ -407,6 +488,14 @@ struct EmbeddedSubscription {
     filter: String,
     ack_wait: Duration,
     wake: watch::Receiver<i64>,
+    recent: Arc<Recent>,
+    /// The position as last read from the store.
+    position: i64,
+    /// Every event up to this sequence has been looked at: none after the
+    /// position up to here is on the consumer's subjects. A consumer of
+    /// rare subjects (a merge, an erasure) keeps its position far behind;
+    /// without this, each publish would have it scan the log from there.
+    scanned: i64,
 }
 
 #[async_trait]
@@ -416,33 +505,52 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<Box<dyn Delivery>>>> {
+        // The stored position is read on the way in and after a quiet
+        // second, which is also how a reset (the consumer's row deleted) is
+        // noticed; a wake-up by events of no subject of this consumer's costs
+        // no query at all.
+        let mut look = true;
         loop {
             let wait_until = self.shared.lock().not_before;
             if let Some(t) = wait_until {
                 tokio::time::sleep_until(t.into()).await;
             }
-            let Some(position) = consumers::Entity::find_by_id(self.shared.durable.clone())
-                .one(self.shared.db.conn())
-                .await?
-                .map(|c| c.position)
-            else {
-                // Reset under us: start again from the beginning.
-                return Ok(None);
-            };
-            self.wake.mark_unchanged();
-            let batch: Vec<events::Model> = after_position(position, &self.filter)
-                .limit(max.max(1) as u64)
-                .all(self.shared.db.conn())
-                .await?
-                .into_iter()
-                .filter(|e| subject_matches(&self.filter, &e.subject))
-                .collect();
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-                // Nothing new: wait for a publish (or poll now and then).
-                tokio::select! {
-                    _ = self.wake.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // Everything up to `last` has committed: it was told after.
+            let last = *self.wake.borrow_and_update();
+            let known = Ord::max(self.position, self.scanned);
+            let quiet = last <= known || self.recent.none_for(&self.filter, known, last);
+            let batch: Vec<events::Model> = if quiet && !look {
+                Vec::new()
+            } else {
+                let Some(position) = consumers::Entity::find_by_id(self.shared.durable.clone())
+                    .one(self.shared.db.conn())
+                    .await?
+                    .map(|c| c.position)
+                else {
+                    // Reset under us: start again from the beginning.
+                    return Ok(None);
+                };
+                self.position = position;
+                let from = Ord::max(position, self.scanned);
+                if last <= from || self.recent.none_for(&self.filter, from, last) {
+                    Vec::new()
+                } else {
+                    after_position(from, &self.filter)
+                        .limit(max.max(1) as u64)
+                        .all(self.shared.db.conn())
+                        .await?
+                        .into_iter()
+                        .filter(|e| subject_matches(&self.filter, &e.subject))
+                        .collect()
                 }
+            };
+            let (Some(first), Some(last_of_batch)) = (batch.first(), batch.last()) else {
+                self.scanned = Ord::max(self.scanned, last);
+                // Nothing new: wait for a publish (or poll now and then).
+                look = tokio::select! {
+                    _ = self.wake.changed() => false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+                };
                 continue;
             };
             let delivered = {
@@ -454,7 +562,7 @@ impl Subscription for EmbeddedSubscription {
                 };
                 *state = InFlight {
                     first: first.seq,
-                    last: last.seq,
+                    last: last_of_batch.seq,
                     delivered,
                     // Unacknowledged, they come again after the ack wait.
                     not_before: Some(Instant::now() + self.ack_wait),
@@ -692,5 +800,75 @@ mod tests {
         let got: Vec<&[u8]> = again.iter().map(|d| d.payload()).collect();
         assert_eq!(got, [b"e7", b"e8"]);
         assert_eq!(again[0].delivered(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_of_a_rare_subject_gets_it_among_many_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bus.db").display());
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        let mut rare = bus
+            .subscribe(&spec("erasures", "member.history_erased"))
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(async move {
+            let d = rare.next().await.unwrap().unwrap();
+            let got = d.payload().to_vec();
+            d.ack().await.unwrap();
+            (got, rare)
+        });
+        // Two publishers at once, as two services' relays: the rare event
+        // is in the middle of one batch while the other's lands beside it.
+        let others = |from: usize| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for i in from..from + 40 {
+                    bus.publish(&[out(&format!("o{i}"), "reservation.placed")])
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let (a, b) = (others(0), others(100));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        bus.publish(&[
+            out("x1", "reservation.placed"),
+            out("r1", "member.history_erased"),
+            out("x2", "book.registered"),
+        ])
+        .await
+        .unwrap();
+        a.await.unwrap();
+        b.await.unwrap();
+        let (got, mut rare) = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken for its subject at once, not after a poll")
+            .unwrap();
+        assert_eq!(got, b"r1");
+
+        // More events than the bus remembers the subjects of go by before
+        // the next one of its own: it is found all the same.
+        let many: Vec<Outgoing> = (0..RECENT + 10)
+            .map(|i| out(&format!("m{i}"), "rental.rented"))
+            .collect();
+        bus.publish(&many).await.unwrap();
+        bus.publish(&[out("r2", "member.history_erased")])
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(2), rare.next())
+            .await
+            .expect("the next one of its own")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.payload(), b"r2");
+        d.ack().await.unwrap();
+
+        // Quiet, it still notices a reset within its poll.
+        bus.reset("erasures").await.unwrap();
+        let reset = tokio::time::timeout(Duration::from_secs(3), rare.next())
+            .await
+            .expect("a reset is noticed while quiet")
+            .unwrap();
+        assert!(reset.is_none(), "told to start over");
     }
 }
