@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use rentalbook_plumbing::consumer::EventHandler;
 use rentalbook_plumbing::db::WriteTx;
 use rentalbook_proto::events::v1::{Availability, Envelope, envelope::Body};
-use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::cache::BookCache;
 use crate::store::books;
@@ -44,24 +45,19 @@ impl EventHandler for StatusProjection {
             return Ok(());
         };
         tx.lock("book", book_id).await?;
-        let Some(book) = books::Entity::find_by_id(book_id.to_owned())
-            .one(&**tx)
-            .await?
-        else {
-            // The lending desk only knows books this service registered.
-            tracing::warn!(book_id, "availability for an unknown book ignored");
-            return Ok(());
-        };
-        if a.book_seq <= book.availability_seq {
-            return Ok(());
-        }
-        let mut book = book.into_active_model();
-        book.circulating_copies = Set(a.total);
-        book.held_copies = Set(a.held);
-        book.on_loan_copies = Set(a.on_loan);
-        book.waiting = Set(a.waiting);
-        book.availability_seq = Set(a.book_seq);
-        book.update(&**tx).await?;
+        // One statement: only a newer snapshot moves the counts. A book the
+        // catalogue does not have (the desk only knows books registered
+        // here) or an older snapshot changes no row.
+        books::Entity::update_many()
+            .col_expr(books::Column::CirculatingCopies, Expr::value(a.total))
+            .col_expr(books::Column::HeldCopies, Expr::value(a.held))
+            .col_expr(books::Column::OnLoanCopies, Expr::value(a.on_loan))
+            .col_expr(books::Column::Waiting, Expr::value(a.waiting))
+            .col_expr(books::Column::AvailabilitySeq, Expr::value(a.book_seq))
+            .filter(books::Column::BookId.eq(book_id))
+            .filter(books::Column::AvailabilitySeq.lt(a.book_seq))
+            .exec(&**tx)
+            .await?;
         Ok(())
     }
 

@@ -195,29 +195,85 @@ async fn stock_counts<C: ConnectionTrait>(
     Ok(counts.unwrap_or_default())
 }
 
-/// A member's standing for a book (R1, R2), in one query.
+/// A book's copies held for pickup, on loan and waited for, and with
+/// `member` that member's standing for the book (R1, R2), in one query:
+/// the rows of the book or of the member, live states only.
+async fn counts<C: ConnectionTrait>(
+    conn: &C,
+    book_id: &str,
+    member: Option<&str>,
+) -> Result<(Stock, Option<MemberStanding>), DbErr> {
+    let Some(member) = member else {
+        let (held, on_loan, waiting) = stock_counts(conn, book_id).await?;
+        return Ok((stock_of(held, on_loan, waiting), None));
+    };
+    let this_book = || reservations::Column::BookId.eq(book_id);
+    let by_member = || reservations::Column::MemberId.eq(member);
+    type Counts = (i64, i64, i64, i64, i64, i64);
+    let (held, on_loan, waiting, open_for_book, on_loan_here, open_total): Counts =
+        reservations::Entity::find()
+            .select_only()
+            .expr_as(
+                count_where(
+                    Condition::all()
+                        .add(this_book())
+                        .add(reservations::Column::Status.eq(status::READY)),
+                ),
+                "held",
+            )
+            .expr_as(count_where(on_loan().add(this_book())), "on_loan")
+            .expr_as(
+                count_where(
+                    Condition::all()
+                        .add(this_book())
+                        .add(reservations::Column::Status.eq(status::WAITING)),
+                ),
+                "waiting",
+            )
+            .expr_as(
+                count_where(open().add(this_book()).add(by_member())),
+                "open_for_book",
+            )
+            .expr_as(
+                count_where(on_loan().add(this_book()).add(by_member())),
+                "on_loan_here",
+            )
+            .expr_as(count_where(open().add(by_member())), "open_total")
+            .filter(Condition::any().add(this_book()).add(by_member()))
+            .filter(reservations::Column::Status.is_in(LIVE))
+            .into_tuple()
+            .one(conn)
+            .await?
+            .unwrap_or_default();
+    let standing = MemberStanding {
+        open_for_book: open_for_book > 0,
+        has_on_loan: on_loan_here > 0,
+        open_total: u32::try_from(open_total).unwrap_or(u32::MAX),
+    };
+    Ok((stock_of(held, on_loan, waiting), Some(standing)))
+}
+
+/// A member's standing for a book (R1, R2).
 async fn standing<C: ConnectionTrait>(
     conn: &C,
     member: &str,
     book_id: &str,
 ) -> Result<MemberStanding, DbErr> {
-    let this_book = || reservations::Column::BookId.eq(book_id);
-    let (open_for_book, on_loan_here, open_total): (i64, i64, i64) = reservations::Entity::find()
-        .select_only()
-        .expr_as(count_where(open().add(this_book())), "open_for_book")
-        .expr_as(count_where(on_loan().add(this_book())), "on_loan")
-        .expr_as(count_where(open()), "open_total")
-        .filter(reservations::Column::MemberId.eq(member))
-        .filter(reservations::Column::Status.is_in(LIVE))
-        .into_tuple()
-        .one(conn)
+    Ok(counts(conn, book_id, Some(member))
         .await?
-        .unwrap_or_default();
-    Ok(MemberStanding {
-        open_for_book: open_for_book > 0,
-        has_on_loan: on_loan_here > 0,
-        open_total: u32::try_from(open_total).unwrap_or(u32::MAX),
-    })
+        .1
+        .unwrap_or_default())
+}
+
+/// The counts as a [`Stock`]; `total` is the book row's, filled in by the caller.
+fn stock_of(held: i64, on_loan: i64, waiting: i64) -> Stock {
+    let as_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    Stock {
+        total: 0,
+        held: as_i32(held),
+        on_loan: as_i32(on_loan),
+        waiting: as_i32(waiting),
+    }
 }
 
 /// A book's row and copies, read under its lock.
@@ -230,6 +286,18 @@ impl Book {
     /// A merged book's id loads the book it was merged into: the row's
     /// book_id is the one to write.
     async fn load(tx: &WriteTx, book_id: &str) -> Result<Option<Book>, DbErr> {
+        Ok(Self::load_with(tx, book_id, None)
+            .await?
+            .map(|(book, _)| book))
+    }
+
+    /// [`Book::load`], and with `member` that member's standing for the
+    /// book, counted in the same query.
+    async fn load_with(
+        tx: &WriteTx,
+        book_id: &str,
+        member: Option<&str>,
+    ) -> Result<Option<(Book, Option<MemberStanding>)>, DbErr> {
         tx.lock("book", book_id).await?;
         let mut found = book_stock::Entity::find_by_id(book_id.to_owned())
             .one(&**tx)
@@ -244,15 +312,9 @@ impl Book {
         let Some(row) = found else {
             return Ok(None);
         };
-        let (held, on_loan, waiting) = stock_counts(&**tx, &row.book_id).await?;
-        let as_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
-        let stock = Stock {
-            total: row.total_copies,
-            held: as_i32(held),
-            on_loan: as_i32(on_loan),
-            waiting: as_i32(waiting),
-        };
-        Ok(Some(Book { row, stock }))
+        let (mut stock, standing) = counts(&**tx, &row.book_id, member).await?;
+        stock.total = row.total_copies;
+        Ok(Some((Book { row, stock }, standing)))
     }
 
     /// Records one change of the book: the next book_seq and the snapshot
@@ -303,13 +365,14 @@ impl Desk {
             return Ok(done);
         }
         let member = caller.member.as_str();
-        tx.lock("member", member).await?;
-        let mut book = Book::load(&tx, &book_id.to_string())
+        // Both locks in one round trip, the member's first (the lock order).
+        tx.lock_all(&[("member", member), ("book", &book_id.to_string())])
+            .await?;
+        let (mut book, standing) = Book::load_with(&tx, &book_id.to_string(), Some(member))
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
         let book_key = book.row.book_id.clone();
-
-        let standing = standing(&*tx, member, &book_key).await?;
+        let standing = standing.unwrap_or_default();
         let now = time::now();
         let placement = domain::place(book.stock, standing, &self.policy, now)
             .map_err(|r| refusal(r, &book_id))?;

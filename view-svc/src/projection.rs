@@ -397,19 +397,25 @@ async fn apply_change(tx: &WriteTx, c: Change<'_>, at: Timestamp) -> Result<(), 
     let found = journeys::Entity::find_by_id(c.reservation_id.to_owned())
         .one(db)
         .await?;
-    let j = match found {
-        Some(j) => j,
+    let (j, new) = match found {
+        Some(j) => (j, false),
         // An event of an erased journey, late or sent again, brings none
         // of it back.
         None if privacy::was_erased(db, c.reservation_id).await? => return Ok(()),
-        None => first_seen(tx, &c).await?,
+        None => (first_seen(db, &c).await?, true),
     };
     let next = merged(&j, &c, at);
     let finished = domain::is_finished(&next.stage)
         .then_some(next.finished_at)
         .flatten();
     let member = next.member_id.clone();
-    if next != j {
+    if new {
+        // Inserted as it stands after this first event, in one statement;
+        // the journey's lock is held, so nobody inserted it meanwhile.
+        journeys::Entity::insert(next.into_active_model())
+            .exec_without_returning(db)
+            .await?;
+    } else if next != j {
         // The book is the journey's first event's (or the one it was
         // merged into), never rewritten here: a merge of books moves it.
         let mut am = next.into_active_model().reset_all();
@@ -537,35 +543,32 @@ fn member_event(body: &Body) -> Option<&str> {
 /// A journey seen first through this change (events of two producers may
 /// cross, so it may be a later one): it starts empty, for the book its id
 /// leads to now.
-async fn first_seen(tx: &WriteTx, c: &Change<'_>) -> Result<journeys::Model, DbErr> {
-    let db = &**tx;
+/// A journey not seen before, as it stands before its first event: the
+/// book is the one the event names, or the one it was merged into.
+async fn first_seen<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    c: &Change<'_>,
+) -> Result<journeys::Model, DbErr> {
     let book_id = merged::resolve(db, c.book_id).await?;
-    journeys::Entity::insert(journeys::ActiveModel {
-        reservation_id: Set(c.reservation_id.to_owned()),
-        member_id: Set(c.member_id.to_owned()),
-        book_id: Set(book_id),
-        stage: Set(String::new()),
-        queue_seq: Set(i64::MAX),
-        pickup_deadline: Set(None),
-        rental_id: Set(None),
-        due_at: Set(None),
-        returned_at: Set(None),
-        return_confirmation: Set(None),
-        stage_seq: Set(0),
-        hold_barcode: Set(String::new()),
-        trapped_at: Set(None),
-        loan_barcode: Set(String::new()),
-        renewals: Set(0),
-        release_seq: Set(None),
-        finished_at: Set(None),
+    Ok(journeys::Model {
+        reservation_id: c.reservation_id.to_owned(),
+        member_id: c.member_id.to_owned(),
+        book_id,
+        stage: String::new(),
+        queue_seq: i64::MAX,
+        pickup_deadline: None,
+        rental_id: None,
+        due_at: None,
+        returned_at: None,
+        return_confirmation: None,
+        stage_seq: 0,
+        hold_barcode: String::new(),
+        trapped_at: None,
+        loan_barcode: String::new(),
+        renewals: 0,
+        release_seq: None,
+        finished_at: None,
     })
-    .on_conflict_do_nothing()
-    .exec_without_returning(db)
-    .await?;
-    journeys::Entity::find_by_id(c.reservation_id.to_owned())
-        .one(db)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("journey {}", c.reservation_id)))
 }
 
 /// BooksMerged and the desk's QueuesMerged: journeys of the merged books

@@ -36,6 +36,10 @@ const LOCK: &str = "view-svc:rebuild";
 
 /// Waits while a rebuild runs, and keeps one from starting until `tx` ends.
 pub async fn wait_for_rebuild(tx: &WriteTx) -> Result<(), DbErr> {
+    // Held until the transaction ends: once is enough for a whole batch.
+    if !tx.first_time("rebuild-shared") {
+        return Ok(());
+    }
     advisory_lock(tx, "pg_advisory_xact_lock_shared").await
 }
 
