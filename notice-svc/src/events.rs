@@ -151,6 +151,27 @@ impl EventHandler for Events {
         Ok(())
     }
 
+    /// Every event comes here; most of the desk's (a reservation placed
+    /// waiting, cancelled, fulfilled, a return recorded) tell nobody
+    /// anything. The events [`Events::apply`] acts on, and only those.
+    fn ignores(&self, event: &Envelope) -> bool {
+        !match &event.body {
+            Some(Body::ReservationPlaced(e)) => e.status == ReservationStatus::Ready as i32,
+            Some(
+                Body::BookRegistered(_)
+                | Body::BookUpdated(_)
+                | Body::ReservationReady(_)
+                | Body::ReservationExpired(_)
+                | Body::BookRented(_)
+                | Body::LoanRenewed(_)
+                | Body::BookReturned(_)
+                | Body::RentalLost(_)
+                | Body::HistoryErased(_),
+            ) => true,
+            _ => false,
+        }
+    }
+
     fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
         match &event.body {
             Some(Body::BookRented(e)) => vec![("loan", e.rental_id.clone())],

@@ -56,6 +56,15 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Runs once the effect of a newly applied event has committed (to tell
     /// watchers, say). Not run for duplicates.
     async fn after_commit(&self, _event: &Envelope) {}
+
+    /// Whether `event` has no effect here at all, whenever it comes: it is
+    /// acknowledged without a transaction, an inbox row or [`apply`].
+    /// For a consumer of every subject that acts on a few.
+    ///
+    /// [`apply`]: EventHandler::apply
+    fn ignores(&self, _event: &Envelope) -> bool {
+        false
+    }
 }
 
 /// A handler's verdict that an event is permanently unacceptable (it fails
@@ -257,14 +266,23 @@ impl Consumer {
     /// transaction with their inbox rows, then runs `after_commit` for them.
     /// Returns how many were applied and how many were duplicates.
     async fn apply_all(&self, events: &[(Envelope, &dyn Delivery)]) -> anyhow::Result<(u64, u64)> {
-        let mut tx = self.db.begin().await?;
+        let wanted: Vec<&(Envelope, &dyn Delivery)> = events
+            .iter()
+            .filter(|(e, _)| !self.handler.ignores(e))
+            .collect();
+        let ignored = (events.len() - wanted.len()) as u64;
+        self.count("ignored", ignored);
         // A batch may hold an event twice (a redelivery behind the first).
         let mut seen = HashSet::new();
-        let mut ids: Vec<String> = events
+        let mut ids: Vec<String> = wanted
             .iter()
             .map(|(e, _)| e.event_id.clone())
             .filter(|id| seen.insert(id.clone()))
             .collect();
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut tx = self.db.begin().await?;
         // The inbox rows first, in one statement that skips those there
         // already and returns the rest: the events to apply. Sorted, so two
         // replicas given overlapping batches take the rows in one order.
@@ -283,11 +301,11 @@ impl Consumer {
             TryInsertResult::Inserted(keys) => keys.into_iter().collect(),
             TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
         };
-        let fresh: Vec<&(Envelope, &dyn Delivery)> = events
-            .iter()
+        let fresh: Vec<&(Envelope, &dyn Delivery)> = wanted
+            .into_iter()
             .filter(|(e, _)| inserted.remove(&e.event_id))
             .collect();
-        let duplicates = (events.len() - fresh.len()) as u64;
+        let duplicates = events.len() as u64 - ignored - fresh.len() as u64;
         if fresh.is_empty() {
             tx.rollback().await?;
             return Ok((0, duplicates));

@@ -186,7 +186,7 @@ impl Db {
         metrics::counter!(STATEMENTS_METRIC, "db" => self.name.to_string()).increment(2);
         Ok(WriteTx {
             tx,
-            _permit: permit,
+            permit,
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
             held: Default::default(),
@@ -268,7 +268,7 @@ impl Db {
 /// A write transaction. Derefs to sea-orm's transaction for queries.
 pub struct WriteTx {
     tx: DatabaseTransaction,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     staged_events: bool,
     outbox_signal: Arc<Notify>,
     /// The locks this transaction holds already: asking again is free
@@ -364,6 +364,13 @@ impl WriteTx {
             return Ok(true);
         }
         try_advisory_lock(&self.tx, scope).await
+    }
+
+    /// Whether no other writer can have changed anything since this
+    /// transaction began (SQLite: its one writer, taken at BEGIN IMMEDIATE),
+    /// so that a row read before a lock was taken needs no second read.
+    pub fn is_exclusive(&self) -> bool {
+        self.permit.is_some()
     }
 
     pub(crate) fn mark_staged(&mut self) {

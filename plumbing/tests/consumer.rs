@@ -105,6 +105,8 @@ struct Recorder {
     poison: Vec<String>,
     /// Held inside the transaction after taking the event's lock.
     linger: Duration,
+    /// Events the handler says have no effect here.
+    ignored: Vec<String>,
 }
 
 fn book_of(event: &Envelope) -> String {
@@ -140,6 +142,10 @@ impl EventHandler for Recorder {
 
     fn locks(&self, event: &Envelope) -> Vec<(&'static str, String)> {
         vec![("book", book_of(event))]
+    }
+
+    fn ignores(&self, event: &Envelope) -> bool {
+        self.ignored.contains(&event.event_id)
     }
 }
 
@@ -241,6 +247,65 @@ async fn an_outage_of_its_own_holds_the_events_and_dead_letters_nothing(backend:
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(handler.applied(), ["e1", "e2", "e3"]);
     stop.cancel();
+}
+
+/// Events the handler ignores are acknowledged without being applied or
+/// given an inbox row, and the ones between them are applied in order.
+async fn ignored_events_are_passed_over(backend: Backend) {
+    use rentalbook_plumbing::schema::inbox;
+    use sea_orm::{EntityTrait, QueryOrder};
+    let s = setup(backend).await;
+    let handler = Arc::new(Recorder {
+        ignored: vec!["e1".into(), "e3".into(), "e4".into()],
+        ..Recorder::default()
+    });
+    let stop = start(&s, spec("ignoring", 3), handler.clone());
+    s.bus
+        .publish(&[event("e1", "b1"), event("e2", "b1")])
+        .await
+        .unwrap();
+    s.bus
+        .publish(&[event("e3", "b2"), event("e4", "b2")])
+        .await
+        .unwrap();
+    s.bus.publish(&[event("e5", "b1")]).await.unwrap();
+    until("the others applied", Duration::from_secs(10), || {
+        handler.applied().len() == 2
+    })
+    .await;
+    assert_eq!(handler.applied(), ["e2", "e5"], "{backend:?}");
+    for id in ["e1", "e3", "e4"] {
+        assert_eq!(handler.tries(id), 0, "{backend:?}: {id} not applied");
+    }
+    let rows: Vec<String> = inbox::Entity::find()
+        .order_by_asc(inbox::Column::EventId)
+        .all(s.db.conn())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(rows, ["e2", "e5"], "{backend:?}: inbox rows");
+    let mut pending = None;
+    for _ in 0..100 {
+        pending = s.bus.pending("ignoring").await.unwrap();
+        if pending == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending, Some(0), "{backend:?}: every event acknowledged");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_events_are_passed_over_on_nats_and_postgres() {
+    ignored_events_are_passed_over(Backend::Mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_events_are_passed_over_on_the_embedded_bus() {
+    ignored_events_are_passed_over(Backend::AllInOne).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
