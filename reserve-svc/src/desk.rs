@@ -336,6 +336,21 @@ impl Book {
     }
 }
 
+/// A reservation read before its book's lock was taken, as it is now. A
+/// transaction that shut every other writer out from its start (SQLite)
+/// read it as it is; otherwise it is read again.
+async fn reread(tx: &WriteTx, found: reservations::Model) -> ServiceResult<reservations::Model> {
+    if tx.is_exclusive() {
+        return Ok(found);
+    }
+    Ok(
+        reservations::Entity::find_by_id(found.reservation_id.clone())
+            .one(&**tx)
+            .await?
+            .ok_or_else(|| no_reservation(&found.reservation_id))?,
+    )
+}
+
 async fn set_status(
     tx: &WriteTx,
     r: reservations::Model,
@@ -451,11 +466,8 @@ impl Desk {
         let mut book = Book::load(&tx, &found.book_id)
             .await?
             .ok_or_else(|| unknown_book_row(&found.book_id))?;
-        // Re-read under the book's lock: the status may have moved meanwhile.
-        let r = reservations::Entity::find_by_id(found.reservation_id.clone())
-            .one(&*tx)
-            .await?
-            .ok_or_else(|| no_reservation(&found.reservation_id))?;
+        // Under the book's lock: the status may have moved meanwhile.
+        let r = reread(&tx, found).await?;
         let previous = r.status.clone();
         let answer = match previous.as_str() {
             status::CANCELLED => to_proto(r, 0),
@@ -727,10 +739,7 @@ impl Desk {
         let mut book = Book::load(tx, &found.book_id)
             .await?
             .ok_or_else(|| unknown_book_row(&found.book_id))?;
-        let r = reservations::Entity::find_by_id(found.reservation_id.clone())
-            .one(&**tx)
-            .await?
-            .ok_or_else(|| no_reservation(&found.reservation_id))?;
+        let r = reread(tx, found).await?;
         if let Some(at) = r.returned_at {
             let item = match &r.barcode {
                 Some(b) => items::by_barcode(&**tx, b).await?,

@@ -48,21 +48,25 @@ pub async fn build<C: ConnectionTrait>(
             _ => {}
         }
     }
-    page.notices = notices::Entity::find()
+    let shown = notices::Entity::find()
         .filter(notices::Column::MemberId.eq(member))
         .order_by_desc(notices::Column::CreatedAt)
         .order_by_desc(notices::Column::NoticeId)
         .limit(MAX_NOTICES)
         .all(db)
-        .await?
-        .into_iter()
-        .map(notice_of)
-        .collect();
-    let unread = notices::Entity::find()
-        .filter(notices::Column::MemberId.eq(member))
-        .filter(notices::Column::Read.eq(false))
-        .count(db)
         .await?;
+    // Fewer than a page of notices are all of them: count the unread among
+    // them instead of asking the database again.
+    let unread = if (shown.len() as u64) < MAX_NOTICES {
+        shown.iter().filter(|n| !n.read).count() as u64
+    } else {
+        notices::Entity::find()
+            .filter(notices::Column::MemberId.eq(member))
+            .filter(notices::Column::Read.eq(false))
+            .count(db)
+            .await?
+    };
+    page.notices = shown.into_iter().map(notice_of).collect();
     page.unread_notices = i32::try_from(unread).unwrap_or(i32::MAX);
     Ok((page, next_change))
 }
