@@ -33,6 +33,7 @@ pub mod baseline;
 pub mod chaos;
 pub mod client;
 pub mod echo;
+pub mod pgstats;
 pub mod procstat;
 pub mod report;
 pub mod rest;
@@ -249,6 +250,8 @@ struct Watched {
     trees: Vec<(String, u32)>,
     /// Where the processes export their metrics.
     metrics: Vec<std::net::SocketAddr>,
+    /// PostgreSQL's own figures per statement (`--pg-statements`).
+    pg: Option<pgstats::PgStats>,
 }
 
 impl Watched {
@@ -261,6 +264,7 @@ impl Watched {
                 .collect(),
             trees: target.servers.clone(),
             metrics: target.metrics.clone(),
+            pg: None,
         }
     }
 
@@ -269,6 +273,7 @@ impl Watched {
             procs,
             trees: Vec::new(),
             metrics: Vec::new(),
+            pg: None,
         }
     }
 
@@ -345,6 +350,9 @@ async fn measure(
 ) -> PhaseReport {
     let settle = watched.settle().await;
     let statements0 = watched.statements().await;
+    if let Some(pg) = &watched.pg {
+        pg.reset().await;
+    }
     let cpu0 = watched.cpu();
     let me0 = procstat::sample_self().cpu_seconds;
     let machine0 = procstat::machine_ticks();
@@ -377,6 +385,13 @@ async fn measure(
                 db,
             })
             .collect()
+    };
+    let pg_statements = match &watched.pg {
+        Some(pg) => {
+            watched.settle().await;
+            pg.read().await.ok()
+        }
+        None => None,
     };
 
     let rpcs = rec
@@ -443,6 +458,7 @@ async fn measure(
         settle_ms: settle.as_secs_f64() * 1000.0,
         paced_journeys_per_second: spec.paced,
         statements,
+        pg_statements,
     }
 }
 
@@ -579,7 +595,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             full_rates: None,
         });
     }
-    let watched = Watched::of(&target);
+    let mut watched = Watched::of(&target);
+    if let Some(url) = &target.pg_stats_url {
+        watched.pg = Some(pgstats::PgStats::connect(url).await?);
+    }
     let mut phases: Vec<PhaseReport> = Vec::new();
     let mixed_what = if opts.read_rate > 0.0 {
         format!(
@@ -799,6 +818,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             procs: Vec::new(),
             trees: target.servers.clone(),
             metrics: Vec::new(),
+            pg: None,
         };
         let p = measure(spec, &servers, |until| {
             (0..concurrency)

@@ -79,6 +79,11 @@ struct Cli {
     #[arg(long, conflicts_with = "database_url_base")]
     durable_postgres: bool,
 
+    /// Mesh: load pg_stat_statements into the private PostgreSQL and report, per phase, the
+    /// statements that cost it most (planning and execution time, calls per write RPC).
+    #[arg(long, conflicts_with = "database_url_base")]
+    pg_statements: bool,
+
     /// Length of the mixed phase (default 10s; 2s with --smoke).
     #[arg(long)]
     duration: Option<PolicyDuration>,
@@ -310,6 +315,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
             database_url_base: cli.database_url_base.clone(),
             nats_url: cli.nats_url.clone(),
             durable_postgres: cli.durable_postgres,
+            pg_statements: cli.pg_statements,
         },
     };
     let mut o = if cli.smoke {

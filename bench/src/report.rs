@@ -157,6 +157,9 @@ pub struct PhaseReport {
     /// The statements the phase asked of each database (counted by the
     /// services; read once the phase's events had all been applied).
     pub statements: Vec<DbStatements>,
+    /// PostgreSQL's own figures per statement (`--pg-statements`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_statements: Option<crate::pgstats::PgPhase>,
 }
 
 /// Statements (and on PostgreSQL round trips) asked of one database.
@@ -237,6 +240,60 @@ pub struct TargetCheck {
 
 fn f1(v: f64) -> String {
     format!("{v:.1}")
+}
+
+/// PostgreSQL's planning and execution time by statement over one phase,
+/// per write RPC, beside the server's CPU.
+fn pg_statements_table(o: &mut String, p: &PhaseReport, pg: &crate::pgstats::PgPhase) {
+    let writes = p.write_calls() as f64;
+    let server_cpu_ms = p
+        .processes
+        .iter()
+        .filter(|s| s.process.starts_with("postgres"))
+        .map(|s| s.cpu_seconds * 1000.0)
+        .sum::<f64>();
+    let _ = writeln!(o, "\n### PostgreSQL's time by statement: {}\n", p.name);
+    let _ = writeln!(
+        o,
+        "pg_stat_statements, from the phase's start until its events were all applied: {:.2} ms of planning and execution per write RPC ({:.1} statements), of {:.2} ms of the server's CPU per write RPC over the phase itself. The rest of the CPU is outside statements (the protocol, a backend woken per round trip, commits).\n",
+        pg.total_ms / writes,
+        pg.total_calls as f64 / writes,
+        server_cpu_ms / writes
+    );
+    let _ = writeln!(
+        o,
+        "| databases | statement | calls per write RPC | rows per call | µs per call | share of the time |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    let share = |t: f64| {
+        if pg.total_ms > 0.0 {
+            format!("{:.1} %", 100.0 * t / pg.total_ms)
+        } else {
+            "–".into()
+        }
+    };
+    for s in &pg.listed {
+        let t = s.plan_ms + s.exec_ms;
+        let _ = writeln!(
+            o,
+            "| {} | `{}` | {:.2} | {:.1} | {:.0} | {} |",
+            s.databases,
+            s.query,
+            s.calls as f64 / writes,
+            s.rows as f64 / s.calls.max(1) as f64,
+            1000.0 * t / s.calls.max(1) as f64,
+            share(t)
+        );
+    }
+    if pg.others_calls > 0 {
+        let _ = writeln!(
+            o,
+            "| | all others | {:.2} | | {:.0} | {} |",
+            pg.others_calls as f64 / writes,
+            1000.0 * pg.others_ms / pg.others_calls as f64,
+            share(pg.others_ms)
+        );
+    }
 }
 
 fn ms(v: f64) -> String {
@@ -458,6 +515,12 @@ impl Report {
                     p.cpu_ms_per_journey().map_or("–".into(), ms),
                     by_db.join(", ")
                 );
+            }
+        }
+
+        for p in self.phases.iter().filter(|p| p.write_calls() > 0) {
+            if let Some(pg) = &p.pg_statements {
+                pg_statements_table(&mut o, p, pg);
             }
         }
 

@@ -39,6 +39,9 @@ pub enum TargetSpec {
         /// synchronous commit on), as a library would run it; by default it
         /// runs with both off, as the tests do.
         durable_postgres: bool,
+        /// The private PostgreSQL loads pg_stat_statements, for
+        /// [`crate::pgstats`].
+        pg_statements: bool,
     },
 }
 
@@ -88,6 +91,9 @@ pub struct Target {
     /// Private servers the harness started (mesh): name and pid, whose CPU
     /// (with their children's: PostgreSQL's backends) the phases count.
     pub servers: Vec<(String, u32)>,
+    /// The `postgres` database of the private PostgreSQL when it loads
+    /// pg_stat_statements.
+    pub pg_stats_url: Option<String>,
     /// Description of the storage, for the report.
     pub storage: String,
     pub events: String,
@@ -282,6 +288,7 @@ impl Target {
                         "SQLite files (WAL) in a temp dir ({})",
                         filesystem_of(dir.path())
                     ),
+                    pg_stats_url: None,
                     events: "embedded event bus (SQLite)".into(),
                     spec: spec.clone(),
                     metrics: vec![endpoints.edge],
@@ -302,16 +309,19 @@ impl Target {
                 database_url_base,
                 nats_url,
                 durable_postgres,
+                pg_statements,
             } => {
+                let settings: &[&str] = if *pg_statements {
+                    &crate::pgstats::SETTINGS
+                } else {
+                    &[]
+                };
                 let (pg, base) = match database_url_base {
                     Some(b) => (None, b.clone()),
                     None => {
-                        let pg = if *durable_postgres {
-                            PrivatePostgres::start_durable().await
-                        } else {
-                            PrivatePostgres::start_new().await
-                        }
-                        .context("starting a private PostgreSQL")?;
+                        let pg = PrivatePostgres::start_with_settings(*durable_postgres, settings)
+                            .await
+                            .context("starting a private PostgreSQL")?;
                         let url = pg.url();
                         (Some(pg), url)
                     }
@@ -399,7 +409,15 @@ impl Target {
                 Target {
                     servers,
                     baseline_db_url: db_of("baseline"),
-                    storage: format!("{pg_note}; one database per service"),
+                    storage: format!(
+                        "{pg_note}{}; one database per service",
+                        if *pg_statements {
+                            ", pg_stat_statements loaded"
+                        } else {
+                            ""
+                        }
+                    ),
+                    pg_stats_url: pg.as_ref().filter(|_| *pg_statements).map(|p| p.url()),
                     events: if nats.is_some() {
                         "a private nats-server (JetStream, file store in a temp dir)".into()
                     } else {

@@ -74,8 +74,6 @@ pub const STATEMENTS_METRIC: &str = "db_statements_total";
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
-    /// The database's name (PostgreSQL) or file stem (SQLite), for metrics.
-    name: Arc<str>,
     /// SQLite only: one writer at a time.
     writer: Option<Arc<Semaphore>>,
     /// Woken after a commit that staged events, so the relay publishes at once.
@@ -86,6 +84,8 @@ pub struct Db {
     /// False while the health check's ping fails: transactions are refused
     /// at once instead of waiting for a database that does not answer.
     reachable: Arc<AtomicBool>,
+    /// [`STATEMENTS_METRIC`] of this database.
+    statements: metrics::Counter,
 }
 
 impl Db {
@@ -122,13 +122,11 @@ impl Db {
         let mut conn = Database::connect(opts)
             .await
             .with_context(|| format!("connecting to the database {}", redact(&url)))?;
-        let name: Arc<str> = database_name(&url).into();
-        let label = name.clone();
-        conn.set_metric_callback(move |_| {
-            metrics::counter!(STATEMENTS_METRIC, "db" => label.to_string()).increment(1);
-        });
+        let statements = metrics::counter!(STATEMENTS_METRIC, "db" => database_name(&url));
+        let counted = statements.clone();
+        conn.set_metric_callback(move |_| counted.increment(1));
         Ok(Self {
-            name,
+            statements,
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
             conn,
             outbox_signal: Arc::new(Notify::new()),
@@ -153,37 +151,21 @@ impl Db {
     /// known to be unreachable; inside a request, the wait for a connection
     /// (and SQLite's writer permit) ends before the request's deadline.
     pub async fn begin(&self) -> Result<WriteTx, DbErr> {
-        if !self.reachable() {
-            return Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed));
-        }
-        let start = async {
-            let permit = match &self.writer {
-                Some(writer) => Some(
-                    writer
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| DbErr::Custom("database closed".into()))?,
-                ),
-                None => None,
-            };
-            let tx = self
-                .conn
-                .begin_with_options(TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..Default::default()
-                })
-                .await?;
-            Ok::<_, DbErr>((tx, permit))
-        };
-        let (tx, permit) = match give_up_at() {
-            Some(at) => tokio::time::timeout_at(at, start)
-                .await
-                .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??,
-            None => start.await?,
-        };
+        let (tx, permit) = self
+            .as_writer(async || {
+                let permit = self.writer_permit().await?;
+                let tx = self
+                    .conn
+                    .begin_with_options(TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok((tx, permit))
+            })
+            .await?;
         // BEGIN, and the COMMIT or ROLLBACK that ends it.
-        metrics::counter!(STATEMENTS_METRIC, "db" => self.name.to_string()).increment(2);
+        self.statements.increment(2);
         Ok(WriteTx {
             tx,
             permit,
@@ -201,20 +183,39 @@ impl Db {
     where
         F: AsyncFnOnce(&DatabaseConnection) -> Result<T, DbErr>,
     {
+        let _permit = self.as_writer(async || self.writer_permit().await).await?;
+        f(&self.conn).await
+    }
+
+    /// Waits for what a writer needs (`start`), refused at once while the
+    /// database is known to be unreachable and bounded by the deadline of
+    /// the request being served.
+    async fn as_writer<T>(
+        &self,
+        start: impl AsyncFnOnce() -> Result<T, DbErr>,
+    ) -> Result<T, DbErr> {
         if !self.reachable() {
             return Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed));
         }
-        let _permit = match &self.writer {
-            Some(writer) => Some(
-                writer
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| DbErr::Custom("database closed".into()))?,
-            ),
-            None => None,
+        match give_up_at() {
+            Some(at) => tokio::time::timeout_at(at, start())
+                .await
+                .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?,
+            None => start().await,
+        }
+    }
+
+    /// SQLite's one write permit; nothing on PostgreSQL.
+    async fn writer_permit(&self) -> Result<Option<OwnedSemaphorePermit>, DbErr> {
+        let Some(writer) = &self.writer else {
+            return Ok(None);
         };
-        f(&self.conn).await
+        writer
+            .clone()
+            .acquire_owned()
+            .await
+            .map(Some)
+            .map_err(|_| DbErr::Custom("database closed".into()))
     }
 
     /// Whether the database answered the health check's last ping.
@@ -288,22 +289,7 @@ impl WriteTx {
     /// Serialises this transaction with every other one locking the same key
     /// until commit or rollback. SQLite has one writer, so it needs nothing more.
     pub async fn lock(&self, scope: &str, key: &str) -> Result<(), DbErr> {
-        if self.tx.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let name = format!("{scope}:{key}");
-        if self.holds(&name) {
-            return Ok(());
-        }
-        self.tx
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                [name.clone().into()],
-            ))
-            .await?;
-        self.held_locks().insert(name);
-        Ok(())
+        self.lock_all(&[(scope, key)]).await
     }
 
     fn held_locks(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -326,14 +312,8 @@ impl WriteTx {
             .map(|(scope, key)| format!("{scope}:{key}"))
             .filter(|name| !self.holds(name))
             .collect();
-        match names.len() {
-            0 => return Ok(()),
-            1 => {
-                let (scope, key) = names[0].split_once(':').unwrap_or_default();
-                let (scope, key) = (scope.to_owned(), key.to_owned());
-                return self.lock(&scope, &key).await;
-            }
-            _ => {}
+        if names.is_empty() {
+            return Ok(());
         }
         // One SELECT evaluates its target list left to right.
         let calls: Vec<String> = (1..=names.len())

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, sea_query::Expr,
 };
 use sea_orm_migration::prelude::*;
 use tokio::sync::watch;
@@ -233,9 +233,35 @@ impl EmbeddedBus {
         }))
     }
 
-    /// Records events just stored and wakes the consumers. Called under the
-    /// write permit, after the events committed, so the newest sequence
-    /// only grows.
+    /// Appends `rows` (publish ids `ids`) to the log in one statement,
+    /// skipping those stored before, then tells the consumers what was
+    /// stored. Called under the write permit, so the newest sequence only
+    /// grows.
+    async fn append(
+        &self,
+        db: &DatabaseConnection,
+        rows: impl IntoIterator<Item = events::ActiveModel>,
+        ids: Vec<String>,
+    ) -> Result<(), DbErr> {
+        events::Entity::insert_many(rows)
+            .on_conflict_do_nothing_on([events::Column::EventId])
+            .exec_without_returning(db)
+            .await?;
+        let after = *self.latest.borrow();
+        let stored: Vec<(i64, String)> = events::Entity::find()
+            .select_only()
+            .columns([events::Column::Seq, events::Column::Subject])
+            .filter(events::Column::Seq.gt(after))
+            .filter(events::Column::EventId.is_in(ids))
+            .order_by_asc(events::Column::Seq)
+            .into_tuple()
+            .all(db)
+            .await?;
+        self.told(stored);
+        Ok(())
+    }
+
+    /// Records events just stored and wakes the consumers.
     fn told(&self, stored: Vec<(i64, String)>) {
         let Some(last) = stored.last().map(|(seq, _)| *seq) else {
             return;
@@ -271,26 +297,9 @@ impl EventBus for EmbeddedBus {
         let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
         // The batch in one statement, atomic by itself; an event stored
         // before (the relay published it and crashed before its delete) is
-        // skipped. Then what was stored, for the consumers.
+        // skipped.
         self.db
-            .write_one(async |db| {
-                events::Entity::insert_many(rows)
-                    .on_conflict_do_nothing_on([events::Column::EventId])
-                    .exec_without_returning(db)
-                    .await?;
-                let after = *self.latest.borrow();
-                let stored: Vec<(i64, String)> = events::Entity::find()
-                    .select_only()
-                    .columns([events::Column::Seq, events::Column::Subject])
-                    .filter(events::Column::Seq.gt(after))
-                    .filter(events::Column::EventId.is_in(ids))
-                    .order_by_asc(events::Column::Seq)
-                    .into_tuple()
-                    .all(db)
-                    .await?;
-                self.told(stored);
-                Ok(())
-            })
+            .write_one(async |db| self.append(db, rows, ids).await)
             .await?;
         Ok(())
     }
@@ -395,29 +404,17 @@ impl EventBus for EmbeddedBus {
         // id, since the original's is taken by the original entry. Then the
         // letter goes. A crash between the two leaves the letter, and
         // replaying it again stores nothing twice (the same publish id).
+        let row = events::ActiveModel {
+            event_id: Set(event_id.clone()),
+            subject: Set(letter.subject),
+            payload: Set(letter.payload),
+            traceparent: Set(None),
+            stored_at: Set(crate::time::now()),
+            ..Default::default()
+        };
         self.db
             .write_one(async |db| {
-                events::Entity::insert(events::ActiveModel {
-                    event_id: Set(event_id.clone()),
-                    subject: Set(letter.subject.clone()),
-                    payload: Set(letter.payload.clone()),
-                    traceparent: Set(None),
-                    stored_at: Set(crate::time::now()),
-                    ..Default::default()
-                })
-                .on_conflict_do_nothing_on([events::Column::EventId])
-                .exec_without_returning(db)
-                .await?;
-                let after = *self.latest.borrow();
-                let stored: Vec<(i64, String)> = events::Entity::find()
-                    .select_only()
-                    .columns([events::Column::Seq, events::Column::Subject])
-                    .filter(events::Column::Seq.gt(after))
-                    .filter(events::Column::EventId.eq(&event_id))
-                    .into_tuple()
-                    .all(db)
-                    .await?;
-                self.told(stored);
+                self.append(db, [row], vec![event_id]).await?;
                 dead_letters::Entity::delete_by_id(id).exec(db).await?;
                 Ok(())
             })

@@ -37,6 +37,8 @@ pub struct PrivatePostgres {
     run_as: Option<(u32, u32)>,
     /// Started with [`PrivatePostgres::start_durable`].
     durable: bool,
+    /// Settings given to [`PrivatePostgres::start_with_settings`].
+    settings: Vec<String>,
     server: Option<Supervised>,
     /// Frozen by [`PrivatePostgres::pause`].
     paused: bool,
@@ -58,6 +60,15 @@ impl PrivatePostgres {
     }
 
     async fn start_with(durable: bool) -> Result<Self> {
+        Self::start_with_settings(durable, &[]).await
+    }
+
+    /// Like [`PrivatePostgres::start_new`] or, when `durable`,
+    /// [`PrivatePostgres::start_durable`], with more server settings
+    /// (`name=value`, as `postgres -c` takes them), kept across stop/start:
+    /// `shared_preload_libraries=pg_stat_statements` to measure what each
+    /// statement costs the server, say.
+    pub async fn start_with_settings(durable: bool, settings: &[&str]) -> Result<Self> {
         let run_as = postgres_run_as()?;
         let dir = tempfile::Builder::new()
             .prefix("rentalbook-pg-")
@@ -65,12 +76,14 @@ impl PrivatePostgres {
             .context("creating a temp dir for PostgreSQL")?;
         let mut cluster = Cluster::init(dir.path(), run_as).await?;
         cluster.durable = durable;
+        cluster.settings = settings.iter().map(|s| (*s).to_owned()).collect();
         let (port, server) = cluster.launch_on_free_port(Some(dir.path())).await?;
         Ok(Self {
             port,
             dir,
             run_as,
             durable,
+            settings: cluster.settings,
             server: Some(server),
             paused: false,
         })
@@ -141,6 +154,7 @@ impl PrivatePostgres {
             dir: self.dir.path().to_path_buf(),
             run_as: self.run_as,
             durable: self.durable,
+            settings: self.settings.clone(),
         };
         let server = cluster
             .launch(self.port, Some(self.dir.path()))
@@ -347,6 +361,8 @@ struct Cluster {
     /// Every commit flushed to disk (PostgreSQL's defaults); otherwise
     /// fsync and synchronous commit are off, as tests want.
     durable: bool,
+    /// More `-c` settings, after those above.
+    settings: Vec<String>,
 }
 
 impl Cluster {
@@ -388,6 +404,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             run_as,
             durable: false,
+            settings: Vec::new(),
         })
     }
 
@@ -431,6 +448,7 @@ impl Cluster {
         for setting in ["listen_addresses=127.0.0.1", "max_connections=300"]
             .into_iter()
             .chain(durability)
+            .chain(self.settings.iter().map(String::as_str))
         {
             args.push("-c".to_string());
             args.push(setting.to_string());

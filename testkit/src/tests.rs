@@ -206,9 +206,12 @@ async fn fresh_postgres_urls_are_distinct_empty_databases() {
 }
 
 #[tokio::test]
-async fn private_postgres_keeps_rows_across_stop_and_start() {
+async fn private_postgres_keeps_rows_and_settings_across_stop_and_start() {
     let started = Instant::now();
-    let mut pg = PrivatePostgres::start_new().await.expect("start postgres");
+    let setting = "SELECT current_setting('max_locks_per_transaction')::int";
+    let mut pg = PrivatePostgres::start_with_settings(false, &["max_locks_per_transaction=77"])
+        .await
+        .expect("start postgres");
     eprintln!("PrivatePostgres ready in {:?}", started.elapsed());
     let url = pg.url();
     assert_ne!(pg.port(), 5432);
@@ -234,6 +237,7 @@ async fn private_postgres_keeps_rows_across_stop_and_start() {
     eprintln!("PrivatePostgres restarted in {:?}", starting.elapsed());
     assert_eq!(pg.url(), url);
     assert_eq!(query_i32(&url, "SELECT v FROM kept").await, 42);
+    assert_eq!(query_i32(&url, setting).await, 77);
 
     // A crash (immediate shutdown) and restart runs recovery and comes back.
     let killing = Instant::now();
