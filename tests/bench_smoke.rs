@@ -17,6 +17,19 @@ async fn the_harness_runs_journeys_against_the_all_in_one_and_reports() {
     let mixed = report.phase("mixed").expect("a mixed phase");
     assert!(mixed.journeys > 0, "no journey completed: {mixed:#?}");
     assert!(mixed.rpc("Reserve").is_some_and(|r| r.calls > 0));
+    // The services' database counters reach the report: the desk's
+    // database was asked statements, held by its writers and committed.
+    let desk = mixed
+        .statements
+        .iter()
+        .find(|d| d.db == "reserve")
+        .unwrap_or_else(|| panic!("no counters of the desk's database: {mixed:#?}"));
+    assert!(desk.statements > 0, "{desk:?}");
+    assert!(desk.writer_held_ms > 0.0, "{desk:?}");
+    assert!(
+        desk.commit_ms > 0.0 && desk.commit_ms < desk.writer_held_ms,
+        "{desk:?}"
+    );
     for phase in [
         "half-load",
         "read",

@@ -243,6 +243,29 @@ fn say(opts: &Options, what: impl std::fmt::Display) {
 
 type Workers = Vec<JoinHandle<(Recorder, Instant)>>;
 
+/// Where one of the exported counters goes in [`DbCounters`].
+type CounterField = fn(&mut DbCounters) -> &mut u64;
+
+/// One database's counters as its service exports them.
+#[derive(Clone, Copy, Default)]
+struct DbCounters {
+    statements: u64,
+    wait_us: u64,
+    held_us: u64,
+    commit_us: u64,
+}
+
+impl DbCounters {
+    fn since(self, before: Self) -> Self {
+        Self {
+            statements: self.statements.saturating_sub(before.statements),
+            wait_us: self.wait_us.saturating_sub(before.wait_us),
+            held_us: self.held_us.saturating_sub(before.held_us),
+            commit_us: self.commit_us.saturating_sub(before.commit_us),
+        }
+    }
+}
+
 /// Processes whose CPU a phase accounts.
 struct Watched {
     procs: Vec<(String, u32)>,
@@ -277,10 +300,10 @@ impl Watched {
         }
     }
 
-    /// The statements each database has been asked so far (the services'
-    /// `db_statements_total`), by database.
-    async fn statements(&self) -> BTreeMap<String, u64> {
-        let mut all = BTreeMap::new();
+    /// What each database's writers have done so far, by database: the
+    /// statements asked (`db_statements_total`) and the writers' times.
+    async fn statements(&self) -> BTreeMap<String, DbCounters> {
+        let mut all: BTreeMap<String, DbCounters> = BTreeMap::new();
         let client = reqwest::Client::new();
         for addr in &self.metrics {
             let text = match client
@@ -292,10 +315,17 @@ impl Watched {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => continue,
             };
-            for (db, n) in
-                report::parse_counter(&text, rentalbook_plumbing::db::STATEMENTS_METRIC, "db")
-            {
-                *all.entry(db).or_default() += n;
+            use rentalbook_plumbing::db;
+            let fields: [(&str, CounterField); 4] = [
+                (db::STATEMENTS_METRIC, |c| &mut c.statements),
+                (db::WRITER_WAIT_METRIC, |c| &mut c.wait_us),
+                (db::WRITER_HELD_METRIC, |c| &mut c.held_us),
+                (db::COMMIT_METRIC, |c| &mut c.commit_us),
+            ];
+            for (metric, field) in fields {
+                for (name, n) in report::parse_counter(&text, metric, "db") {
+                    *field(all.entry(name).or_default()) += n;
+                }
             }
         }
         all
@@ -350,6 +380,7 @@ async fn measure(
 ) -> PhaseReport {
     let settle = watched.settle().await;
     let statements0 = watched.statements().await;
+    let counted_from = Instant::now();
     if let Some(pg) = &watched.pg {
         pg.reset().await;
     }
@@ -378,11 +409,19 @@ async fn measure(
     } else {
         watched.settle().await;
         let statements1 = watched.statements().await;
+        let counted_seconds = counted_from.elapsed().as_secs_f64();
         statements1
             .into_iter()
-            .map(|(db, n)| DbStatements {
-                statements: n.saturating_sub(statements0.get(&db).copied().unwrap_or(0)),
-                db,
+            .map(|(db, n)| {
+                let d = n.since(statements0.get(&db).copied().unwrap_or_default());
+                DbStatements {
+                    db,
+                    statements: d.statements,
+                    counted_seconds,
+                    writer_wait_ms: d.wait_us as f64 / 1000.0,
+                    writer_held_ms: d.held_us as f64 / 1000.0,
+                    commit_ms: d.commit_us as f64 / 1000.0,
+                }
             })
             .collect()
     };

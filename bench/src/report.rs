@@ -167,6 +167,16 @@ pub struct PhaseReport {
 pub struct DbStatements {
     pub db: String,
     pub statements: u64,
+    /// From the first reading of the counters to the second (the phase and
+    /// the wait for its events to be applied).
+    pub counted_seconds: f64,
+    /// Writers' wait to start (SQLite's permit; BEGIN), summed.
+    pub writer_wait_ms: f64,
+    /// Writers' transactions (or single write statements) from start to
+    /// end, summed: on SQLite the time its one writer was taken.
+    pub writer_held_ms: f64,
+    /// Of that, COMMIT.
+    pub commit_ms: f64,
 }
 
 impl PhaseReport {
@@ -240,6 +250,38 @@ pub struct TargetCheck {
 
 fn f1(v: f64) -> String {
     format!("{v:.1}")
+}
+
+/// Each database's writers per write RPC: how long they held it, of which
+/// COMMIT, and how long they waited to start, with the share of the time
+/// the database was held (on SQLite, where one writer at a time holds it,
+/// near 100 % means the writes queue for it).
+fn writers_table(o: &mut String, counted: &[&PhaseReport]) {
+    let _ = writeln!(o, "\n### Writers' time per write RPC\n");
+    let _ = writeln!(
+        o,
+        "By database: milliseconds per write RPC its writers held it (a write transaction from BEGIN's end to COMMIT's, or one write statement), of which COMMIT, and waited to start (SQLite's one write permit and BEGIN); held as a share of the time counted (the phase and the wait for its events to be applied). On SQLite one writer holds a database at a time: near 100 % the writes queue for it. On PostgreSQL transactions run side by side and the share can pass 100 %.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| phase | database | held ms | COMMIT ms | wait ms | held, share of the time |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    for p in counted {
+        let writes = p.write_calls() as f64;
+        for d in p.statements.iter().filter(|d| d.writer_held_ms > 0.0) {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} % |",
+                p.name,
+                d.db,
+                d.writer_held_ms / writes,
+                d.commit_ms / writes,
+                d.writer_wait_ms / writes,
+                100.0 * d.writer_held_ms / 1000.0 / d.counted_seconds.max(1e-6)
+            );
+        }
+    }
 }
 
 /// PostgreSQL's planning and execution time by statement over one phase,
@@ -491,7 +533,7 @@ impl Report {
                 "| phase | write RPCs | statements | per write RPC | per journey | server CPU ms per journey | by database (per write RPC) |"
             );
             let _ = writeln!(o, "|---|---|---|---|---|---|---|");
-            for p in counted {
+            for p in &counted {
                 let writes = p.write_calls() as f64;
                 let total: u64 = p.statements.iter().map(|d| d.statements).sum();
                 let by_db: Vec<String> = p
@@ -516,6 +558,7 @@ impl Report {
                     by_db.join(", ")
                 );
             }
+            writers_table(&mut o, &counted);
         }
 
         for p in self.phases.iter().filter(|p| p.write_calls() > 0) {

@@ -70,6 +70,64 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// connection's thread. Labelled `db` with the database's name.
 pub const STATEMENTS_METRIC: &str = "db_statements_total";
 
+/// Microseconds writers waited to start: for SQLite's one write permit
+/// and, in a transaction, for its BEGIN. Labelled `db`.
+pub const WRITER_WAIT_METRIC: &str = "db_writer_wait_microseconds_total";
+
+/// Microseconds writers held the database, from the start of a write
+/// transaction (or a single write statement) to its end: on SQLite the
+/// time the one writer's permit was taken, so over a span of time the
+/// share of it the database could not take another write. Labelled `db`.
+pub const WRITER_HELD_METRIC: &str = "db_writer_held_microseconds_total";
+
+/// Microseconds of that spent in COMMIT. Labelled `db`.
+pub const COMMIT_METRIC: &str = "db_commit_microseconds_total";
+
+/// The counters of one database's writers.
+#[derive(Clone)]
+struct Counters {
+    statements: metrics::Counter,
+    wait_us: metrics::Counter,
+    held_us: metrics::Counter,
+    commit_us: metrics::Counter,
+}
+
+impl Counters {
+    fn of(db: String) -> Self {
+        Self {
+            statements: metrics::counter!(STATEMENTS_METRIC, "db" => db.clone()),
+            wait_us: metrics::counter!(WRITER_WAIT_METRIC, "db" => db.clone()),
+            held_us: metrics::counter!(WRITER_HELD_METRIC, "db" => db.clone()),
+            commit_us: metrics::counter!(COMMIT_METRIC, "db" => db),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Adds the time from its making to its drop to the writers' held time.
+struct Holding {
+    since: std::time::Instant,
+    held_us: metrics::Counter,
+}
+
+impl Holding {
+    fn new(counters: &Counters) -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            held_us: counters.held_us.clone(),
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.held_us.increment(micros(self.since.elapsed()));
+    }
+}
+
 /// A pool on the service's database plus what its writers share.
 #[derive(Clone)]
 pub struct Db {
@@ -84,8 +142,8 @@ pub struct Db {
     /// False while the health check's ping fails: transactions are refused
     /// at once instead of waiting for a database that does not answer.
     reachable: Arc<AtomicBool>,
-    /// [`STATEMENTS_METRIC`] of this database.
-    statements: metrics::Counter,
+    /// [`STATEMENTS_METRIC`] and the writers' times of this database.
+    counters: Counters,
 }
 
 impl Db {
@@ -122,11 +180,11 @@ impl Db {
         let mut conn = Database::connect(opts)
             .await
             .with_context(|| format!("connecting to the database {}", redact(&url)))?;
-        let statements = metrics::counter!(STATEMENTS_METRIC, "db" => database_name(&url));
-        let counted = statements.clone();
+        let counters = Counters::of(database_name(&url));
+        let counted = counters.statements.clone();
         conn.set_metric_callback(move |_| counted.increment(1));
         Ok(Self {
-            statements,
+            counters,
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
             conn,
             outbox_signal: Arc::new(Notify::new()),
@@ -165,9 +223,11 @@ impl Db {
             })
             .await?;
         // BEGIN, and the COMMIT or ROLLBACK that ends it.
-        self.statements.increment(2);
+        self.counters.statements.increment(2);
         Ok(WriteTx {
             tx,
+            _holding: Holding::new(&self.counters),
+            commit_us: self.counters.commit_us.clone(),
             permit,
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
@@ -184,6 +244,7 @@ impl Db {
         F: AsyncFnOnce(&DatabaseConnection) -> Result<T, DbErr>,
     {
         let _permit = self.as_writer(async || self.writer_permit().await).await?;
+        let _holding = Holding::new(&self.counters);
         f(&self.conn).await
     }
 
@@ -197,12 +258,15 @@ impl Db {
         if !self.reachable() {
             return Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed));
         }
-        match give_up_at() {
+        let since = std::time::Instant::now();
+        let started = match give_up_at() {
             Some(at) => tokio::time::timeout_at(at, start())
                 .await
                 .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?,
             None => start().await,
-        }
+        };
+        self.counters.wait_us.increment(micros(since.elapsed()));
+        started
     }
 
     /// SQLite's one write permit; nothing on PostgreSQL.
@@ -269,6 +333,11 @@ impl Db {
 /// A write transaction. Derefs to sea-orm's transaction for queries.
 pub struct WriteTx {
     tx: DatabaseTransaction,
+    /// Counts the transaction's time until it ends. Declared after `tx`
+    /// and before `permit`, so that it is dropped after the rollback of a
+    /// dropped transaction has been started and before the permit goes.
+    _holding: Holding,
+    commit_us: metrics::Counter,
     permit: Option<OwnedSemaphorePermit>,
     staged_events: bool,
     outbox_signal: Arc<Notify>,
@@ -358,7 +427,10 @@ impl WriteTx {
     }
 
     pub async fn commit(self) -> Result<(), DbErr> {
-        self.tx.commit().await?;
+        let since = std::time::Instant::now();
+        let committed = self.tx.commit().await;
+        self.commit_us.increment(micros(since.elapsed()));
+        committed?;
         if self.staged_events {
             self.outbox_signal.notify_one();
         }
