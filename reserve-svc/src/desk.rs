@@ -171,6 +171,16 @@ fn open() -> Condition {
 /// skips a book's cancelled and expired history.
 const LIVE: [&str; 3] = [status::WAITING, status::READY, status::FULFILLED];
 
+/// The rows a count may look at: live states, not returned. Only a
+/// FULFILLED row is ever returned, and a returned one counts for nothing,
+/// so the filter changes no count; it lets the partial indexes on rows
+/// not returned (`idx_reservations_live_*`) skip the returned history.
+fn countable() -> Condition {
+    Condition::all()
+        .add(reservations::Column::Status.is_in(LIVE))
+        .add(reservations::Column::ReturnedAt.is_null())
+}
+
 /// A book's copies held for pickup, on loan and waited for, in one query.
 async fn stock_counts<C: ConnectionTrait>(
     conn: &C,
@@ -188,7 +198,7 @@ async fn stock_counts<C: ConnectionTrait>(
             "waiting",
         )
         .filter(reservations::Column::BookId.eq(book_id))
-        .filter(reservations::Column::Status.is_in(LIVE))
+        .filter(countable())
         .into_tuple()
         .one(conn)
         .await?;
@@ -240,7 +250,7 @@ async fn counts<C: ConnectionTrait>(
             )
             .expr_as(count_where(open().add(by_member())), "open_total")
             .filter(Condition::any().add(this_book()).add(by_member()))
-            .filter(reservations::Column::Status.is_in(LIVE))
+            .filter(countable())
             .into_tuple()
             .one(conn)
             .await?
