@@ -7,35 +7,38 @@
 use rentalbook_plumbing::time::Timestamp;
 use rentalbook_proto::events::v1 as events;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Select, Set,
+};
 
 use crate::store::{item_state, items};
 
 /// The book's free items in the order they are handed out: `prefer` first
 /// (the copy that just came back to the desk), then by barcode.
+pub(crate) fn free_items(book_id: &str, prefer: Option<&str>) -> Select<items::Entity> {
+    let mut free = items::Entity::find()
+        .filter(items::Column::BookId.eq(book_id))
+        .filter(items::Column::State.eq(item_state::IN_SERVICE))
+        .filter(items::Column::ReservationId.is_null());
+    if let Some(p) = prefer {
+        free = free.order_by_desc(items::Column::ItemId.eq(p));
+    }
+    free.order_by_asc(items::Column::Barcode)
+}
+
+/// See [`free_items`].
 pub async fn free<C: ConnectionTrait>(
     conn: &C,
     book_id: &str,
     prefer: Option<&str>,
 ) -> Result<Vec<items::Model>, DbErr> {
-    let mut free = items::Entity::find()
-        .filter(items::Column::BookId.eq(book_id))
-        .filter(items::Column::State.eq(item_state::IN_SERVICE))
-        .filter(items::Column::ReservationId.is_null())
-        .order_by_asc(items::Column::Barcode)
-        .all(conn)
-        .await?;
-    if let Some(p) = prefer
-        && let Some(at) = free.iter().position(|i| i.item_id == p)
-    {
-        let first = free.remove(at);
-        free.insert(0, first);
-    }
-    Ok(free)
+    free_items(book_id, prefer).all(conn).await
 }
 
-/// Holds the first free item (see [`free`]) for a reservation; its barcode,
-/// or None when the book has no free item with a barcode.
+/// Holds the first free item (see [`free_items`]) for a reservation; its
+/// barcode, or None when the book has no free item with a barcode. One
+/// statement: the item chosen and held by the same UPDATE.
 pub async fn trap<C: ConnectionTrait>(
     conn: &C,
     book_id: &str,
@@ -43,11 +46,18 @@ pub async fn trap<C: ConnectionTrait>(
     prefer: Option<&str>,
     now: Timestamp,
 ) -> Result<Option<String>, DbErr> {
-    let Some(item) = free(conn, book_id, prefer).await?.into_iter().next() else {
-        return Ok(None);
-    };
-    attach(conn, &item.item_id, reservation_id, now).await?;
-    Ok(Some(item.barcode))
+    let first = free_items(book_id, prefer)
+        .select_only()
+        .column(items::Column::ItemId)
+        .limit(1)
+        .into_query();
+    let held = items::Entity::update_many()
+        .col_expr(items::Column::ReservationId, Expr::val(reservation_id))
+        .col_expr(items::Column::UpdatedAt, Expr::val(now))
+        .filter(items::Column::ItemId.in_subquery(first))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(held.into_iter().next().map(|item| item.barcode))
 }
 
 pub async fn attach<C: ConnectionTrait>(
@@ -65,25 +75,23 @@ pub async fn attach<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Frees the item that serves a reservation; the item's id, if one did.
+/// Frees the item that serves a reservation, in one statement; the item's
+/// id, if one did.
 pub async fn release<C: ConnectionTrait>(
     conn: &C,
     reservation_id: &str,
     now: Timestamp,
 ) -> Result<Option<String>, DbErr> {
-    let Some(item) = serving(conn, reservation_id).await? else {
-        return Ok(None);
-    };
-    items::Entity::update_many()
+    let freed = items::Entity::update_many()
         .col_expr(
             items::Column::ReservationId,
             Expr::val(Option::<String>::None),
         )
         .col_expr(items::Column::UpdatedAt, Expr::val(now))
-        .filter(items::Column::ItemId.eq(&item.item_id))
-        .exec(conn)
+        .filter(items::Column::ReservationId.eq(reservation_id))
+        .exec_with_returning(conn)
         .await?;
-    Ok(Some(item.item_id))
+    Ok(freed.into_iter().next().map(|item| item.item_id))
 }
 
 /// The item serving a reservation.

@@ -205,6 +205,31 @@ impl MigrationTrait for LiveReservationIndexes {
     }
 }
 
+/// A book's free items (`reservation_id IS NULL`) are found by book: the
+/// unique index on `reservation_id` alone looked selective to SQLite's
+/// planner, which then read every free item of the library to find one
+/// book's (20 ms a hold at 100,000 items, under the one writer).
+struct FreeItemsByBook;
+
+impl MigrationName for FreeItemsByBook {
+    fn name(&self) -> &str {
+        "m0005_free_items_by_book"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FreeItemsByBook {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX IF NOT EXISTS idx_items_book_free ON items (book_id, reservation_id)",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
@@ -216,6 +241,7 @@ impl MigratorTrait for Migrator {
             Box::new(Items),
             Box::new(rentalbook_plumbing::merged::MergedBooks),
             Box::new(LiveReservationIndexes),
+            Box::new(FreeItemsByBook),
         ]
     }
 }
@@ -224,7 +250,35 @@ impl MigratorTrait for Migrator {
 mod tests {
     use super::*;
     use rentalbook_plumbing::db::Db;
-    use sea_orm::EntityTrait;
+    use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryTrait, Statement};
+
+    /// SQLite's plan for a book's free items goes by the book, not through
+    /// every free item of the library.
+    #[tokio::test]
+    async fn a_books_free_items_are_found_by_book() {
+        let db = Db::connect("sqlite::memory:", 1).await.unwrap();
+        Migrator::up(db.conn(), None).await.unwrap();
+        for prefer in [None, Some("item-1")] {
+            let query = crate::items::free_items("b1", prefer).build(DbBackend::Sqlite);
+            let plan = db
+                .conn()
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    format!("EXPLAIN QUERY PLAN {}", query.sql),
+                    query.values.map(|v| v.0).unwrap_or_default(),
+                ))
+                .await
+                .unwrap();
+            let steps: Vec<String> = plan
+                .iter()
+                .map(|row| row.try_get::<String>("", "detail").unwrap())
+                .collect();
+            assert!(
+                steps.iter().any(|s| s.contains("idx_items_book_free")),
+                "{steps:?}"
+            );
+        }
+    }
 
     /// A desk database as today's code made it before items: its books keep
     /// their copies (registered and in circulation alike) and its
