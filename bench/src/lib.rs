@@ -302,7 +302,7 @@ impl Watched {
 
     /// What each database's writers have done so far, by database: the
     /// statements asked (`db_statements_total`) and the writers' times.
-    async fn statements(&self) -> BTreeMap<String, DbCounters> {
+    async fn db_counters(&self) -> BTreeMap<String, DbCounters> {
         let mut all: BTreeMap<String, DbCounters> = BTreeMap::new();
         let client = reqwest::Client::new();
         for addr in &self.metrics {
@@ -379,7 +379,7 @@ async fn measure(
     start: impl FnOnce(Instant) -> Workers,
 ) -> PhaseReport {
     let settle = watched.settle().await;
-    let statements0 = watched.statements().await;
+    let statements0 = watched.db_counters().await;
     let counted_from = Instant::now();
     if let Some(pg) = &watched.pg {
         pg.reset().await;
@@ -404,11 +404,13 @@ async fn measure(
     let machine1 = procstat::machine_ticks();
     // What the phase's events cost the consumers counts too: wait for the
     // backlog to drain before reading the counters again.
+    if !watched.metrics.is_empty() || watched.pg.is_some() {
+        watched.settle().await;
+    }
     let statements = if watched.metrics.is_empty() {
         Vec::new()
     } else {
-        watched.settle().await;
-        let statements1 = watched.statements().await;
+        let statements1 = watched.db_counters().await;
         let counted_seconds = counted_from.elapsed().as_secs_f64();
         statements1
             .into_iter()
@@ -426,10 +428,7 @@ async fn measure(
             .collect()
     };
     let pg_statements = match &watched.pg {
-        Some(pg) => {
-            watched.settle().await;
-            pg.read().await.ok()
-        }
+        Some(pg) => pg.read().await.ok(),
         None => None,
     };
 
