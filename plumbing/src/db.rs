@@ -27,6 +27,8 @@ use sea_orm::{
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+mod group;
+
 tokio::task_local! {
     /// When the request being served must have its answer.
     static DEADLINE: Instant;
@@ -144,6 +146,8 @@ pub struct Db {
     reachable: Arc<AtomicBool>,
     /// [`STATEMENTS_METRIC`] and the writers' times of this database.
     counters: Counters,
+    /// Group commit's groups (`group`).
+    groups: Arc<group::Groups>,
 }
 
 impl Db {
@@ -186,6 +190,7 @@ impl Db {
         Ok(Self {
             counters,
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
+            groups: Arc::new(group::Groups::new(conn.get_database_backend())),
             conn,
             outbox_signal: Arc::new(Notify::new()),
             stalled: Arc::default(),
@@ -226,8 +231,9 @@ impl Db {
         self.counters.statements.increment(2);
         Ok(WriteTx {
             tx,
-            _holding: Holding::new(&self.counters),
+            _holding: Some(Holding::new(&self.counters)),
             commit_us: self.counters.commit_us.clone(),
+            exclusive: permit.is_some(),
             permit,
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
@@ -336,15 +342,21 @@ pub struct WriteTx {
     /// Counts the transaction's time until it ends. Declared after `tx`
     /// and before `permit`, so that it is dropped after the rollback of a
     /// dropped transaction has been started and before the permit goes.
-    _holding: Holding,
+    /// None in a group, whose batch counts its time.
+    _holding: Option<Holding>,
     commit_us: metrics::Counter,
     permit: Option<OwnedSemaphorePermit>,
+    /// See [`WriteTx::is_exclusive`].
+    exclusive: bool,
     staged_events: bool,
     outbox_signal: Arc<Notify>,
     /// The locks this transaction holds already: asking again is free
-    /// instead of a round trip.
-    held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// instead of a round trip. Shared by a group's members.
+    held: HeldLocks,
 }
+
+/// The locks a transaction holds, by name.
+type HeldLocks = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 impl Deref for WriteTx {
     type Target = DatabaseTransaction;
@@ -376,9 +388,8 @@ impl WriteTx {
         if self.tx.get_database_backend() != DbBackend::Postgres {
             return Ok(());
         }
-        let names: Vec<String> = locks
-            .iter()
-            .map(|(scope, key)| format!("{scope}:{key}"))
+        let names: Vec<String> = lock_names(locks)
+            .into_iter()
             .filter(|name| !self.holds(name))
             .collect();
         if names.is_empty() {
@@ -419,7 +430,7 @@ impl WriteTx {
     /// transaction began (SQLite: its one writer, taken at BEGIN IMMEDIATE),
     /// so that a row read before a lock was taken needs no second read.
     pub fn is_exclusive(&self) -> bool {
-        self.permit.is_some()
+        self.exclusive
     }
 
     pub(crate) fn mark_staged(&mut self) {
@@ -440,6 +451,14 @@ impl WriteTx {
     pub async fn rollback(self) -> Result<(), DbErr> {
         self.tx.rollback().await
     }
+}
+
+/// The names a transaction's locks are known by.
+fn lock_names(locks: &[(&str, &str)]) -> Vec<String> {
+    locks
+        .iter()
+        .map(|(scope, key)| format!("{scope}:{key}"))
+        .collect()
 }
 
 /// Held by [`Db::exclusive`]'s winner until dropped.

@@ -35,14 +35,17 @@ impl IdempotencyKey {
         })
     }
 
+    /// The lock [`IdempotencyKey::recall`] takes, as (scope, key), for a
+    /// transaction that names its locks up front ([`Db::grouped`]).
+    pub fn lock(&self) -> (&'static str, String) {
+        ("idempotency", format!("{}/{}", self.scope, self.request_id))
+    }
+
     /// Locks the key for this transaction and returns the remembered answer,
     /// if any.
     pub async fn recall<R: Message + Default>(&self, tx: &WriteTx) -> ServiceResult<Option<R>> {
-        tx.lock(
-            "idempotency",
-            &format!("{}/{}", self.scope, self.request_id),
-        )
-        .await?;
+        let (scope, key) = self.lock();
+        tx.lock(scope, &key).await?;
         let found = idempotency::Entity::find_by_id((self.scope.clone(), self.request_id.clone()))
             .one(&**tx)
             .await?;

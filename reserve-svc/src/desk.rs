@@ -1,10 +1,15 @@
 //! The lending desk: every decision about copies, taken in one transaction
 //! under the book's lock (SPEC R5), written together with its event.
 //!
-//! Lock order: a member's lock before a book's lock, and never two books in
-//! one request's transaction, so concurrent requests cannot deadlock. The
-//! event consumers take every lock of a batch up front, sorted (a merge of
-//! books is one such event).
+//! Lock order: a request id's lock, then a member's, then a book's, and
+//! never two books in one request's work, so concurrent requests cannot
+//! deadlock. Reserve, Cancel, Fulfil and RecordReturn name their locks up
+//! front and go through group commit ([`Db::grouped`]): requests queued for
+//! the same book's group share one transaction, each in a savepoint, and a
+//! request joining an open transaction only tries its locks (when one is
+//! taken, the open transaction commits first). The event consumers take
+//! every lock of a batch up front, sorted (a merge of books is one such
+//! event).
 
 use rentalbook_plumbing::auth::{Caller, Role};
 use rentalbook_plumbing::db::{Db, WriteTx};
@@ -346,6 +351,22 @@ impl Book {
     }
 }
 
+/// A request's locks in the lock order: its request id's, its member's,
+/// then its book's.
+fn request_locks(
+    key: Option<&IdempotencyKey>,
+    member: Option<&str>,
+    book: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let member = member.map(|m| ("member", m.to_owned()));
+    let book = book.map(|b| ("book", b.to_owned()));
+    key.map(IdempotencyKey::lock)
+        .into_iter()
+        .chain(member)
+        .chain(book)
+        .collect()
+}
+
 /// A reservation read before its book's lock was taken, as it is now. A
 /// transaction that shut every other writer out from its start (SQLite)
 /// read it as it is; otherwise it is read again.
@@ -377,23 +398,39 @@ async fn set_status(
 
 impl Desk {
     /// R1, R2: places a reservation for the caller.
+    ///
+    /// Requests for the same book that queue together share a transaction
+    /// (group commit, [`Db::grouped`]).
     pub async fn reserve(
         &self,
         caller: &Caller,
         book_id: Id,
         key: Option<IdempotencyKey>,
     ) -> ServiceResult<Reservation> {
-        let mut tx = self.db.begin().await?;
-        if let Some(key) = &key
-            && let Some(done) = key.recall::<Reservation>(&tx).await?
+        let book = book_id.to_string();
+        let member = caller.member.as_str();
+        // The request id's, the member's, then the book's (the lock order).
+        let locks = request_locks(key.as_ref(), Some(member), Some(&book));
+        self.db
+            .grouped(&book, &locks, async |tx| {
+                self.reserve_in(tx, member, book_id, key.as_ref()).await
+            })
+            .await
+    }
+
+    async fn reserve_in(
+        &self,
+        tx: &mut WriteTx,
+        member: &str,
+        book_id: Id,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Reservation> {
+        if let Some(key) = key
+            && let Some(done) = key.recall::<Reservation>(tx).await?
         {
             return Ok(done);
         }
-        let member = caller.member.as_str();
-        // Both locks in one round trip, the member's first (the lock order).
-        tx.lock_all(&[("member", member), ("book", &book_id.to_string())])
-            .await?;
-        let (mut book, standing) = Book::load_with(&tx, &book_id.to_string(), Some(member))
+        let (mut book, standing) = Book::load_with(tx, &book_id.to_string(), Some(member))
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
         let book_key = book.row.book_id.clone();
@@ -411,10 +448,10 @@ impl Desk {
                 (status::WAITING, None, position)
             }
         };
-        let availability = book.advance(&tx).await?;
+        let availability = book.advance(tx).await?;
         let reservation_id = Id::new().to_string();
         let barcode = if state == status::READY {
-            items::trap(&*tx, &book_key, &reservation_id, None, now).await?
+            items::trap(&**tx, &book_key, &reservation_id, None, now).await?
         } else {
             None
         };
@@ -431,10 +468,10 @@ impl Desk {
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&*tx)
+        .insert(&**tx)
         .await?;
         outbox::stage(
-            &mut tx,
+            tx,
             PRODUCER,
             now,
             Body::ReservationPlaced(ReservationPlaced {
@@ -451,10 +488,9 @@ impl Desk {
         )
         .await?;
         let answer = to_proto(row, position);
-        if let Some(key) = &key {
-            key.remember(&tx, &answer).await?;
+        if let Some(key) = key {
+            key.remember(tx, &answer).await?;
         }
-        tx.commit().await?;
         Ok(answer)
     }
 
@@ -466,18 +502,36 @@ impl Desk {
         reservation_id: Id,
         key: Option<IdempotencyKey>,
     ) -> ServiceResult<Reservation> {
-        let mut tx = self.db.begin().await?;
-        if let Some(key) = &key
-            && let Some(done) = key.recall::<Reservation>(&tx).await?
+        let book = self
+            .group_of(reservations::Column::ReservationId.eq(reservation_id.to_string()))
+            .await?;
+        let locks = request_locks(key.as_ref(), None, book.as_deref());
+        self.db
+            .grouped(book.as_deref().unwrap_or_default(), &locks, async |tx| {
+                self.cancel_in(tx, caller, reservation_id, key.as_ref())
+                    .await
+            })
+            .await
+    }
+
+    async fn cancel_in(
+        &self,
+        tx: &mut WriteTx,
+        caller: &Caller,
+        reservation_id: Id,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Reservation> {
+        if let Some(key) = key
+            && let Some(done) = key.recall::<Reservation>(tx).await?
         {
             return Ok(done);
         }
-        let found = self.find_visible(&*tx, caller, reservation_id).await?;
-        let mut book = Book::load(&tx, &found.book_id)
+        let found = self.find_visible(&**tx, caller, reservation_id).await?;
+        let mut book = Book::load(tx, &found.book_id)
             .await?
             .ok_or_else(|| unknown_book_row(&found.book_id))?;
         // Under the book's lock: the status may have moved meanwhile.
-        let r = reread(&tx, found).await?;
+        let r = reread(tx, found).await?;
         let previous = r.status.clone();
         let answer = match previous.as_str() {
             status::CANCELLED => to_proto(r, 0),
@@ -488,11 +542,11 @@ impl Desk {
                 } else {
                     book.stock.waiting -= 1;
                 }
-                let availability = book.advance(&tx).await?;
-                let freed = items::release(&*tx, &r.reservation_id, now).await?;
-                let r = set_status(&tx, r, status::CANCELLED, now, |_| {}).await?;
+                let availability = book.advance(tx).await?;
+                let freed = items::release(&**tx, &r.reservation_id, now).await?;
+                let r = set_status(tx, r, status::CANCELLED, now, |_| {}).await?;
                 outbox::stage(
-                    &mut tx,
+                    tx,
                     PRODUCER,
                     now,
                     Body::ReservationCancelled(ReservationCancelled {
@@ -505,8 +559,7 @@ impl Desk {
                     }),
                 )
                 .await?;
-                self.promote(&mut tx, &mut book, now, freed.as_deref())
-                    .await?;
+                self.promote(tx, &mut book, now, freed.as_deref()).await?;
                 to_proto(r, 0)
             }
             other => {
@@ -521,10 +574,9 @@ impl Desk {
                 .into());
             }
         };
-        if let Some(key) = &key {
-            key.remember(&tx, &answer).await?;
+        if let Some(key) = key {
+            key.remember(tx, &answer).await?;
         }
-        tx.commit().await?;
         Ok(answer)
     }
 
@@ -575,6 +627,25 @@ impl Desk {
             .await?;
         }
         Ok(())
+    }
+
+    /// The book of the reservation `which` finds, to choose the group of a
+    /// request that names no book, where the database has groups by key
+    /// (PostgreSQL): read outside any transaction, so the request reads it
+    /// again under the book's lock. None on SQLite, whose one group takes
+    /// every request.
+    async fn group_of(&self, which: impl IntoCondition) -> ServiceResult<Option<String>> {
+        if !self.db.groups_by_key() {
+            return Ok(None);
+        }
+        let book = reservations::Entity::find()
+            .select_only()
+            .column(reservations::Column::BookId)
+            .filter(which)
+            .into_tuple::<String>()
+            .one(self.db.conn())
+            .await?;
+        Ok(book)
     }
 
     /// A reservation the caller may see: their own, or any for a librarian.
@@ -654,14 +725,28 @@ impl Desk {
         book_id: Id,
         rental_id: Id,
     ) -> ServiceResult<Reservation> {
-        let mut tx = self.db.begin().await?;
-        let mut book = Book::load(&tx, &book_id.to_string())
+        let book = book_id.to_string();
+        self.db
+            .grouped(&book, &request_locks(None, None, Some(&book)), async |tx| {
+                self.fulfill_in(tx, member, book_id, rental_id).await
+            })
+            .await
+    }
+
+    async fn fulfill_in(
+        &self,
+        tx: &mut WriteTx,
+        member: &MemberId,
+        book_id: Id,
+        rental_id: Id,
+    ) -> ServiceResult<Reservation> {
+        let mut book = Book::load(tx, &book_id.to_string())
             .await?
             .ok_or_else(|| unknown_book(&book_id))?;
         let book_key = book.row.book_id.clone();
         if let Some(done) = reservations::Entity::find()
             .filter(reservations::Column::RentalId.eq(rental_id.to_string()))
-            .one(&*tx)
+            .one(&**tx)
             .await?
         {
             if done.member_id != member.as_str() || done.book_id != book_key {
@@ -678,7 +763,7 @@ impl Desk {
             .filter(reservations::Column::MemberId.eq(member.as_str()))
             .filter(reservations::Column::BookId.eq(&book_key))
             .filter(reservations::Column::Status.eq(status::READY))
-            .one(&*tx)
+            .one(&**tx)
             .await?
             .filter(|r| !domain::pickup_expired(r.pickup_deadline, now))
             .ok_or_else(|| {
@@ -690,19 +775,19 @@ impl Desk {
             })?;
         book.stock.held -= 1;
         book.stock.on_loan += 1;
-        let availability = book.advance(&tx).await?;
+        let availability = book.advance(tx).await?;
         // A hold made before its book's copies had barcodes gets one now.
         let barcode = match &ready.barcode {
             Some(b) => Some(b.clone()),
-            None => items::trap(&*tx, &book_key, &ready.reservation_id, None, now).await?,
+            None => items::trap(&**tx, &book_key, &ready.reservation_id, None, now).await?,
         };
-        let r = set_status(&tx, ready, status::FULFILLED, now, |am| {
+        let r = set_status(tx, ready, status::FULFILLED, now, |am| {
             am.rental_id = Set(Some(rental_id.to_string()));
             am.barcode = Set(barcode.clone());
         })
         .await?;
         outbox::stage(
-            &mut tx,
+            tx,
             PRODUCER,
             now,
             Body::ReservationFulfilled(ReservationFulfilled {
@@ -715,7 +800,6 @@ impl Desk {
             }),
         )
         .await?;
-        tx.commit().await?;
         Ok(to_proto(r, 0))
     }
 
@@ -723,10 +807,15 @@ impl Desk {
     /// in line. Deduplicated by rental id, whether it arrives by RPC or by the
     /// BookReturned event.
     pub async fn record_return(&self, rental_id: Id) -> ServiceResult<RecordReturnResponse> {
-        let mut tx = self.db.begin().await?;
-        let answer = self.record_return_in(&mut tx, rental_id).await?;
-        tx.commit().await?;
-        Ok(answer)
+        let book = self
+            .group_of(reservations::Column::RentalId.eq(rental_id.to_string()))
+            .await?;
+        let locks = request_locks(None, None, book.as_deref());
+        self.db
+            .grouped(book.as_deref().unwrap_or_default(), &locks, async |tx| {
+                self.record_return_in(tx, rental_id).await
+            })
+            .await
     }
 
     /// [`Desk::record_return`] inside a given transaction.

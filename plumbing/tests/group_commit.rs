@@ -1,0 +1,236 @@
+//! Group commit (`Db::grouped`) on both backends: requests queued for the
+//! same group share one transaction, a refusal undoes only its own
+//! request's work, and a request that goes away does not hold up the others.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rentalbook_plumbing::db::{Db, WriteTx};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use tokio::sync::{Notify, oneshot};
+
+#[derive(Debug)]
+enum Answer {
+    Db(#[allow(dead_code)] DbErr),
+    Refused,
+}
+
+impl From<DbErr> for Answer {
+    fn from(e: DbErr) -> Self {
+        Answer::Db(e)
+    }
+}
+
+/// A database of each kind with an empty table `t`.
+async fn backends(dir: &tempfile::TempDir) -> Vec<Db> {
+    let sqlite = format!("sqlite://{}", dir.path().join("group.db").display());
+    let postgres = rentalbook_testkit::fresh_postgres_url().await;
+    let mut dbs = Vec::new();
+    for url in [sqlite, postgres] {
+        let db = Db::connect(&url, 8).await.unwrap();
+        db.conn()
+            .execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        dbs.push(db);
+    }
+    dbs
+}
+
+fn sql(db: &impl ConnectionTrait, sql: String) -> Statement {
+    Statement::from_string(db.get_database_backend(), sql)
+}
+
+async fn insert(tx: &WriteTx, id: i32) -> Result<(), DbErr> {
+    tx.execute_raw(sql(&**tx, format!("INSERT INTO t (id) VALUES ({id})")))
+        .await
+        .map(|_| ())
+}
+
+/// Whether row `id` is there, as `conn` sees it.
+async fn has(conn: &impl ConnectionTrait, id: i32) -> bool {
+    let count = if conn.get_database_backend() == DbBackend::Postgres {
+        "COUNT(*)::int"
+    } else {
+        "COUNT(*)"
+    };
+    let row = conn
+        .query_one_raw(sql(
+            conn,
+            format!("SELECT {count} AS n FROM t WHERE id = {id}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i32>("", "n").unwrap() == 1
+}
+
+async fn ids(db: &Db) -> Vec<i32> {
+    let mut found = Vec::new();
+    for id in 0..10 {
+        if has(db.conn(), id).await {
+            found.push(id);
+        }
+    }
+    found
+}
+
+/// Bounds a wait so that a hang fails the test instead of stalling it.
+async fn soon<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen"))
+}
+
+/// Waits until `n` requests are queued for `key`'s group.
+async fn queued(db: &Db, key: &str, n: usize) {
+    soon("the requests queueing", async {
+        while db.queued_for_group(key) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The first request holds the group while `go` is not notified; it tells
+/// `started` once it has written.
+fn first_request(
+    db: &Db,
+    started: oneshot::Sender<()>,
+    go: std::sync::Arc<Notify>,
+) -> tokio::task::JoinHandle<Result<(), Answer>> {
+    let db = db.clone();
+    tokio::spawn(async move {
+        db.grouped("book-1", &[("book", "book-1")], async |tx| {
+            insert(tx, 0).await?;
+            let _ = started.send(());
+            go.notified().await;
+            Ok(())
+        })
+        .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_in_a_group_leaves_the_others_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in backends(&dir).await {
+        let (started, has_started) = oneshot::channel();
+        let go = std::sync::Arc::new(Notify::new());
+        let first = first_request(&db, started, go.clone());
+        soon("the first request's write", has_started)
+            .await
+            .unwrap();
+
+        // Four more queue while the first holds the group; the second of
+        // them writes and then refuses.
+        let mut later = Vec::new();
+        for id in 1..=4 {
+            let here = db.clone();
+            later.push(tokio::spawn(async move {
+                let db = here;
+                db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                    insert(tx, id).await?;
+                    // The first request's row: written in this transaction,
+                    // not yet committed for anybody else.
+                    let shared = (has(&**tx, 0).await, has(db.conn(), 0).await);
+                    if id == 2 {
+                        return Err(Answer::Refused);
+                    }
+                    Ok(shared)
+                })
+                .await
+            }));
+            queued(&db, "book-1", id as usize).await;
+        }
+        go.notify_one();
+
+        soon("the first request", first).await.unwrap().unwrap();
+        for (i, request) in later.into_iter().enumerate() {
+            let id = i + 1;
+            let answer = soon("a later request", request).await.unwrap();
+            if id == 2 {
+                assert!(
+                    matches!(answer, Err(Answer::Refused)),
+                    "{:?}: {answer:?}",
+                    db.backend()
+                );
+            } else {
+                assert_eq!(
+                    answer.unwrap(),
+                    (true, false),
+                    "{:?}: request {id} saw the first one's row in its transaction and only there",
+                    db.backend()
+                );
+            }
+        }
+        assert_eq!(ids(&db).await, [0, 1, 3, 4], "{:?}", db.backend());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in backends(&dir).await {
+        let (started, has_started) = oneshot::channel();
+        let go = std::sync::Arc::new(Notify::new());
+        let first = first_request(&db, started, go.clone());
+        soon("the first request's write", has_started)
+            .await
+            .unwrap();
+
+        // A second request queues, gets in after the first, writes, and
+        // then its caller goes away while it works.
+        let (inside, is_inside) = oneshot::channel();
+        let second = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                    insert(tx, 1).await?;
+                    let _ = inside.send(());
+                    std::future::pending::<()>().await;
+                    Ok::<_, Answer>(())
+                })
+                .await
+            })
+        };
+        queued(&db, "book-1", 1).await;
+        go.notify_one();
+        soon("the second request's write", is_inside).await.unwrap();
+        second.abort();
+
+        // The first request's transaction commits without the second.
+        soon("the first request", first).await.unwrap().unwrap();
+        assert_eq!(ids(&db).await, [0], "{:?}", db.backend());
+        // And the group takes the next request as usual.
+        soon(
+            "a third request",
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                insert(tx, 2).await.map_err(Answer::from)
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(&db).await, [0, 2], "{:?}", db.backend());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_refused_request_writes_nothing_and_the_group_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in backends(&dir).await {
+        let refused = db
+            .grouped("book-1", &[("book", "book-1")], async |tx| {
+                insert(tx, 5).await?;
+                Err::<(), _>(Answer::Refused)
+            })
+            .await;
+        assert!(matches!(refused, Err(Answer::Refused)));
+        db.grouped("book-1", &[("book", "book-1")], async |tx| {
+            insert(tx, 6).await.map_err(Answer::from)
+        })
+        .await
+        .unwrap();
+        assert_eq!(ids(&db).await, [6], "{:?}", db.backend());
+    }
+}
