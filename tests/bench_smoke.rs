@@ -30,6 +30,12 @@ async fn the_harness_runs_journeys_against_the_all_in_one_and_reports() {
         desk.commit_ms > 0.0 && desk.commit_ms < desk.writer_held_ms,
         "{desk:?}"
     );
+    // The desk's write RPCs go through group commit, each transaction
+    // holding at least one request.
+    assert!(
+        desk.group_commits > 0 && desk.grouped_requests >= desk.group_commits,
+        "{desk:?}"
+    );
     for phase in [
         "half-load",
         "read",

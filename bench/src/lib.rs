@@ -253,6 +253,8 @@ struct DbCounters {
     wait_us: u64,
     held_us: u64,
     commit_us: u64,
+    group_commits: u64,
+    grouped_requests: u64,
 }
 
 impl DbCounters {
@@ -262,6 +264,10 @@ impl DbCounters {
             wait_us: self.wait_us.saturating_sub(before.wait_us),
             held_us: self.held_us.saturating_sub(before.held_us),
             commit_us: self.commit_us.saturating_sub(before.commit_us),
+            group_commits: self.group_commits.saturating_sub(before.group_commits),
+            grouped_requests: self
+                .grouped_requests
+                .saturating_sub(before.grouped_requests),
         }
     }
 }
@@ -316,11 +322,13 @@ impl Watched {
                 Err(_) => continue,
             };
             use rentalbook_plumbing::db;
-            let fields: [(&str, CounterField); 4] = [
+            let fields: [(&str, CounterField); 6] = [
                 (db::STATEMENTS_METRIC, |c| &mut c.statements),
                 (db::WRITER_WAIT_METRIC, |c| &mut c.wait_us),
                 (db::WRITER_HELD_METRIC, |c| &mut c.held_us),
                 (db::COMMIT_METRIC, |c| &mut c.commit_us),
+                (db::GROUP_COMMITS_METRIC, |c| &mut c.group_commits),
+                (db::GROUPED_REQUESTS_METRIC, |c| &mut c.grouped_requests),
             ];
             for (metric, field) in fields {
                 for (name, n) in report::parse_counter(&text, metric, "db") {
@@ -423,6 +431,8 @@ async fn measure(
                     writer_wait_ms: d.wait_us as f64 / 1000.0,
                     writer_held_ms: d.held_us as f64 / 1000.0,
                     commit_ms: d.commit_us as f64 / 1000.0,
+                    group_commits: d.group_commits,
+                    grouped_requests: d.grouped_requests,
                 }
             })
             .collect()

@@ -177,6 +177,10 @@ pub struct DbStatements {
     pub writer_held_ms: f64,
     /// Of that, COMMIT.
     pub commit_ms: f64,
+    /// Group commit's transactions that committed, and the requests that
+    /// wrote in them.
+    pub group_commits: u64,
+    pub grouped_requests: u64,
 }
 
 impl PhaseReport {
@@ -260,25 +264,29 @@ fn writers_table(o: &mut String, counted: &[&PhaseReport]) {
     let _ = writeln!(o, "\n### Writers' time per write RPC\n");
     let _ = writeln!(
         o,
-        "By database: milliseconds per write RPC its writers held it (a write transaction from BEGIN's end to COMMIT's, or one write statement), of which COMMIT, and waited to start (SQLite's one write permit and BEGIN); held as a share of the time counted (the phase and the wait for its events to be applied). On SQLite one writer holds a database at a time: near 100 % the writes queue for it. On PostgreSQL transactions run side by side and the share can pass 100 %.\n"
+        "By database: milliseconds per write RPC its writers held it (a write transaction from BEGIN's end to COMMIT's, or one write statement), of which COMMIT, and waited to start (SQLite's one write permit and BEGIN); held as a share of the time counted (the phase and the wait for its events to be applied). On SQLite one writer holds a database at a time: near 100 % the writes queue for it. On PostgreSQL transactions run side by side and the share can pass 100 %. The last column: where requests go through group commit, how many a committed transaction held on average.\n"
     );
     let _ = writeln!(
         o,
-        "| phase | database | held ms | COMMIT ms | wait ms | held, share of the time |"
+        "| phase | database | held ms | COMMIT ms | wait ms | held, share of the time | requests per group commit |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
     for p in counted {
         let writes = p.write_calls() as f64;
         for d in p.statements.iter().filter(|d| d.writer_held_ms > 0.0) {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} % |",
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} % | {} |",
                 p.name,
                 d.db,
                 d.writer_held_ms / writes,
                 d.commit_ms / writes,
                 d.writer_wait_ms / writes,
-                100.0 * d.writer_held_ms / 1000.0 / d.counted_seconds.max(1e-6)
+                100.0 * d.writer_held_ms / 1000.0 / d.counted_seconds.max(1e-6),
+                match d.group_commits {
+                    0 => "–".to_owned(),
+                    n => format!("{:.1}", d.grouped_requests as f64 / n as f64),
+                }
             );
         }
     }

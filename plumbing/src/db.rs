@@ -85,6 +85,14 @@ pub const WRITER_HELD_METRIC: &str = "db_writer_held_microseconds_total";
 /// Microseconds of that spent in COMMIT. Labelled `db`.
 pub const COMMIT_METRIC: &str = "db_commit_microseconds_total";
 
+/// Transactions of group commit ([`Db::grouped`]) that ended in COMMIT.
+/// Labelled `db`.
+pub const GROUP_COMMITS_METRIC: &str = "db_group_commits_total";
+
+/// Requests that wrote in those transactions: over the commits, how many
+/// requests a group held on average. Labelled `db`.
+pub const GROUPED_REQUESTS_METRIC: &str = "db_grouped_requests_total";
+
 /// The counters of one database's writers.
 #[derive(Clone)]
 struct Counters {
@@ -92,6 +100,8 @@ struct Counters {
     wait_us: metrics::Counter,
     held_us: metrics::Counter,
     commit_us: metrics::Counter,
+    group_commits: metrics::Counter,
+    grouped_requests: metrics::Counter,
 }
 
 impl Counters {
@@ -100,7 +110,9 @@ impl Counters {
             statements: metrics::counter!(STATEMENTS_METRIC, "db" => db.clone()),
             wait_us: metrics::counter!(WRITER_WAIT_METRIC, "db" => db.clone()),
             held_us: metrics::counter!(WRITER_HELD_METRIC, "db" => db.clone()),
-            commit_us: metrics::counter!(COMMIT_METRIC, "db" => db),
+            commit_us: metrics::counter!(COMMIT_METRIC, "db" => db.clone()),
+            group_commits: metrics::counter!(GROUP_COMMITS_METRIC, "db" => db.clone()),
+            grouped_requests: metrics::counter!(GROUPED_REQUESTS_METRIC, "db" => db),
         }
     }
 }

@@ -131,8 +131,12 @@ async fn close(slot: &mut Option<Batch>, counters: &Counters, signal: &tokio::sy
     let since = std::time::Instant::now();
     let committed = tx.commit().await;
     counters.commit_us.increment(micros(since.elapsed()));
-    if committed.is_ok() && batch.staged_events {
-        signal.notify_one();
+    if committed.is_ok() {
+        counters.group_commits.increment(1);
+        counters.grouped_requests.increment(batch.members as u64);
+        if batch.staged_events {
+            signal.notify_one();
+        }
     }
     let outcome = committed.map_err(|e| Arc::from(e.to_string()));
     batch.outcome.send_replace(Some(outcome));
