@@ -89,8 +89,9 @@ pub const COMMIT_METRIC: &str = "db_commit_microseconds_total";
 /// Labelled `db`.
 pub const GROUP_COMMITS_METRIC: &str = "db_group_commits_total";
 
-/// Requests that wrote in those transactions: over the commits, how many
-/// requests a group held on average. Labelled `db`.
+/// Requests that took part in those transactions, refused ones included:
+/// over the commits, how many requests a group held on average. Labelled
+/// `db`.
 pub const GROUPED_REQUESTS_METRIC: &str = "db_grouped_requests_total";
 
 /// The counters of one database's writers.
@@ -250,6 +251,8 @@ impl Db {
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
             held: Default::default(),
+            tries_locks: false,
+            lock_busy: AtomicBool::new(false),
         })
     }
 
@@ -363,8 +366,13 @@ pub struct WriteTx {
     staged_events: bool,
     outbox_signal: Arc<Notify>,
     /// The locks this transaction holds already: asking again is free
-    /// instead of a round trip. Shared by a group's members.
+    /// instead of a round trip. A group's first request shares its group's;
+    /// a later one's starts as a copy and joins the group's when kept.
     held: HeldLocks,
+    /// A later request of a group: it only tries locks ([`WriteTx::lock_all`]).
+    tries_locks: bool,
+    /// Set when a tried lock was held by another transaction.
+    lock_busy: AtomicBool,
 }
 
 /// The locks a transaction holds, by name.
@@ -395,10 +403,22 @@ impl WriteTx {
 
     /// Takes several locks in one round trip, in the order given (callers
     /// sort them, so that two transactions never wait for each other in a
-    /// circle). Those already held are skipped.
+    /// circle). Those already held are skipped. In a later request of a
+    /// group (`Db::grouped`) the locks are only tried, so that it never
+    /// waits holding other requests' locks: one held by another
+    /// transaction fails the request with a database error.
     pub async fn lock_all(&self, locks: &[(&str, &str)]) -> Result<(), DbErr> {
         if self.tx.get_database_backend() != DbBackend::Postgres {
             return Ok(());
+        }
+        if self.tries_locks {
+            if group::try_lock_all(&self.tx, &self.held, locks).await? {
+                return Ok(());
+            }
+            self.lock_busy.store(true, Ordering::Relaxed);
+            return Err(DbErr::Custom(
+                "a lock this request needs is held by another transaction".into(),
+            ));
         }
         let names: Vec<String> = lock_names(locks)
             .into_iter()

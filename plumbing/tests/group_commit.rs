@@ -3,6 +3,7 @@
 //! request's work, and a request that goes away does not hold up the others.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rentalbook_plumbing::db::{Db, WriteTx};
@@ -97,7 +98,7 @@ async fn queued(db: &Db, key: &str, n: usize) {
 fn first_request(
     db: &Db,
     started: oneshot::Sender<()>,
-    go: std::sync::Arc<Notify>,
+    go: Arc<Notify>,
 ) -> tokio::task::JoinHandle<Result<(), Answer>> {
     let db = db.clone();
     tokio::spawn(async move {
@@ -116,7 +117,7 @@ async fn a_refused_request_in_a_group_leaves_the_others_committed() {
     let dir = tempfile::tempdir().unwrap();
     for db in backends(&dir).await {
         let (started, has_started) = oneshot::channel();
-        let go = std::sync::Arc::new(Notify::new());
+        let go = Arc::new(Notify::new());
         let first = first_request(&db, started, go.clone());
         soon("the first request's write", has_started)
             .await
@@ -173,7 +174,7 @@ async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
     let dir = tempfile::tempdir().unwrap();
     for db in backends(&dir).await {
         let (started, has_started) = oneshot::channel();
-        let go = std::sync::Arc::new(Notify::new());
+        let go = Arc::new(Notify::new());
         let first = first_request(&db, started, go.clone());
         soon("the first request's write", has_started)
             .await
@@ -233,4 +234,48 @@ async fn a_lone_refused_request_writes_nothing_and_the_group_carries_on() {
         .unwrap();
         assert_eq!(ids(&db).await, [6], "{:?}", db.backend());
     }
+}
+
+/// PostgreSQL: a request whose lock another transaction holds does not
+/// wait for it inside the open transaction (holding the group's locks): the
+/// open transaction commits first, and the request waits in one of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_lock_is_taken_waits_outside_the_open_transaction() {
+    let db = Db::connect(&rentalbook_testkit::fresh_postgres_url().await, 8)
+        .await
+        .unwrap();
+    db.conn()
+        .execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let elsewhere = db.begin().await.unwrap();
+    elsewhere.lock("member", "m").await.unwrap();
+
+    let (started, has_started) = oneshot::channel();
+    let go = Arc::new(Notify::new());
+    let first = first_request(&db, started, go.clone());
+    soon("the first request's write", has_started)
+        .await
+        .unwrap();
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.grouped(
+                "book-1",
+                &[("member", "m"), ("book", "book-1")],
+                async |tx| insert(tx, 1).await.map_err(Answer::from),
+            )
+            .await
+        })
+    };
+    queued(&db, "book-1", 1).await;
+    go.notify_one();
+
+    // The first request's transaction commits while the second waits.
+    soon("the first request", first).await.unwrap().unwrap();
+    assert_eq!(ids(&db).await, [0]);
+    assert!(!second.is_finished());
+    elsewhere.rollback().await.unwrap();
+    soon("the second request", second).await.unwrap().unwrap();
+    assert_eq!(ids(&db).await, [0, 1]);
 }

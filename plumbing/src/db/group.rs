@@ -86,14 +86,20 @@ struct Batch {
     held: HeldLocks,
     members: usize,
     staged_events: bool,
+    /// A statement outside any request's savepoint failed (a SAVEPOINT, a
+    /// RELEASE, a ROLLBACK TO): the transaction is rolled back, not
+    /// committed, and every request in it fails.
+    broken: bool,
+    /// A request was dropped in its work: its savepoint's rollback was only
+    /// queued, so the transaction is checked before COMMIT.
+    check: bool,
     outcome: watch::Sender<Outcome>,
     /// The batch's time from BEGIN to COMMIT counts as held.
     _holding: Holding,
 }
 
 /// Counts a request as queued for the slot until dropped; one that gives
-/// up (its deadline, or its caller gone) makes sure the open transaction
-/// does not wait for it.
+/// up (its deadline) makes sure the open transaction does not wait for it.
 struct Queued<'a> {
     db: &'a Db,
     group: &'a Arc<Group>,
@@ -111,16 +117,20 @@ impl Drop for Queued<'_> {
 
 /// Commits the group's open transaction, if any, once the slot is free.
 fn close_when_free(db: &Db, group: &Arc<Group>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let slot = group.slot.clone();
     let counters = db.counters.clone();
     let signal = db.outbox_signal.clone();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut batch = slot.lock_owned().await;
         close(&mut batch, &counters, &signal).await;
     });
 }
 
-/// Commits the open transaction and tells its requests how it went.
+/// Ends the open transaction (COMMIT, or ROLLBACK when it is broken) and
+/// tells its requests how it went.
 async fn close(slot: &mut Option<Batch>, counters: &Counters, signal: &tokio::sync::Notify) {
     let Some(mut batch) = slot.take() else {
         return;
@@ -128,6 +138,18 @@ async fn close(slot: &mut Option<Batch>, counters: &Counters, signal: &tokio::sy
     let Some(tx) = batch.tx.take() else {
         return;
     };
+    // PostgreSQL answers the COMMIT of a transaction in which a statement
+    // failed with a rollback, not an error: ask it first.
+    if batch.check && !batch.broken {
+        batch.broken = tx.execute_unprepared("SELECT 1").await.is_err();
+    }
+    if batch.broken {
+        let _ = tx.rollback().await;
+        batch.outcome.send_replace(Some(Err(Arc::from(
+            "a statement of the shared transaction failed, so none of it was kept",
+        ))));
+        return;
+    }
     let since = std::time::Instant::now();
     let committed = tx.commit().await;
     counters.commit_us.increment(micros(since.elapsed()));
@@ -155,7 +177,7 @@ struct Seat {
 }
 
 impl Drop for Seat {
-    /// A request dropped before it left (its caller gone): its work is
+    /// A request dropped in its work (its caller gone): its work is
     /// undone, and the transaction does not wait for it.
     fn drop(&mut self) {
         let Some(tx) = self.tx.take() else {
@@ -165,7 +187,12 @@ impl Drop for Seat {
         if self.first {
             // Nobody else has written in it yet.
             *self.slot = None;
-        } else if self.group.queued.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Some(batch) = self.slot.as_mut() {
+            batch.check = true;
+        }
+        if self.group.queued.load(Ordering::Acquire) == 0 {
             close_when_free(&self.db, &self.group);
         }
     }
@@ -175,10 +202,14 @@ impl Db {
     /// Runs `work` as one request of a group commit (see the module): in a
     /// transaction shared with the requests queued with it for `key`'s
     /// group, after taking `locks` (in the order given, as
-    /// [`WriteTx::lock_all`]). `work` must not wait for a lock it did not
-    /// name here unless it can wait for it holding other requests' locks.
-    /// The answer is `work`'s once the transaction has committed; a failed
-    /// COMMIT fails it. A refusal (`Err`) undoes only this request's work.
+    /// [`WriteTx::lock_all`]). The answer is `work`'s once the transaction
+    /// has committed; a failed COMMIT fails it. A refusal (`Err`) undoes
+    /// only this request's work. A lock `work` takes beyond `locks` is only
+    /// tried when the request joined an open transaction, and fails the
+    /// request (a database error) when another transaction holds it.
+    ///
+    /// Joining and leaving run as tasks of their own, so that a caller
+    /// that goes away meanwhile cannot leave the group half done.
     pub async fn grouped<T, E, K: AsRef<str>>(
         &self,
         key: &str,
@@ -188,15 +219,18 @@ impl Db {
     where
         E: From<DbErr>,
     {
-        let locks: Vec<(&str, &str)> = locks.iter().map(|(s, k)| (*s, k.as_ref())).collect();
-        let mut seat = self.join(key, &locks).await?;
+        let locks: Vec<(String, String)> = locks
+            .iter()
+            .map(|(s, k)| ((*s).to_owned(), k.as_ref().to_owned()))
+            .collect();
+        let join = tokio::spawn(self.clone().join(key.to_owned(), locks));
+        let mut seat = join.await.map_err(lost)??;
         let result = match seat.tx.as_mut() {
             Some(tx) => work(tx).await,
-            None => {
-                return Err(DbErr::Custom("a group's seat without its transaction".into()).into());
-            }
+            None => return Err(lost("a seat without its transaction").into()),
         };
-        let Some(mut outcome) = seat.leave(result.is_ok()).await? else {
+        let leave = tokio::spawn(seat.leave(result.is_ok()));
+        let Some(mut outcome) = leave.await.map_err(lost)?? else {
             return result;
         };
         let told = outcome
@@ -207,8 +241,8 @@ impl Db {
             .flatten();
         match told {
             Some(Ok(())) => result,
-            Some(Err(e)) => Err(DbErr::Custom(format!("the group's commit failed: {e}")).into()),
-            None => Err(DbErr::Custom("the group's transaction was rolled back".into()).into()),
+            Some(Err(e)) => Err(lost(format!("the shared transaction failed: {e}")).into()),
+            None => Err(lost("the shared transaction was rolled back").into()),
         }
     }
 
@@ -223,11 +257,17 @@ impl Db {
         self.groups.of(key).queued.load(Ordering::Acquire)
     }
 
-    async fn join(&self, key: &str, locks: &[(&str, &str)]) -> Result<Seat, DbErr> {
-        let group = self.groups.of(key);
+    /// A seat in `key`'s group: in its open transaction when there is one
+    /// with room and `locks` are free, else in a new one.
+    async fn join(self, key: String, locks: Vec<(String, String)>) -> Result<Seat, DbErr> {
+        let locks: Vec<(&str, &str)> = locks
+            .iter()
+            .map(|(s, k)| (s.as_str(), k.as_str()))
+            .collect();
+        let group = self.groups.of(&key);
         group.queued.fetch_add(1, Ordering::AcqRel);
         let mut queued = Queued {
-            db: self,
+            db: &self,
             group: &group,
             seated: false,
         };
@@ -237,7 +277,7 @@ impl Db {
         queued.seated = true;
         drop(queued);
         if let Some(batch) = slot.as_mut() {
-            match self.savepoint_in(batch, locks).await {
+            match self.savepoint_in(batch, &locks).await {
                 Ok(Some(tx)) => {
                     let outcome = batch.outcome.subscribe();
                     return Ok(Seat {
@@ -249,15 +289,17 @@ impl Db {
                         outcome,
                     });
                 }
-                Ok(None) => close(&mut slot, &self.counters, &self.outbox_signal).await,
+                Ok(None) => {}
                 Err(e) => {
+                    batch.broken = true;
                     close(&mut slot, &self.counters, &self.outbox_signal).await;
                     return Err(e);
                 }
             }
         }
+        close(&mut slot, &self.counters, &self.outbox_signal).await;
         let mut tx = self.begin().await?;
-        tx.lock_all(locks).await?;
+        tx.lock_all(&locks).await?;
         let (outcome, receiver) = watch::channel(None);
         let batch = Batch {
             tx: None,
@@ -265,6 +307,8 @@ impl Db {
             held: tx.held.clone(),
             members: 1,
             staged_events: false,
+            broken: false,
+            check: false,
             outcome,
             _holding: tx
                 ._holding
@@ -282,8 +326,9 @@ impl Db {
         })
     }
 
-    /// A later request's transaction, a savepoint of the open one; None
-    /// when that one is full or another transaction holds one of `locks`.
+    /// A later request's transaction, a savepoint of the open one holding
+    /// `locks`; None when the open one is full or another transaction
+    /// holds one of `locks`. An error leaves the open transaction broken.
     async fn savepoint_in(
         &self,
         batch: &mut Batch,
@@ -292,14 +337,14 @@ impl Db {
         let Some(tx) = batch.tx.as_ref() else {
             return Ok(None);
         };
-        if batch.members >= MAX_MEMBERS || !try_lock_all(tx, &batch.held, locks).await? {
+        if batch.members >= MAX_MEMBERS {
             return Ok(None);
         }
         let savepoint = tx.begin().await?;
         // SAVEPOINT, and the RELEASE or ROLLBACK TO that ends it.
         self.counters.statements.increment(2);
-        batch.members += 1;
-        Ok(Some(WriteTx {
+        let held = batch.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let member = WriteTx {
             tx: savepoint,
             _holding: None,
             commit_us: self.counters.commit_us.clone(),
@@ -307,25 +352,44 @@ impl Db {
             exclusive: batch._permit.is_some(),
             staged_events: false,
             outbox_signal: self.outbox_signal.clone(),
-            held: batch.held.clone(),
-        }))
+            held: Arc::new(std::sync::Mutex::new(held)),
+            tries_locks: true,
+            lock_busy: Default::default(),
+        };
+        match member.lock_all(locks).await {
+            Ok(()) => {
+                batch.members += 1;
+                Ok(Some(member))
+            }
+            Err(_) if member.lock_busy.load(Ordering::Relaxed) => {
+                member.tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// A lost task or a broken group, as the database error its request gets.
+fn lost(e: impl std::fmt::Display) -> DbErr {
+    DbErr::Custom(format!("group commit: {e}"))
 }
 
 impl Seat {
     /// Ends the request's part: its work kept (`keep`) or undone. Commits
-    /// the transaction when nobody is queued for it or it is full. None
-    /// when the request's own work was the whole transaction and is undone,
-    /// so there is nothing to wait for.
+    /// the transaction when nobody is queued for it, when it is full or
+    /// broken. None when the request's own work was the whole transaction
+    /// and is undone, so there is nothing to wait for.
     async fn leave(mut self, keep: bool) -> Result<Option<watch::Receiver<Outcome>>, DbErr> {
         let Some(tx) = self.tx.take() else {
             return Ok(None);
         };
         let staged = tx.staged_events && keep;
-        let tx = tx.tx;
+        let WriteTx { tx, held, .. } = tx;
         if self.first && !keep {
+            let undone = tx.rollback().await;
             *self.slot = None;
-            tx.rollback().await?;
+            undone?;
             return Ok(None);
         }
         let ended = if self.first {
@@ -339,9 +403,19 @@ impl Seat {
             tx.rollback().await
         };
         if let Some(batch) = self.slot.as_mut() {
+            if ended.is_err() {
+                batch.broken = true;
+            } else if keep && !self.first {
+                let mine = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                batch
+                    .held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(mine);
+            }
             batch.staged_events |= staged;
             let full = batch.members >= MAX_MEMBERS;
-            if ended.is_err() || full || self.group.queued.load(Ordering::Acquire) == 0 {
+            if batch.broken || full || self.group.queued.load(Ordering::Acquire) == 0 {
                 close(&mut self.slot, &self.db.counters, &self.db.outbox_signal).await;
             }
         }
@@ -352,7 +426,7 @@ impl Seat {
 
 /// Tries to take the locks not yet held, without waiting: false when
 /// another transaction holds one of them. SQLite's one writer needs none.
-async fn try_lock_all(
+pub(super) async fn try_lock_all(
     tx: &DatabaseTransaction,
     held: &HeldLocks,
     locks: &[(&str, &str)],
