@@ -9,9 +9,21 @@
 //! works in it directly. A request that finds the transaction open works in
 //! a savepoint; its locks are only *tried*: if another transaction holds
 //! one, the open transaction commits first and the request begins a fresh
-//! one. A transaction that waits for a lock therefore holds no other
-//! request's locks, so groups cannot deadlock with each other or with lone
-//! transactions more than lone transactions could.
+//! one. A lock its work takes beyond those it named is tried too, and
+//! fails the request when another transaction holds it. A transaction that
+//! waits for a lock therefore holds no other request's locks, so groups
+//! cannot deadlock with each other or with lone transactions more than lone
+//! transactions could. The locks a later request took join the group's only
+//! when its work is kept (PostgreSQL releases those taken in a savepoint
+//! rolled back).
+//!
+//! A statement that fails outside a request's savepoint (SAVEPOINT,
+//! RELEASE, ROLLBACK TO) breaks the transaction: it is rolled back and every
+//! request in it fails, never committed in part (PostgreSQL would answer
+//! that COMMIT with a rollback, not an error). Joining and leaving run as
+//! tasks of their own, so a caller that goes away cannot stop them half
+//! way; one that goes away during its own work has its savepoint rolled
+//! back, and the transaction is checked before its COMMIT.
 //!
 //! The request that leaves the slot with nobody queued behind it commits
 //! the transaction, so a lone request is never kept waiting for company:
