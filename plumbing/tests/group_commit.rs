@@ -93,35 +93,33 @@ async fn queued(db: &Db, key: &str, n: usize) {
     .await;
 }
 
-/// The first request holds the group while `go` is not notified; it tells
-/// `started` once it has written.
-fn first_request(
-    db: &Db,
-    started: oneshot::Sender<()>,
-    go: Arc<Notify>,
-) -> tokio::task::JoinHandle<Result<(), Answer>> {
+/// Starts a first request that writes and then holds the group until the
+/// returned `go` is notified; returns once it has written.
+async fn first_request(db: &Db) -> (tokio::task::JoinHandle<Result<(), Answer>>, Arc<Notify>) {
+    let (started, has_started) = oneshot::channel();
+    let go = Arc::new(Notify::new());
     let db = db.clone();
-    tokio::spawn(async move {
+    let hold = go.clone();
+    let first = tokio::spawn(async move {
         db.grouped("book-1", &[("book", "book-1")], async |tx| {
             insert(tx, 0).await?;
             let _ = started.send(());
-            go.notified().await;
+            hold.notified().await;
             Ok(())
         })
         .await
-    })
+    });
+    soon("the first request's write", has_started)
+        .await
+        .unwrap();
+    (first, go)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_in_a_group_leaves_the_others_committed() {
     let dir = tempfile::tempdir().unwrap();
     for db in backends(&dir).await {
-        let (started, has_started) = oneshot::channel();
-        let go = Arc::new(Notify::new());
-        let first = first_request(&db, started, go.clone());
-        soon("the first request's write", has_started)
-            .await
-            .unwrap();
+        let (first, go) = first_request(&db).await;
 
         // Four more queue while the first holds the group; the second of
         // them writes and then refuses.
@@ -173,12 +171,7 @@ async fn a_refused_request_in_a_group_leaves_the_others_committed() {
 async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
     let dir = tempfile::tempdir().unwrap();
     for db in backends(&dir).await {
-        let (started, has_started) = oneshot::channel();
-        let go = Arc::new(Notify::new());
-        let first = first_request(&db, started, go.clone());
-        soon("the first request's write", has_started)
-            .await
-            .unwrap();
+        let (first, go) = first_request(&db).await;
 
         // A second request queues, gets in after the first, writes, and
         // then its caller goes away while it works.
@@ -251,12 +244,7 @@ async fn a_request_whose_lock_is_taken_waits_outside_the_open_transaction() {
     let elsewhere = db.begin().await.unwrap();
     elsewhere.lock("member", "m").await.unwrap();
 
-    let (started, has_started) = oneshot::channel();
-    let go = Arc::new(Notify::new());
-    let first = first_request(&db, started, go.clone());
-    soon("the first request's write", has_started)
-        .await
-        .unwrap();
+    let (first, go) = first_request(&db).await;
     let second = {
         let db = db.clone();
         tokio::spawn(async move {
