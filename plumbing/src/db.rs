@@ -63,6 +63,11 @@ fn give_up_at() -> Option<Instant> {
 /// so a smaller page cache cost no throughput in the benchmarks.
 const SQLITE_CACHE_KIB: &str = "-256";
 
+/// The page cache of SQLite's one writing connection, in KiB: it stays
+/// valid between write transactions, so the pages every write touches (the
+/// tables' and indexes' upper levels, the outbox) are read once.
+const SQLITE_WRITER_CACHE_KIB: &str = "-2048";
+
 /// A pooled connection idle at least this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -147,6 +152,9 @@ impl Drop for Holding {
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// Where writes go: on SQLite a connection of its own, on PostgreSQL
+    /// the pool.
+    writes: DatabaseConnection,
     /// SQLite only: one writer at a time.
     writer: Option<Arc<Semaphore>>,
     /// Woken after a commit that staged events, so the relay publishes at once.
@@ -176,32 +184,33 @@ impl Db {
         } else {
             url.to_owned()
         };
-        let mut opts = ConnectOptions::new(url.clone());
-        opts.max_connections(if is_sqlite { 8 } else { max_connections })
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            // A connection in use a moment ago is handed out as it is; one
-            // idle for a while is pinged first, as it may have been dropped
-            // (a restarted server, a proxy's timeout). A ping on every
-            // acquire cost a round trip per transaction and per query.
-            .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-                    .pragma("cache_size", SQLITE_CACHE_KIB)
-            });
-        let mut conn = Database::connect(opts)
+        let pool = if is_sqlite { 8 } else { max_connections };
+        let mut conn = Database::connect(connect_options(&url, pool, SQLITE_CACHE_KIB))
             .await
             .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+        // SQLite: every write goes through one connection of its own, kept
+        // open, so that its page cache stays valid from one transaction to
+        // the next (a connection's cache is dropped whenever another
+        // connection has written) and writes never wait for the readers'
+        // pool. An in-memory database lives in its pool, so it has none.
+        let own_writer = is_sqlite && !url.contains(":memory:") && !url.contains("mode=memory");
+        let mut writes = if own_writer {
+            Database::connect(connect_options(&url, 1, SQLITE_WRITER_CACHE_KIB))
+                .await
+                .with_context(|| format!("connecting to the database {}", redact(&url)))?
+        } else {
+            conn.clone()
+        };
         let counters = Counters::of(database_name(&url));
         let counted = counters.statements.clone();
         conn.set_metric_callback(move |_| counted.increment(1));
+        if own_writer {
+            let counted = counters.statements.clone();
+            writes.set_metric_callback(move |_| counted.increment(1));
+        }
         Ok(Self {
             counters,
+            writes,
             writer: is_sqlite.then(|| Arc::new(Semaphore::new(1))),
             groups: Arc::new(group::Groups::new(conn.get_database_backend())),
             conn,
@@ -231,7 +240,7 @@ impl Db {
             .as_writer(async || {
                 let permit = self.writer_permit().await?;
                 let tx = self
-                    .conn
+                    .writes
                     .begin_with_options(TransactionOptions {
                         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                         ..Default::default()
@@ -266,7 +275,7 @@ impl Db {
     {
         let _permit = self.as_writer(async || self.writer_permit().await).await?;
         let _holding = Holding::new(&self.counters);
-        f(&self.conn).await
+        f(&self.writes).await
     }
 
     /// Waits for what a writer needs (`start`), refused at once while the
@@ -512,6 +521,30 @@ async fn try_advisory_lock(tx: &DatabaseTransaction, scope: &str) -> Result<bool
     })
 }
 
+/// The options of a pool of `max` connections on `url`; on SQLite, WAL
+/// mode with a page cache of `cache_kib` (a negative `cache_size`) each.
+fn connect_options(url: &str, max: u32, cache_kib: &'static str) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(max)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        // A connection in use a moment ago is handed out as it is; one
+        // idle for a while is pinged first, as it may have been dropped
+        // (a restarted server, a proxy's timeout). A ping on every
+        // acquire cost a round trip per transaction and per query.
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .pragma("cache_size", cache_kib)
+        });
+    opts
+}
+
 /// Creates the database of a PostgreSQL URL when it does not exist, so a new
 /// service starts on a bare server. Best effort: without the rights to create
 /// it, the connect that follows says what is wrong.
@@ -619,6 +652,45 @@ mod tests {
             took < Duration::from_millis(1300),
             "near the deadline, not the pool's timeout: {took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn sqlite_writes_do_not_wait_for_the_readers_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        db.conn()
+            .execute_unprepared("CREATE TABLE t (v INTEGER)")
+            .await
+            .unwrap();
+        // Every connection of the readers' pool busy in a read.
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            let tx = db.conn().begin().await.unwrap();
+            tx.execute_unprepared("SELECT count(*) FROM t")
+                .await
+                .unwrap();
+            readers.push(tx);
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let tx = with_deadline(Some(deadline), db.begin())
+            .await
+            .expect("a write transaction begins while every reader is busy");
+        tx.execute_unprepared("INSERT INTO t (v) VALUES (1)")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        drop(readers);
+        let row = db
+            .conn()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) AS n FROM t",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1, "the write is seen");
     }
 
     #[test]
