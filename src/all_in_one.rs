@@ -165,6 +165,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         secret: secret(&data_dir)?,
         nats: args.nats_url.clone(),
     };
+    // Before any database is opened: a database's counters are taken from
+    // the recorder when it connects (the event bus's first of all).
+    rentalbook_plumbing::telemetry::init_metrics(None)?;
     let bus: Arc<dyn EventBus> = match &args.nats_url {
         Some(url) => {
             NatsBus::connect(NatsSettings {
@@ -266,7 +269,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bind(args.host, args.edge_port, "the edge").await?,
     )
     .await?;
-    rentalbook_plumbing::telemetry::init_metrics(None)?;
 
     let shutdown = rentalbook_plumbing::serve::shutdown_on_signal();
     let mut running = tokio::task::JoinSet::new();

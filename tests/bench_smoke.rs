@@ -30,6 +30,15 @@ async fn the_harness_runs_journeys_against_the_all_in_one_and_reports() {
         desk.commit_ms > 0.0 && desk.commit_ms < desk.writer_held_ms,
         "{desk:?}"
     );
+    // The embedded event bus's database is counted too.
+    assert!(
+        mixed
+            .statements
+            .iter()
+            .any(|d| d.db == "events" && d.statements > 0 && d.writer_held_ms > 0.0),
+        "no counters of the event bus's database: {:#?}",
+        mixed.statements
+    );
     // The desk's write RPCs go through group commit, each transaction
     // holding at least one request.
     assert!(
