@@ -234,13 +234,7 @@ async fn a_lone_refused_request_writes_nothing_and_the_group_carries_on() {
 /// open transaction commits first, and the request waits in one of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_lock_is_taken_waits_outside_the_open_transaction() {
-    let db = Db::connect(&rentalbook_testkit::fresh_postgres_url().await, 8)
-        .await
-        .unwrap();
-    db.conn()
-        .execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-        .await
-        .unwrap();
+    let db = postgres().await;
     let elsewhere = db.begin().await.unwrap();
     elsewhere.lock("member", "m").await.unwrap();
 
@@ -266,4 +260,102 @@ async fn a_request_whose_lock_is_taken_waits_outside_the_open_transaction() {
     elsewhere.rollback().await.unwrap();
     soon("the second request", second).await.unwrap().unwrap();
     assert_eq!(ids(&db).await, [0, 1]);
+}
+
+/// A PostgreSQL database with an empty table `t`.
+async fn postgres() -> Db {
+    let db = Db::connect(&rentalbook_testkit::fresh_postgres_url().await, 8)
+        .await
+        .unwrap();
+    db.conn()
+        .execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    db
+}
+
+/// PostgreSQL: a request whose work lets a failed statement pass (the
+/// first request's row again) leaves its savepoint unable to end, so the
+/// whole shared transaction is rolled back and every request in it is told
+/// so, none told it committed; the request queued next starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_shared_transaction_fails_every_request_in_it() {
+    let db = postgres().await;
+    let (first, go) = first_request(&db).await;
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                let _ = insert(tx, 0).await;
+                Ok::<_, Answer>(())
+            })
+            .await
+        })
+    };
+    queued(&db, "book-1", 1).await;
+    let third = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                insert(tx, 3).await.map_err(Answer::from)
+            })
+            .await
+        })
+    };
+    queued(&db, "book-1", 2).await;
+    go.notify_one();
+
+    let first = soon("the first request", first).await.unwrap();
+    assert!(matches!(first, Err(Answer::Db(_))), "{first:?}");
+    let second = soon("the second request", second).await.unwrap();
+    assert!(matches!(second, Err(Answer::Db(_))), "{second:?}");
+    soon("the third request", third).await.unwrap().unwrap();
+    assert_eq!(ids(&db).await, [3], "only the third request's row");
+}
+
+/// PostgreSQL: a request whose statement failed and whose caller then went
+/// away: its savepoint is rolled back (or, failing that, the check before
+/// COMMIT finds the transaction broken), the first request is told it
+/// committed only if its row is there, and the group goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
+    let db = postgres().await;
+    let (first, go) = first_request(&db).await;
+    let (inside, is_inside) = oneshot::channel();
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                let _ = insert(tx, 0).await;
+                let _ = inside.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, Answer>(())
+            })
+            .await
+        })
+    };
+    queued(&db, "book-1", 1).await;
+    go.notify_one();
+    soon("the second request's failed statement", is_inside)
+        .await
+        .unwrap();
+    second.abort();
+
+    let first = soon("the first request", first).await.unwrap();
+    assert_eq!(
+        first.is_ok(),
+        ids(&db).await == [0],
+        "told {first:?}, committed {:?}",
+        ids(&db).await
+    );
+    // The group takes the next request as usual.
+    soon(
+        "a third request",
+        db.grouped("book-1", &[("book", "book-1")], async |tx| {
+            insert(tx, 3).await.map_err(Answer::from)
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(ids(&db).await.contains(&3));
 }
