@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rentalbook_plumbing::db::{Db, WriteTx};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 #[derive(Debug)]
 enum Answer {
@@ -96,7 +97,7 @@ async fn queued(db: &Db, key: &str, n: usize) {
 /// Starts a first request that writes and then holds the group until the
 /// returned `go` is notified; returns once it has written.
 async fn first_request(db: &Db) -> (tokio::task::JoinHandle<Result<(), Answer>>, Arc<Notify>) {
-    let (started, has_started) = oneshot::channel();
+    let (started, mut has_started) = mpsc::unbounded_channel();
     let go = Arc::new(Notify::new());
     let db = db.clone();
     let hold = go.clone();
@@ -109,7 +110,7 @@ async fn first_request(db: &Db) -> (tokio::task::JoinHandle<Result<(), Answer>>,
         })
         .await
     });
-    soon("the first request's write", has_started)
+    soon("the first request's write", has_started.recv())
         .await
         .unwrap();
     (first, go)
@@ -175,7 +176,7 @@ async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
 
         // A second request queues, gets in after the first, writes, and
         // then its caller goes away while it works.
-        let (inside, is_inside) = oneshot::channel();
+        let (inside, mut is_inside) = mpsc::unbounded_channel();
         let second = {
             let db = db.clone();
             tokio::spawn(async move {
@@ -190,7 +191,9 @@ async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
         };
         queued(&db, "book-1", 1).await;
         go.notify_one();
-        soon("the second request's write", is_inside).await.unwrap();
+        soon("the second request's write", is_inside.recv())
+            .await
+            .unwrap();
         second.abort();
 
         // The first request's transaction commits without the second.
@@ -321,7 +324,7 @@ async fn a_broken_shared_transaction_fails_every_request_in_it() {
 async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
     let db = postgres().await;
     let (first, go) = first_request(&db).await;
-    let (inside, is_inside) = oneshot::channel();
+    let (inside, mut is_inside) = mpsc::unbounded_channel();
     let second = {
         let db = db.clone();
         tokio::spawn(async move {
@@ -336,7 +339,7 @@ async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
     };
     queued(&db, "book-1", 1).await;
     go.notify_one();
-    soon("the second request's failed statement", is_inside)
+    soon("the second request's failed statement", is_inside.recv())
         .await
         .unwrap();
     second.abort();
@@ -358,4 +361,46 @@ async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
     .await
     .unwrap();
     assert!(ids(&db).await.contains(&3));
+}
+
+/// PostgreSQL: a lock a later request's work takes beyond those it named,
+/// held by another transaction, does not fail the request: its part is
+/// undone, the open transaction commits without it, and its work runs again
+/// in a transaction of its own, which waits for the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_its_work_finds_taken_runs_the_request_again_on_its_own() {
+    let db = postgres().await;
+    let elsewhere = db.begin().await.unwrap();
+    elsewhere.lock("book", "kept").await.unwrap();
+
+    let (first, go) = first_request(&db).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let second = {
+        let db = db.clone();
+        let runs = runs.clone();
+        tokio::spawn(async move {
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tx.lock("book", "kept").await?;
+                insert(tx, 1).await.map_err(Answer::from)
+            })
+            .await
+        })
+    };
+    queued(&db, "book-1", 1).await;
+    go.notify_one();
+
+    soon("the first request", first).await.unwrap().unwrap();
+    assert_eq!(ids(&db).await, [0], "committed without the second request");
+    soon("the second request's second run", async {
+        while runs.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(!second.is_finished(), "it waits for the lock");
+    elsewhere.rollback().await.unwrap();
+    soon("the second request", second).await.unwrap().unwrap();
+    assert_eq!(ids(&db).await, [0, 1]);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }

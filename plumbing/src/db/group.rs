@@ -9,8 +9,9 @@
 //! works in it directly. A request that finds the transaction open works in
 //! a savepoint; its locks are only *tried*: if another transaction holds
 //! one, the open transaction commits first and the request begins a fresh
-//! one. A lock its work takes beyond those it named is tried too, and
-//! fails the request when another transaction holds it. A transaction that
+//! one. A lock its work takes beyond those it named is tried too; when
+//! another transaction holds it, the request's part is undone and its work
+//! runs again in a transaction of its own, which waits. A transaction that
 //! waits for a lock therefore holds no other request's locks, so groups
 //! cannot deadlock with each other or with lone transactions more than lone
 //! transactions could. The locks a later request took join the group's only
@@ -217,8 +218,9 @@ impl Db {
     /// [`WriteTx::lock_all`]). The answer is `work`'s once the transaction
     /// has committed; a failed COMMIT fails it. A refusal (`Err`) undoes
     /// only this request's work. A lock `work` takes beyond `locks` is only
-    /// tried when the request joined an open transaction, and fails the
-    /// request (a database error) when another transaction holds it.
+    /// tried when the request joined an open transaction; when another
+    /// transaction holds it, the request's part is undone and `work` runs
+    /// again, once, in a transaction of its own that waits for the lock.
     ///
     /// Joining and leaving run as tasks of their own, so that a caller
     /// that goes away meanwhile cannot leave the group half done.
@@ -226,7 +228,7 @@ impl Db {
         &self,
         key: &str,
         locks: &[(&str, K)],
-        work: impl AsyncFnOnce(&mut WriteTx) -> Result<T, E>,
+        work: impl AsyncFnOnce(&mut WriteTx) -> Result<T, E> + Clone,
     ) -> Result<T, E>
     where
         E: From<DbErr>,
@@ -235,14 +237,27 @@ impl Db {
             .iter()
             .map(|(s, k)| ((*s).to_owned(), k.as_ref().to_owned()))
             .collect();
-        let join = tokio::spawn(self.clone().join(key.to_owned(), locks));
-        let mut seat = join.await.map_err(lost)??;
-        let result = match seat.tx.as_mut() {
-            Some(tx) => work(tx).await,
-            None => return Err(lost("a seat without its transaction").into()),
+        let mut alone = false;
+        let (result, outcome) = loop {
+            let join = tokio::spawn(self.clone().join(key.to_owned(), locks.clone(), alone));
+            let mut seat = join.await.map_err(lost)??;
+            let Some(tx) = seat.tx.as_mut() else {
+                return Err(lost("a seat without its transaction").into());
+            };
+            let result = work.clone()(tx).await;
+            // A lock its work tried was held by another transaction: its
+            // part is undone, and it runs again in a transaction of its
+            // own, waiting for that lock as a lone transaction would.
+            let busy = tx.lock_busy.load(Ordering::Relaxed);
+            let leave = tokio::spawn(seat.leave(result.is_ok()));
+            let outcome = leave.await.map_err(lost)??;
+            if busy && result.is_err() && !alone {
+                alone = true;
+                continue;
+            }
+            break (result, outcome);
         };
-        let leave = tokio::spawn(seat.leave(result.is_ok()));
-        let Some(mut outcome) = leave.await.map_err(lost)?? else {
+        let Some(mut outcome) = outcome else {
             return result;
         };
         let told = outcome
@@ -270,8 +285,14 @@ impl Db {
     }
 
     /// A seat in `key`'s group: in its open transaction when there is one
-    /// with room and `locks` are free, else in a new one.
-    async fn join(self, key: String, locks: Vec<(String, String)>) -> Result<Seat, DbErr> {
+    /// with room and `locks` are free, else (and always when `alone`) in a
+    /// new one.
+    async fn join(
+        self,
+        key: String,
+        locks: Vec<(String, String)>,
+        alone: bool,
+    ) -> Result<Seat, DbErr> {
         let locks: Vec<(&str, &str)> = locks
             .iter()
             .map(|(s, k)| (s.as_str(), k.as_str()))
@@ -288,7 +309,7 @@ impl Db {
             .await?;
         queued.seated = true;
         drop(queued);
-        if let Some(batch) = slot.as_mut() {
+        if let Some(batch) = slot.as_mut().filter(|_| !alone) {
             match self.savepoint_in(batch, &locks).await {
                 Ok(Some(tx)) => {
                     let outcome = batch.outcome.subscribe();
