@@ -184,30 +184,32 @@ impl Db {
         } else {
             url.to_owned()
         };
+        let counters = Counters::of(database_name(&url));
+        let counted = |conn: &mut DatabaseConnection| {
+            let statements = counters.statements.clone();
+            conn.set_metric_callback(move |_| statements.increment(1));
+        };
         let pool = if is_sqlite { 8 } else { max_connections };
         let mut conn = Database::connect(connect_options(&url, pool, SQLITE_CACHE_KIB))
             .await
             .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+        counted(&mut conn);
         // SQLite: every write goes through one connection of its own, kept
         // open, so that its page cache stays valid from one transaction to
         // the next (a connection's cache is dropped whenever another
         // connection has written) and writes never wait for the readers'
         // pool. An in-memory database lives in its pool, so it has none.
         let own_writer = is_sqlite && !url.contains(":memory:") && !url.contains("mode=memory");
-        let mut writes = if own_writer {
-            Database::connect(connect_options(&url, 1, SQLITE_WRITER_CACHE_KIB))
+        let writes = if own_writer {
+            let mut writes = Database::connect(connect_options(&url, 1, SQLITE_WRITER_CACHE_KIB))
                 .await
-                .with_context(|| format!("connecting to the database {}", redact(&url)))?
+                .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+            counted(&mut writes);
+            writes
         } else {
+            // A copy made after the counter is set, so it counts too.
             conn.clone()
         };
-        let counters = Counters::of(database_name(&url));
-        let counted = counters.statements.clone();
-        conn.set_metric_callback(move |_| counted.increment(1));
-        if own_writer {
-            let counted = counters.statements.clone();
-            writes.set_metric_callback(move |_| counted.increment(1));
-        }
         Ok(Self {
             counters,
             writes,
@@ -691,6 +693,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1, "the write is seen");
+    }
+
+    /// The statements of write transactions and of single writes are
+    /// counted on both backends, beside reads.
+    #[tokio::test]
+    async fn every_statement_is_counted_on_both_backends() {
+        crate::telemetry::init_metrics(None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite://{}", dir.path().join("counted.db").display());
+        let postgres = rentalbook_testkit::fresh_postgres_url().await;
+        for url in [sqlite, postgres] {
+            let db = Db::connect(&url, 2).await.unwrap();
+            let counted = || {
+                let name = format!("{STATEMENTS_METRIC}{{db=\"{}\"}} ", database_name(&url));
+                crate::telemetry::render_metrics()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&name)?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            db.conn()
+                .execute_unprepared("CREATE TABLE t (v INTEGER)")
+                .await
+                .unwrap();
+            let before = counted();
+            let tx = db.begin().await.unwrap();
+            let sql = |sql: String| Statement::from_string(db.backend(), sql);
+            for v in 0..3 {
+                tx.execute_raw(sql(format!("INSERT INTO t (v) VALUES ({v})")))
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+            db.write_one(async |c| c.execute_raw(sql("DELETE FROM t WHERE v = 0".into())).await)
+                .await
+                .unwrap();
+            // BEGIN, three INSERTs, COMMIT and the DELETE.
+            assert_eq!(counted() - before, 6.0, "{url}");
+        }
     }
 
     #[test]
