@@ -389,6 +389,12 @@ pub struct WriteTx {
 /// The locks a transaction holds, by name.
 type HeldLocks = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
+/// The set of `held`, also after a panic elsewhere while it was locked (a
+/// set of names is never left half changed).
+fn names_in(held: &HeldLocks) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Deref for WriteTx {
     type Target = DatabaseTransaction;
 
@@ -404,12 +410,8 @@ impl WriteTx {
         self.lock_all(&[(scope, key)]).await
     }
 
-    fn held_locks(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn holds(&self, name: &str) -> bool {
-        self.held_locks().contains(name)
+        names_in(&self.held).contains(name)
     }
 
     /// Takes several locks in one round trip, in the order given (callers
@@ -449,14 +451,14 @@ impl WriteTx {
                 names.iter().map(|n| n.clone().into()),
             ))
             .await?;
-        self.held_locks().extend(names);
+        names_in(&self.held).extend(names);
         Ok(())
     }
 
     /// True the first time `what` is asked in this transaction: for work a
     /// transaction needs once however many events it applies.
     pub fn first_time(&self, what: &str) -> bool {
-        self.held_locks().insert(format!("once:{what}"))
+        names_in(&self.held).insert(format!("once:{what}"))
     }
 
     /// Takes a lock only one transaction at a time can hold, without waiting:

@@ -116,6 +116,31 @@ async fn first_request(db: &Db) -> (tokio::task::JoinHandle<Result<(), Answer>>,
     (first, go)
 }
 
+/// Behind a first request holding the group (until `go`), a second request
+/// that gets in, inserts row `id` (whether or not that succeeds), and whose
+/// caller then goes away while it works.
+async fn second_request_gone_after_insert(db: &Db, go: &Notify, id: i32) {
+    let (inside, mut is_inside) = mpsc::unbounded_channel();
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.grouped("book-1", &[("book", "book-1")], async |tx| {
+                let _ = insert(tx, id).await;
+                let _ = inside.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, Answer>(())
+            })
+            .await
+        })
+    };
+    queued(db, "book-1", 1).await;
+    go.notify_one();
+    soon("the second request's insert", is_inside.recv())
+        .await
+        .unwrap();
+    second.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_in_a_group_leaves_the_others_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,25 +201,7 @@ async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
 
         // A second request queues, gets in after the first, writes, and
         // then its caller goes away while it works.
-        let (inside, mut is_inside) = mpsc::unbounded_channel();
-        let second = {
-            let db = db.clone();
-            tokio::spawn(async move {
-                db.grouped("book-1", &[("book", "book-1")], async |tx| {
-                    insert(tx, 1).await?;
-                    let _ = inside.send(());
-                    std::future::pending::<()>().await;
-                    Ok::<_, Answer>(())
-                })
-                .await
-            })
-        };
-        queued(&db, "book-1", 1).await;
-        go.notify_one();
-        soon("the second request's write", is_inside.recv())
-            .await
-            .unwrap();
-        second.abort();
+        second_request_gone_after_insert(&db, &go, 1).await;
 
         // The first request's transaction commits without the second.
         soon("the first request", first).await.unwrap().unwrap();
@@ -324,25 +331,8 @@ async fn a_broken_shared_transaction_fails_every_request_in_it() {
 async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
     let db = postgres().await;
     let (first, go) = first_request(&db).await;
-    let (inside, mut is_inside) = mpsc::unbounded_channel();
-    let second = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            db.grouped("book-1", &[("book", "book-1")], async |tx| {
-                let _ = insert(tx, 0).await;
-                let _ = inside.send(());
-                std::future::pending::<()>().await;
-                Ok::<_, Answer>(())
-            })
-            .await
-        })
-    };
-    queued(&db, "book-1", 1).await;
-    go.notify_one();
-    soon("the second request's failed statement", is_inside.recv())
-        .await
-        .unwrap();
-    second.abort();
+    // The first request's row again: the INSERT fails.
+    second_request_gone_after_insert(&db, &go, 0).await;
 
     let first = soon("the first request", first).await.unwrap();
     assert_eq!(

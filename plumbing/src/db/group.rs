@@ -43,7 +43,7 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, watch};
 
-use super::{Counters, Db, HeldLocks, Holding, WriteTx, lock_names, micros};
+use super::{Counters, Db, HeldLocks, Holding, WriteTx, lock_names, micros, names_in};
 
 /// The most requests one transaction takes: the first of them waits for
 /// the others' work before it answers.
@@ -376,7 +376,7 @@ impl Db {
         let savepoint = tx.begin().await?;
         // SAVEPOINT, and the RELEASE or ROLLBACK TO that ends it.
         self.counters.statements.increment(2);
-        let held = batch.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let held = names_in(&batch.held).clone();
         let member = WriteTx {
             tx: savepoint,
             _holding: None,
@@ -439,12 +439,8 @@ impl Seat {
             if ended.is_err() {
                 batch.broken = true;
             } else if keep && !self.first {
-                let mine = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                batch
-                    .held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(mine);
+                let mine = names_in(&held).clone();
+                names_in(&batch.held).extend(mine);
             }
             batch.staged_events |= staged;
             let full = batch.members >= MAX_MEMBERS;
@@ -468,7 +464,7 @@ pub(super) async fn try_lock_all(
         return Ok(true);
     }
     let names: Vec<String> = {
-        let held = held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = names_in(held);
         lock_names(locks)
             .into_iter()
             .filter(|n| !held.contains(n))
@@ -495,6 +491,6 @@ pub(super) async fn try_lock_all(
             return Ok(false);
         }
     }
-    held.lock().unwrap_or_else(|e| e.into_inner()).extend(names);
+    names_in(held).extend(names);
     Ok(true)
 }
