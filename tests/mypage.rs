@@ -224,7 +224,7 @@ async fn queue_positions_follow_promotions_and_cancellations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_and_overdue_with_short_periods() {
     let mesh = Mesh::start_with(Options {
-        pickup_window: "1s",
+        pickup_window: "2s",
         sweep_interval: "100ms",
         loan_period: "2s",
         ..Options::default()
@@ -233,6 +233,14 @@ async fn expiry_and_overdue_with_short_periods() {
     let book = mesh.register_book("Short", 1).await;
     let a = mesh.reserve(&member("alice"), &book.book_id).await.unwrap();
     let b = mesh.reserve(&member("bob"), &book.book_id).await.unwrap();
+    // bob watches from the start; the watch always sends the latest page.
+    let mut watch = mesh
+        .views()
+        .await
+        .watch_my_page(req(&member("bob"), WatchMyPageRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
     page_until(&mesh, "alice", "alice EXPIRED", |p| {
         stage_is(p, &a.reservation_id, JourneyStage::Expired)
     })
@@ -242,20 +250,43 @@ async fn expiry_and_overdue_with_short_periods() {
         kinds(journey(&alice, &a.reservation_id).unwrap()),
         [StepKind::Reserved, StepKind::Ready, StepKind::Expired]
     );
-    page_until(&mesh, "bob", "bob READY", |p| {
-        stage_is(p, &b.reservation_id, JourneyStage::Ready)
+
+    // bob rents as soon as the desk holds the book for him: his window is as
+    // short as alice's, so waiting for his page to say READY first would race it.
+    let rentals = mesh.rentals().await;
+    eventually("bob's rent once his hold is ready", || {
+        let mut rentals = rentals.clone();
+        let book_id = book.book_id.clone();
+        async move {
+            let asked = rentals
+                .rent(req(
+                    &member("bob"),
+                    RentRequest {
+                        book_id,
+                        request_id: String::new(),
+                    },
+                ))
+                .await;
+            match asked {
+                Ok(_) => Some(()),
+                Err(refused) if refused.code() == Code::FailedPrecondition => None,
+                Err(other) => panic!("rent: {other:?}"),
+            }
+        }
     })
     .await;
+    let bob = page_until(&mesh, "bob", "bob RENTED", |p| {
+        stage_is(p, &b.reservation_id, JourneyStage::Rented)
+            || stage_is(p, &b.reservation_id, JourneyStage::Overdue)
+    })
+    .await;
+    assert_eq!(
+        kinds(journey(&bob, &b.reservation_id).unwrap())[..2],
+        [StepKind::Reserved, StepKind::Ready],
+        "bob's hold was READY before he rented"
+    );
 
-    // bob rents; a watcher sees RENTED, then OVERDUE pushed when the due date passes.
-    let mut watch = mesh
-        .views()
-        .await
-        .watch_my_page(req(&member("bob"), WatchMyPageRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
-    rent(&mesh, "bob", &book.book_id).await;
+    // The watcher sees OVERDUE pushed when the due date passes.
     let started = Instant::now();
     loop {
         let page = tokio::time::timeout(Duration::from_secs(10), watch.message())

@@ -302,7 +302,7 @@ async fn a_hung_database_fails_calls_within_their_deadline_and_at_once_when_know
     pg.pause();
     // Before the health check has noticed: the call's own deadline bounds it.
     let mut call = register("Hung", "");
-    call.set_timeout(Duration::from_millis(300));
+    call.set_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
     let err = books.register_book(call).await.unwrap_err();
     let took = started.elapsed();
@@ -311,7 +311,7 @@ async fn a_hung_database_fails_calls_within_their_deadline_and_at_once_when_know
         rentalbook_plumbing::error::retry_after(&err).is_some(),
         "a retry hint: {err:?}"
     );
-    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
 
     eventually("NOT_SERVING while the database hangs", || async {
         (health(addr).await? == ServingStatus::NotServing as i32).then_some(())
@@ -343,7 +343,7 @@ async fn a_hung_database_fails_calls_within_their_deadline_and_at_once_when_know
         );
     }
     println!(
-        "hung database: a 300 ms call answered in {took:?}; known away, refused in {:?}",
+        "hung database: a 1 s call answered in {took:?}; known away, refused in {:?}",
         refusals.iter().map(|(_, t)| *t).collect::<Vec<_>>()
     );
 

@@ -45,15 +45,17 @@ pub async fn with_deadline<F: Future>(deadline: Option<Instant>, fut: F) -> F::O
 
 /// The most a request keeps of its remaining time to send its answer after
 /// giving up on the database, so that the answer arrives before the caller's
-/// deadline cancels the call.
-const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+/// deadline cancels the call. On a busy node the answer can take tens of
+/// milliseconds to be scheduled, encoded and sent: 100 ms was seen to be
+/// too little there.
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// When a wait for the database must give up: a little before the deadline
 /// of the request being served, if there is one.
 fn give_up_at() -> Option<Instant> {
     let deadline = DEADLINE.try_with(|d| *d).ok()?;
     let left = deadline.saturating_duration_since(Instant::now());
-    Some(deadline - (left / 5).min(ANSWER_MARGIN))
+    Some(deadline - (left / 4).min(ANSWER_MARGIN))
 }
 
 /// Each SQLite connection's page cache, in KiB (as a negative `cache_size`).
