@@ -226,33 +226,57 @@ impl EmbeddedBus {
             .one(db.conn())
             .await?
             .map_or(0, |e| e.seq);
-        Ok(Arc::new(Self {
+        let bus = Arc::new(Self {
             db,
             latest: watch::channel(last).0,
             recent: Arc::default(),
-        }))
+        });
+        tokio::spawn(watch_other_writers(Arc::downgrade(&bus)));
+        Ok(bus)
     }
 
-    /// Appends `rows` (publish ids `ids`) to the log in one statement,
-    /// skipping those stored before, then tells the consumers what was
-    /// stored. Called under the write permit, so the newest sequence only
-    /// grows.
+    /// Whether another process appended to the log after the last event the
+    /// consumers were told of; if so, tells them.
+    async fn look_for_other_writers(&self) -> Result<(), DbErr> {
+        let newest = events::Entity::find()
+            .select_only()
+            .column(events::Column::Seq)
+            .order_by_desc(events::Column::Seq)
+            .into_tuple::<i64>()
+            .one(self.db.conn())
+            .await?;
+        if newest.is_some_and(|seq| seq > *self.latest.borrow()) {
+            self.db
+                .write_one(async |db| self.tell_new(db).await)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Appends `rows` to the log in one statement, skipping those stored
+    /// before, then tells the consumers. Called under the write permit.
     async fn append(
         &self,
         db: &DatabaseConnection,
         rows: impl IntoIterator<Item = events::ActiveModel>,
-        ids: Vec<String>,
     ) -> Result<(), DbErr> {
         events::Entity::insert_many(rows)
             .on_conflict_do_nothing_on([events::Column::EventId])
             .exec_without_returning(db)
             .await?;
+        self.tell_new(db).await
+    }
+
+    /// Tells the consumers what the log holds after the last event they
+    /// were told of: what this process appended, and anything another
+    /// process appended meanwhile, so that [`Recent`] misses none. Called
+    /// under the write permit, so the newest sequence only grows.
+    async fn tell_new(&self, db: &DatabaseConnection) -> Result<(), DbErr> {
         let after = *self.latest.borrow();
         let stored: Vec<(i64, String)> = events::Entity::find()
             .select_only()
             .columns([events::Column::Seq, events::Column::Subject])
             .filter(events::Column::Seq.gt(after))
-            .filter(events::Column::EventId.is_in(ids))
             .order_by_asc(events::Column::Seq)
             .into_tuple()
             .all(db)
@@ -294,12 +318,11 @@ impl EventBus for EmbeddedBus {
             stored_at: Set(now),
             ..Default::default()
         });
-        let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
         // The batch in one statement, atomic by itself; an event stored
         // before (the relay published it and crashed before its delete) is
         // skipped.
         self.db
-            .write_one(async |db| self.append(db, rows, ids).await)
+            .write_one(async |db| self.append(db, rows).await)
             .await?;
         Ok(())
     }
@@ -405,7 +428,7 @@ impl EventBus for EmbeddedBus {
         // letter goes. A crash between the two leaves the letter, and
         // replaying it again stores nothing twice (the same publish id).
         let row = events::ActiveModel {
-            event_id: Set(event_id.clone()),
+            event_id: Set(event_id),
             subject: Set(letter.subject),
             payload: Set(letter.payload),
             traceparent: Set(None),
@@ -414,7 +437,7 @@ impl EventBus for EmbeddedBus {
         };
         self.db
             .write_one(async |db| {
-                self.append(db, [row], vec![event_id]).await?;
+                self.append(db, [row]).await?;
                 dead_letters::Entity::delete_by_id(id).exec(db).await?;
                 Ok(())
             })
@@ -431,6 +454,24 @@ impl EventBus for EmbeddedBus {
         Ok(())
     }
 }
+
+/// Another process may append to the log: `rentalbook dead-letters replay`
+/// beside a running all-in-one. Nothing tells this one, so once a second it
+/// looks for events after the last it knows of, until the bus is dropped.
+async fn watch_other_writers(bus: std::sync::Weak<EmbeddedBus>) {
+    loop {
+        tokio::time::sleep(OTHER_WRITERS_POLL).await;
+        let Some(bus) = bus.upgrade() else {
+            return;
+        };
+        if let Err(e) = bus.look_for_other_writers().await {
+            tracing::debug!(error = %e, "looking for events another process appended");
+        }
+    }
+}
+
+/// How often [`watch_other_writers`] looks.
+const OTHER_WRITERS_POLL: Duration = Duration::from_secs(1);
 
 /// The events a consumer holds (a batch, in order) and how often it had the
 /// first of them.
@@ -867,5 +908,54 @@ mod tests {
             .expect("a reset is noticed while quiet")
             .unwrap();
         assert!(reset.is_none(), "told to start over");
+    }
+
+    #[tokio::test]
+    async fn events_another_process_appends_reach_the_consumers_here() {
+        // `rentalbook dead-letters replay` appends to the log of a running
+        // all-in-one from a process of its own: a second bus on the file.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bus.db").display());
+        let bus = EmbeddedBus::open(&url).await.unwrap();
+        let other = EmbeddedBus::open(&url).await.unwrap();
+        let mut rare = bus
+            .subscribe(&spec("erasures", "member.history_erased"))
+            .await
+            .unwrap();
+
+        // Nothing happens here: found by the consumer's poll.
+        other
+            .publish(&[out("r1", "member.history_erased")])
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(3), rare.next())
+            .await
+            .expect("another process's event, found while quiet")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.payload(), b"r1");
+        d.ack().await.unwrap();
+
+        // Between two events of other subjects stored here, which the
+        // consumer is woken for.
+        bus.publish(&[out("x1", "reservation.placed")])
+            .await
+            .unwrap();
+        let woken = tokio::time::timeout(Duration::from_millis(300), rare.next()).await;
+        assert!(woken.is_err(), "nothing of its own yet");
+        other
+            .publish(&[out("r2", "member.history_erased")])
+            .await
+            .unwrap();
+        bus.publish(&[out("x2", "reservation.placed")])
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(3), rare.next())
+            .await
+            .expect("another process's event among this one's")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.payload(), b"r2");
+        d.ack().await.unwrap();
     }
 }

@@ -465,6 +465,27 @@ impl Mesh {
         }
     }
 
+    /// `rentalbook dead-letters` on this mesh's bus, as an operator runs it:
+    /// a process of its own beside the running services.
+    pub fn dead_letters_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rentalbook"));
+        cmd.arg("dead-letters")
+            .env_remove("NATS_URL")
+            .env("RUST_LOG", "warn");
+        match &self._sqlite_dir {
+            Some(dir) => cmd.arg("--data-dir").arg(dir.path()),
+            None => cmd.args([
+                "--nats-url",
+                &self.nats_url,
+                "--nats-stream",
+                &self.stream,
+                "--nats-subject-prefix",
+                &self.prefix,
+            ]),
+        };
+        cmd
+    }
+
     /// The mesh's event bus, as a test sees it (to publish, read the
     /// stream, or look at consumers and dead letters).
     pub async fn event_bus(&self) -> Arc<dyn EventBus> {
