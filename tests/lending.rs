@@ -196,9 +196,11 @@ async fn r3_a_freed_copy_goes_to_the_head_of_the_queue(store: Store) {
 
 both_backends!(r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy);
 async fn r4_an_uncollected_hold_expires_and_the_next_member_gets_the_copy(store: Store) {
+    // bob's hold, promoted when alice's expires, must be seen READY within
+    // the same window: 2 s leaves a loaded machine room for it.
     let mesh = Mesh::start_with(Options {
         store,
-        pickup_window: "1s",
+        pickup_window: "2s",
         sweep_interval: "100ms",
         ..Options::default()
     })
