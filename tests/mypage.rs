@@ -17,7 +17,7 @@ use rentalbook_proto::events::v1::{
     Availability, BookRented, BookReturned, Envelope, LoanRenewed, RentalLost,
     ReservationCancelled, ReservationPlaced, ReservationReady, envelope::Body,
 };
-use rentalbook_proto::rental::v1::{RentRequest, Rental, ReturnConfirmation, ReturnRentalRequest};
+use rentalbook_proto::rental::v1::{Rental, ReturnConfirmation};
 use rentalbook_proto::reserve::v1::{CancelReservationRequest, ReservationStatus};
 use rentalbook_proto::reserve::v1::{ItemRequest, ListItemsRequest};
 use rentalbook_proto::view::v1::{
@@ -67,33 +67,11 @@ fn stage_is(page: &MyPage, reservation_id: &str, stage: JourneyStage) -> bool {
 }
 
 async fn rent(mesh: &Mesh, who: &str, book_id: &str) -> Rental {
-    mesh.rentals()
-        .await
-        .rent(req(
-            &member(who),
-            RentRequest {
-                book_id: book_id.into(),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+    mesh.rent(&member(who), book_id).await.unwrap()
 }
 
 async fn give_back(mesh: &Mesh, who: &str, rental_id: &str) -> Rental {
-    mesh.rentals()
-        .await
-        .return_rental(req(
-            &member(who),
-            ReturnRentalRequest {
-                rental_id: rental_id.into(),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+    mesh.give_back(&member(who), rental_id).await.unwrap()
 }
 
 fn kinds(j: &Journey) -> Vec<StepKind> {
@@ -253,21 +231,11 @@ async fn expiry_and_overdue_with_short_periods() {
 
     // bob rents as soon as the desk holds the book for him: his window is as
     // short as alice's, so waiting for his page to say READY first would race it.
-    let rentals = mesh.rentals().await;
     eventually("bob's rent once his hold is ready", || {
-        let mut rentals = rentals.clone();
-        let book_id = book.book_id.clone();
+        let mesh = &mesh;
+        let book_id = &book.book_id;
         async move {
-            let asked = rentals
-                .rent(req(
-                    &member("bob"),
-                    RentRequest {
-                        book_id,
-                        request_id: String::new(),
-                    },
-                ))
-                .await;
-            match asked {
+            match mesh.rent(&member("bob"), book_id).await {
                 Ok(_) => Some(()),
                 Err(refused) if refused.code() == Code::FailedPrecondition => None,
                 Err(other) => panic!("rent: {other:?}"),

@@ -631,6 +631,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The statements counted so far on the database named `db` (as
+/// [`STATEMENTS_METRIC`] renders them), for tests.
+#[cfg(test)]
+pub(crate) fn statements_counted(db: &str) -> f64 {
+    let name = format!("{STATEMENTS_METRIC}{{db=\"{db}\"}} ");
+    crate::telemetry::render_metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,13 +720,7 @@ mod tests {
         let postgres = rentalbook_testkit::fresh_postgres_url().await;
         for url in [sqlite, postgres] {
             let db = Db::connect(&url, 2).await.unwrap();
-            let counted = || {
-                let name = format!("{STATEMENTS_METRIC}{{db=\"{}\"}} ", database_name(&url));
-                crate::telemetry::render_metrics()
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&name)?.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
+            let counted = || statements_counted(&database_name(&url));
             db.conn()
                 .execute_unprepared("CREATE TABLE t (v INTEGER)")
                 .await

@@ -77,6 +77,18 @@ async fn ids(db: &Db) -> Vec<i32> {
     found
 }
 
+/// A request after a failed or broken one, inserting `id`: it commits.
+async fn a_third_request(db: &Db, id: i32) {
+    soon(
+        "a third request",
+        db.grouped("book-1", &[("book", "book-1")], async |tx| {
+            insert(tx, id).await.map_err(Answer::from)
+        }),
+    )
+    .await
+    .unwrap();
+}
+
 /// Bounds a wait so that a hang fails the test instead of stalling it.
 async fn soon<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), fut)
@@ -207,14 +219,7 @@ async fn a_request_gone_from_a_group_neither_writes_nor_holds_up_the_others() {
         soon("the first request", first).await.unwrap().unwrap();
         assert_eq!(ids(&db).await, [0], "{:?}", db.backend());
         // And the group takes the next request as usual.
-        soon(
-            "a third request",
-            db.grouped("book-1", &[("book", "book-1")], async |tx| {
-                insert(tx, 2).await.map_err(Answer::from)
-            }),
-        )
-        .await
-        .unwrap();
+        a_third_request(&db, 2).await;
         assert_eq!(ids(&db).await, [0, 2], "{:?}", db.backend());
     }
 }
@@ -342,14 +347,7 @@ async fn a_request_gone_after_a_failed_statement_leaves_no_false_commit() {
         ids(&db).await
     );
     // The group takes the next request as usual.
-    soon(
-        "a third request",
-        db.grouped("book-1", &[("book", "book-1")], async |tx| {
-            insert(tx, 3).await.map_err(Answer::from)
-        }),
-    )
-    .await
-    .unwrap();
+    a_third_request(&db, 3).await;
     assert!(ids(&db).await.contains(&3));
 }
 
